@@ -1,0 +1,35 @@
+import numpy as np
+
+from tfsafe._keras import keras, tf
+from tfsafe.models import accuracy, ends_with_softmax, lenet, logits_model, predict_logits, predict_proba
+
+
+def test_trained_fixture_is_accurate(trained_cnn, digits):
+    _, (xt, yt) = digits
+    assert accuracy(trained_cnn, xt, yt) > 0.9
+
+
+def test_logits_model_removes_softmax_in_dense_layer():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
+    assert ends_with_softmax(model)
+    logits = logits_model(model)(x).numpy()
+    np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), model(x).numpy(), atol=1e-6)
+    assert not np.allclose(logits.sum(axis=1), 1.0)
+
+
+def test_logits_model_removes_softmax_layer_and_keeps_logit_models():
+    inputs = keras.Input((4,))
+    pre = keras.layers.Dense(3)(inputs)
+    model = keras.Model(inputs, keras.layers.Softmax()(pre))
+    x = np.ones((2, 4), "float32")
+    np.testing.assert_allclose(predict_proba(model, x), model(x).numpy(), atol=1e-6)
+    plain = keras.Model(inputs, pre)
+    assert logits_model(plain) is plain
+    np.testing.assert_allclose(predict_logits(plain, x), plain(x).numpy(), atol=1e-6)
+
+
+def test_lenet_has_the_atmc_shape():
+    model = lenet()
+    assert [l.name for l in model.layers if l.weights] == ["conv1", "conv2", "fc1", "logits"]
+    assert model.count_params() == 431080

@@ -1,0 +1,119 @@
+"""strip(): turn a model full of tfsafe / TF-MOT wrappers into plain Keras layers.
+
+Each wrapper type registers a *stripper* with :func:`register_stripper`: a function that takes
+the wrapper instance and returns ``(plain_layer, weights)``, where ``plain_layer`` is a new,
+unbuilt standard Keras layer and ``weights`` the list of arrays to load into it once built
+(masks multiplied in, quantization applied, factors merged). Layers without a stripper are
+copied as they are (same config, same weights).
+
+Model-level passes that change shapes across layers (for example removing zero-bit channels
+and the matching input channels of the next layer) register with :func:`register_model_pass`
+and run after the layer-wise strip.
+
+TF-MOT's ``PruneLowMagnitude`` wrapper is handled out of the box, like ``strip_pruning``.
+"""
+
+from tfsafe._keras import keras, tfmot
+from tfsafe.errors import UnsupportedModelError
+
+__all__ = ["strip", "register_stripper", "register_model_pass", "is_wrapped"]
+
+_STRIPPERS = {}
+_MODEL_PASSES = []
+
+
+def register_stripper(wrapper_class, fn):
+    """Register ``fn(layer) -> (plain_layer, weights)`` for instances of ``wrapper_class``."""
+    _STRIPPERS[wrapper_class] = fn
+
+
+def register_model_pass(fn):
+    """Register ``fn(stripped_model, original_model) -> model`` to run after layer stripping."""
+    if fn not in _MODEL_PASSES:
+        _MODEL_PASSES.append(fn)
+
+
+def _stripper_for(layer):
+    for cls in type(layer).__mro__:
+        if cls in _STRIPPERS:
+            return _STRIPPERS[cls]
+    return None
+
+
+def is_wrapped(model):
+    """True when any layer of ``model`` needs stripping before export."""
+    return any(_stripper_for(layer) is not None for layer in _all_layers(model))
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def _strip_prune_low_magnitude(layer):
+    import numpy as np  # noqa: PLC0415
+
+    inner = layer.layer
+    weights = [w.numpy() for w in inner.weights]
+    for weight, mask, _ in layer.pruning_vars:
+        for i, w in enumerate(inner.weights):
+            if w is weight:
+                weights[i] = weights[i] * np.asarray(mask.numpy(), weights[i].dtype)
+    return inner.__class__.from_config(inner.get_config()), weights
+
+
+register_stripper(
+    tfmot.sparsity.keras.pruning_wrapper.PruneLowMagnitude, _strip_prune_low_magnitude
+)
+
+
+def strip(model):
+    """Return a copy of ``model`` made only of plain Keras layers, with compression baked in.
+
+    Masks are multiplied into the weights, quantized weights land on their grid, factorized
+    layers are merged back, and registered model passes run (e.g. zero-bit channel removal).
+    The input model is not modified.
+
+    Args:
+        model: a ``tf_keras`` model that may contain tfsafe or TF-MOT wrappers.
+
+    Returns:
+        A new ``tf_keras`` model of standard layers.
+
+    Example:
+        >>> from tfsafe.models import small_cnn
+        >>> plain = strip(small_cnn())
+        >>> [type(l).__name__ for l in plain.layers][:2]
+        ['InputLayer', 'Conv2D']
+    """
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModelError(f"strip() needs a tf_keras model, got {type(model).__name__}.")
+    pending = {}
+
+    def clone_layer(layer):
+        stripper = _stripper_for(layer)
+        if stripper is None:
+            new_layer = layer.__class__.from_config(layer.get_config())
+            weights = [w.numpy() for w in layer.weights]
+        else:
+            new_layer, weights = stripper(layer)
+        pending[new_layer.name] = weights
+        return new_layer
+
+    try:
+        stripped = keras.models.clone_model(model, clone_function=clone_layer)
+    except (TypeError, ValueError) as err:
+        raise UnsupportedModelError(
+            f"strip() could not rebuild '{model.name}': {err}. Subclassed models must be "
+            "stripped layer by layer."
+        ) from err
+    for layer in stripped.layers:
+        weights = pending.get(layer.name)
+        if weights:
+            layer.set_weights(weights)
+    for model_pass in _MODEL_PASSES:
+        stripped = model_pass(stripped, model)
+    return stripped

@@ -1,0 +1,127 @@
+"""Atomic file writing and model loading with clear errors.
+
+Everything tfsafe writes goes through these helpers: the data lands in a temporary file in
+the destination folder and is renamed over the target, so a crash never leaves a half
+written report, checkpoint or ``.tflite`` behind.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+
+from tfsafe.errors import InputError
+
+__all__ = [
+    "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+    "save_model", "load_model", "to_jsonable",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary path next to ``path``; rename it over ``path`` if the block succeeds.
+
+    Example:
+        >>> with atomic_path("/tmp/out.bin") as tmp:
+        ...     open(tmp, "wb").write(b"data")
+        4
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = suffix if suffix is not None else os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return os.fspath(path)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(obj):
+    """Convert numpy scalars/arrays, tuples and dataclasses into plain JSON types."""
+    import dataclasses  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return to_jsonable(obj.to_dict())
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None  # JSON has no NaN/inf; None reads as "not measured".
+    return obj
+
+
+def atomic_write_json(path, obj):
+    """Write ``obj`` as indented JSON atomically (numpy values are converted)."""
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def save_model(model, path):
+    """Save a Keras model atomically (``.keras`` or ``.h5``); returns the path."""
+    path = os.fspath(path)
+    if not path.endswith((".keras", ".h5")):
+        raise InputError(f"Model path '{path}' must end in .keras or .h5.")
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    return path
+
+
+def load_model(path, compile=False):  # noqa: A002 - mirrors keras.models.load_model
+    """Load a Keras model saved by tf_keras or Keras 3, returned as a tf_keras model.
+
+    tfsafe layers are registered, so wrapped models load without custom scopes.
+
+    Raises:
+        InputError: when the path does not exist or is not a loadable Keras model.
+    """
+    from tfsafe._keras import keras, to_tf_keras  # noqa: PLC0415
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"Model file '{path}' does not exist.")
+    if os.path.isdir(path):
+        raise InputError(f"'{path}' is a folder; pass a .keras or .h5 model file.")
+    import tfsafe.compress  # noqa: F401,PLC0415 - registers tfsafe layers for deserialization
+
+    try:
+        return keras.models.load_model(path, compile=compile)
+    except Exception as err_tf_keras:  # noqa: BLE001 - tried with both Keras versions below
+        try:
+            import keras as keras3  # noqa: PLC0415
+
+            return to_tf_keras(keras3.models.load_model(path, compile=False))
+        except Exception:  # noqa: BLE001
+            first_line = str(err_tf_keras).strip().splitlines()[0] if str(err_tf_keras) else ""
+            raise InputError(
+                f"'{path}' is not a Keras model tfsafe can load ({type(err_tf_keras).__name__}: "
+                f"{first_line[:200]}). Save models with model.save('model.keras')."
+            ) from err_tf_keras

@@ -1,0 +1,1 @@
+"""The published pipelines, built from tfsafe.compress, tfsafe.safety and tfsafe.objectives."""

@@ -1,0 +1,1 @@
+"""What a compressed model must survive: one module per threat."""
