@@ -13,7 +13,9 @@ and run after the layer-wise strip.
 TF-MOT's ``PruneLowMagnitude`` wrapper is handled out of the box, like ``strip_pruning``.
 """
 
-from tfsafe._keras import keras, tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
+from tfsafe._keras import keras
 from tfsafe.errors import UnsupportedModelError
 
 __all__ = ["strip", "register_stripper", "register_model_pass", "is_wrapped"]
@@ -66,7 +68,7 @@ def _strip_prune_low_magnitude(layer):
 
 
 register_stripper(
-    tfmot.sparsity.keras.pruning_wrapper.PruneLowMagnitude, _strip_prune_low_magnitude
+    PruneLowMagnitude, _strip_prune_low_magnitude
 )
 
 
