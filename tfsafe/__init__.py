@@ -5,7 +5,14 @@ Importing tfsafe selects Keras 2 (``tf_keras``) for TensorFlow Model Optimizatio
 """
 
 from tfsafe._keras import keras, tf, tfmot, to_tf_keras
-from tfsafe.data import load_cifar10, load_dataset, load_digits, load_fashion_mnist, load_mnist, membership_split
+from tfsafe.data import (
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    load_mnist,
+    membership_split,
+)
 from tfsafe.errors import InputError, MissingDependencyError, TfsafeError, UnsupportedModelError
 from tfsafe.io import load_model, save_model
 
