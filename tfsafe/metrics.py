@@ -1,0 +1,248 @@
+"""How big a model is: parameters, non-zeros, bits, bytes, sparsity and ReLU count.
+
+The numbers come from per-weight statistics. Plain Keras layers report their own weights at
+32 bits; compression wrappers register a function with :func:`register_weight_stats` that
+reports what the *deployed* weights will be (non-zeros after the mask, bits after
+quantization, factors of a factorization, codebooks) and leaves out bookkeeping variables
+such as masks or step counters. ReLU layers are counted by :func:`relu_count`; layers that
+linearize ReLUs register their own count with :func:`register_relu_counter`.
+
+Size definitions (say which one a headline uses):
+
+- ``params``: stored values of the dense model (every weight of every layer).
+- ``nonzeros``: values that are not exactly zero after masks are applied.
+- ``average_bits``: ``sum(nonzeros * bits) / sum(nonzeros)``.
+- ``ideal_bytes``: ``sum(nonzeros * bits) / 8`` plus any codebooks: the size of a perfect
+  sparse + quantized encoding, ignoring index overhead.
+- ``dense_bytes``: ``params * 4`` (float32).
+- ``compression_ratio``: ``ideal_bytes / dense_bytes`` of the reference (smaller is better).
+"""
+
+import numpy as np
+
+from tfsafe._keras import keras
+
+__all__ = [
+    "WeightStat", "register_weight_stats", "register_relu_counter", "weight_stats", "count_params",
+    "count_nonzero", "sparsity", "average_bits", "ideal_bytes", "dense_bytes", "compression_ratio",
+    "relu_count", "model_size",
+]
+
+_WEIGHT_STATS = {}
+_RELU_COUNTERS = {}
+
+
+def WeightStat(layer, name, values=None, shape=None, params=None, nonzeros=None, bits=32, kind=None):  # noqa: N802
+    """Build one weight-statistics record (a plain dict).
+
+    Either pass ``values`` (an array; params and non-zeros are counted from it) or ``shape``
+    with explicit ``params`` / ``nonzeros``. ``kind`` is ``"kernel"`` for matrices and
+    convolution kernels (what pruning targets), ``"other"`` for biases and normalization
+    statistics, ``"codebook"`` for quantization tables.
+    """
+    if values is not None:
+        values = np.asarray(values)
+        shape = values.shape
+        params = int(values.size) if params is None else params
+        nonzeros = int(np.count_nonzero(values)) if nonzeros is None else nonzeros
+    shape = tuple(int(s) for s in shape)
+    if kind is None:
+        kind = "kernel" if len(shape) >= 2 else "other"
+    return {"layer": layer, "name": name, "shape": shape, "params": int(params),
+            "nonzeros": int(nonzeros), "bits": float(bits), "kind": kind}
+
+
+def register_weight_stats(layer_class, fn):
+    """Register ``fn(layer) -> list of WeightStat dicts`` for instances of ``layer_class``."""
+    _WEIGHT_STATS[layer_class] = fn
+
+
+def register_relu_counter(layer_class, fn):
+    """Register ``fn(layer) -> int``: how many ReLU units a layer of ``layer_class`` computes."""
+    _RELU_COUNTERS[layer_class] = fn
+
+
+def _lookup(registry, layer):
+    for cls in type(layer).__mro__:
+        if cls in registry:
+            return registry[cls]
+    return None
+
+
+def _short_name(variable_name):
+    return variable_name.split("/")[-1].split(":")[0]
+
+
+def _plain_stats(layer):
+    return [WeightStat(layer.name, _short_name(w.name), w.numpy()) for w in layer.weights]
+
+
+def _prune_low_magnitude_stats(layer):
+    inner = layer.layer
+    masks = {id(weight): mask.numpy() for weight, mask, _ in layer.pruning_vars}
+    stats = []
+    for w in inner.weights:
+        values = w.numpy()
+        if id(w) in masks:
+            values = values * masks[id(w)]
+        stats.append(WeightStat(inner.name, _short_name(w.name), values))
+    return stats
+
+
+def _register_builtin():
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (  # noqa: PLC0415
+        PruneLowMagnitude,
+    )
+
+    register_weight_stats(PruneLowMagnitude, _prune_low_magnitude_stats)
+
+
+_register_builtin()
+
+
+def _iter_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and _lookup(_WEIGHT_STATS, layer) is None:
+            yield from _iter_layers(layer)
+        else:
+            yield layer
+
+
+def weight_stats(model):
+    """Per-weight statistics of ``model`` as a list of dicts (see :func:`WeightStat`)."""
+    stats = []
+    for layer in _iter_layers(model):
+        fn = _lookup(_WEIGHT_STATS, layer)
+        if fn is not None:
+            stats.extend(fn(layer))
+        elif isinstance(layer, keras.layers.Wrapper) and not isinstance(layer, keras.layers.Bidirectional):
+            stats.extend(_plain_stats(layer.layer))
+        else:
+            stats.extend(_plain_stats(layer))
+    return stats
+
+
+def _stats(model_or_stats):
+    return model_or_stats if isinstance(model_or_stats, list) else weight_stats(model_or_stats)
+
+
+def count_params(model):
+    """Stored values of the model (codebooks excluded)."""
+    return int(sum(s["params"] for s in _stats(model) if s["kind"] != "codebook"))
+
+
+def count_nonzero(model):
+    """Values that are not zero after masks (codebooks excluded)."""
+    return int(sum(s["nonzeros"] for s in _stats(model) if s["kind"] != "codebook"))
+
+
+def sparsity(model, per_layer=False, kernels_only=True):
+    """Fraction of zero weights.
+
+    Args:
+        model: a model or a list from :func:`weight_stats`.
+        per_layer: also return ``{layer_name: sparsity}``.
+        kernels_only: count only kernels (what pruning targets), not biases or BN statistics.
+
+    Returns:
+        The global sparsity, or ``(global, per_layer_dict)`` when ``per_layer`` is true.
+    """
+    stats = [s for s in _stats(model) if s["kind"] == "kernel" or (not kernels_only and s["kind"] != "codebook")]
+    params = sum(s["params"] for s in stats)
+    overall = 1.0 - sum(s["nonzeros"] for s in stats) / params if params else 0.0
+    if not per_layer:
+        return overall
+    layers = {}
+    for s in stats:
+        p, n = layers.get(s["layer"], (0, 0))
+        layers[s["layer"]] = (p + s["params"], n + s["nonzeros"])
+    return overall, {name: 1.0 - n / p if p else 0.0 for name, (p, n) in layers.items()}
+
+
+def _bits_sum(stats):
+    return sum(s["nonzeros"] * s["bits"] for s in stats)
+
+
+def average_bits(model):
+    """Mean bits per stored non-zero value (codebooks excluded)."""
+    stats = [s for s in _stats(model) if s["kind"] != "codebook"]
+    nonzeros = sum(s["nonzeros"] for s in stats)
+    return _bits_sum(stats) / nonzeros if nonzeros else 0.0
+
+
+def ideal_bytes(model):
+    """``sum(nonzeros x bits) / 8`` including codebooks: a perfect sparse, quantized encoding."""
+    return _bits_sum(_stats(model)) / 8.0
+
+
+def dense_bytes(model):
+    """Bytes of the dense float32 model: ``params x 4``."""
+    return count_params(model) * 4.0
+
+
+def compression_ratio(model, reference=None):
+    """``ideal_bytes(model) / dense_bytes(reference)``; reference defaults to the model itself."""
+    denominator = dense_bytes(reference if reference is not None else model)
+    return ideal_bytes(model) / denominator if denominator else 0.0
+
+
+def _is_relu(fn):
+    return fn is keras.activations.relu or getattr(fn, "__name__", None) == "relu"
+
+
+def _output_units(layer):
+    total = 0
+    for node in layer._inbound_nodes:
+        for shape in (node.output_shapes if isinstance(node.output_shapes, list) else [node.output_shapes]):
+            dims = shape[1:] if shape and len(shape) > 1 else ()
+            if any(d is None for d in dims):
+                raise ValueError(f"Layer '{layer.name}' has an unknown output size {shape}; build the "
+                                 "model with a fixed input shape to count ReLUs.")
+            total += int(np.prod(dims)) if dims else 1
+    return total
+
+
+def _layer_relu_count(layer):
+    counter = _lookup(_RELU_COUNTERS, layer)
+    if counter is not None:
+        return int(counter(layer))
+    if isinstance(layer, keras.Model):
+        return sum(_layer_relu_count(inner) for inner in layer.layers)
+    if isinstance(layer, keras.layers.Wrapper):
+        inner = layer.layer
+        if _is_relu(getattr(inner, "activation", None)) or isinstance(inner, keras.layers.ReLU):
+            return _output_units(layer)
+        return 0
+    if isinstance(layer, keras.layers.ReLU):
+        slope = float(np.asarray(layer.negative_slope)) if layer.negative_slope is not None else 0.0
+        return _output_units(layer) if slope == 0.0 else 0
+    if _is_relu(getattr(layer, "activation", None)):
+        return _output_units(layer)
+    return 0
+
+
+def relu_count(model):
+    """Number of ReLU units evaluated in one forward pass of one example.
+
+    Counts the outputs of ``ReLU`` layers, ``Activation('relu')`` layers and layers built with
+    ``activation='relu'`` (Conv, Dense...), recursing into nested models; layers that mask
+    ReLUs report their own count (:func:`register_relu_counter`).
+    """
+    return int(sum(_layer_relu_count(layer) for layer in model.layers))
+
+
+def model_size(model, reference=None):
+    """One summary dict of every size metric (see the module docstring for definitions)."""
+    stats = weight_stats(model)
+    ref_stats = weight_stats(reference) if reference is not None else stats
+    dense = count_params(ref_stats) * 4.0
+    return {
+        "params": count_params(stats),
+        "nonzeros": count_nonzero(stats),
+        "sparsity": sparsity(stats),
+        "average_bits": average_bits(stats),
+        "ideal_bytes": ideal_bytes(stats),
+        "dense_bytes": dense,
+        "compression_ratio": ideal_bytes(stats) / dense if dense else 0.0,
+        "relu_count": relu_count(model),
+    }

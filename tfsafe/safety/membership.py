@@ -1,0 +1,248 @@
+"""Membership-inference audits through tensorflow-privacy.
+
+:func:`audit_membership` runs tensorflow-privacy's ``run_attacks`` (threshold on loss,
+threshold on entropy, and trained attackers: logistic regression, random forest, k-NN, MLP)
+on the outputs of a model for balanced members (training data) and non-members (data the
+model never saw and that was never used for model selection). Each attack reports AUC,
+attacker advantage (max TPR - FPR) and TPR at 1% and 0.1% FPR; the headline is the worst
+case (the maximum) over attacks.
+
+Example:
+    >>> from tfsafe.models import small_cnn
+    >>> from tfsafe.data import load_digits
+    >>> (x, y), (xt, yt) = load_digits()
+    >>> audit = audit_membership(small_cnn(), (x[:100], y[:100]), (xt[:100], yt[:100]),
+    ...                          attacks=("threshold",))
+    >>> 0.0 <= audit.worst["auc"] <= 1.0
+    True
+"""
+
+import dataclasses
+import sys
+import warnings
+
+import numpy as np
+
+from tfsafe.errors import InputError, MissingDependencyError
+
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "FAST_ATTACKS", "MembershipAudit", "audit_membership", "audit_outputs",
+           "tpr_at_fpr"]
+
+INSTALL_COMMAND = "pip install --no-deps tensorflow-privacy==0.9.0 tensorflow-empirical-privacy==0.1.0"
+
+# tfsafe names -> tensorflow-privacy AttackType names.
+ATTACKS = {
+    "threshold": "THRESHOLD_ATTACK",
+    "entropy": "THRESHOLD_ENTROPY_ATTACK",
+    "logistic_regression": "LOGISTIC_REGRESSION",
+    "random_forest": "RANDOM_FOREST",
+    "knn": "K_NEAREST_NEIGHBORS",
+    "mlp": "MULTI_LAYERED_PERCEPTRON",
+}
+DEFAULT_ATTACKS = tuple(ATTACKS)
+# Everything but the random forest, whose grid search takes ~30 s per audit on two cores; for
+# quick runs (the demo, tests, attackers inside training loops). Reports say which ran.
+FAST_ATTACKS = ("threshold", "entropy", "logistic_regression", "knn", "mlp")
+METRICS = ("auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr")
+
+
+def _tf_privacy():
+    # The package's own switch: skip its estimator imports, which fail on TF >= 2.16.
+    sys.skip_tf_privacy_import = True
+    try:
+        from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import (  # noqa: PLC0415
+            data_structures,
+            membership_inference_attack,
+        )
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"Membership audits need tensorflow-privacy ({err}). Install it with: {INSTALL_COMMAND}"
+        ) from err
+    return data_structures, membership_inference_attack
+
+
+def tpr_at_fpr(fpr, tpr, target):
+    """Highest TPR on the ROC curve at a false-positive rate no larger than ``target``."""
+    fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+    ok = fpr <= target + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+@dataclasses.dataclass
+class MembershipAudit:
+    """Result of a membership audit.
+
+    Attributes:
+        attacks: one dict per attack: ``attack``, ``auc``, ``advantage``,
+            ``tpr_at_1pct_fpr``, ``tpr_at_01pct_fpr`` and the ROC curve (``fpr``, ``tpr``).
+        worst: the maximum of each metric over attacks, and ``attack`` (the one with the
+            highest AUC). This is the headline number.
+        n_members, n_nonmembers: audit set sizes (balanced). TPR at 0.1% FPR is only
+            resolvable with at least 1,000 non-members; ``min_resolvable_fpr`` says what is.
+    """
+
+    attacks: list
+    worst: dict
+    n_members: int
+    n_nonmembers: int
+
+    @property
+    def min_resolvable_fpr(self):
+        return 1.0 / self.n_nonmembers if self.n_nonmembers else 1.0
+
+    def to_dict(self, include_curves=True):
+        attacks = [
+            {k: v for k, v in a.items() if include_curves or k not in ("fpr", "tpr")} for a in self.attacks
+        ]
+        return {"worst": dict(self.worst), "attacks": attacks, "n_members": self.n_members,
+                "n_nonmembers": self.n_nonmembers, "min_resolvable_fpr": self.min_resolvable_fpr}
+
+
+def _resolve_attacks(attacks, data_structures):
+    attacks = DEFAULT_ATTACKS if attacks is None else tuple(attacks)
+    if not attacks:
+        raise InputError("attacks is empty; pass names from " + ", ".join(ATTACKS))
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise InputError(f"Unknown membership attacks {unknown}; choose from {list(ATTACKS)}.")
+    return [getattr(data_structures.AttackType, ATTACKS[a]) for a in attacks]
+
+
+def _balance(member_outputs, member_labels, nonmember_outputs, nonmember_labels, seed):
+    n = min(len(member_outputs), len(nonmember_outputs))
+    rng = np.random.default_rng(seed)
+    if len(member_outputs) > n:
+        keep = np.sort(rng.choice(len(member_outputs), n, replace=False))
+        member_outputs, member_labels = member_outputs[keep], member_labels[keep]
+    if len(nonmember_outputs) > n:
+        keep = np.sort(rng.choice(len(nonmember_outputs), n, replace=False))
+        nonmember_outputs, nonmember_labels = nonmember_outputs[keep], nonmember_labels[keep]
+    return member_outputs, member_labels, nonmember_outputs, nonmember_labels
+
+
+def audit_outputs(member_outputs, nonmember_outputs, member_labels, nonmember_labels,
+                  outputs="logits", attacks=None, balance=True, seed=0):
+    """Audit precomputed model outputs (logits or probabilities) for membership leakage.
+
+    Args:
+        member_outputs: (n, classes) outputs on training examples.
+        nonmember_outputs: (m, classes) outputs on examples the model never saw.
+        member_labels, nonmember_labels: integer labels.
+        outputs: ``"logits"`` or ``"probabilities"``.
+        attacks: names from :data:`ATTACKS` (default: all).
+        balance: subsample the larger side so members and non-members are equally many.
+        seed: seeds the balancing and the trained attackers.
+
+    Returns:
+        A :class:`MembershipAudit`.
+    """
+    from tfsafe.validation import check_labels  # noqa: PLC0415
+
+    if outputs not in ("logits", "probabilities"):
+        raise InputError(f"outputs must be 'logits' or 'probabilities', got {outputs!r}.")
+    arrays = []
+    for name, arr in (("member outputs", member_outputs), ("non-member outputs", nonmember_outputs)):
+        arr = np.asarray(arr, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[0] < 2:
+            raise InputError(f"{name} must have shape (examples >= 2, classes), got {arr.shape}.")
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{name} contain NaN or infinite values; the model diverged or the data is bad.")
+        arrays.append(arr)
+    member_outputs, nonmember_outputs = arrays
+    if member_outputs.shape[1] != nonmember_outputs.shape[1]:
+        raise InputError("Member and non-member outputs have different numbers of classes.")
+    classes = member_outputs.shape[1]
+    member_labels = check_labels(member_labels, classes, "member labels", n=len(member_outputs))
+    nonmember_labels = check_labels(nonmember_labels, classes, "non-member labels", n=len(nonmember_outputs))
+    if outputs == "probabilities" and (member_outputs.min() < 0 or member_outputs.max() > 1 + 1e-6):
+        raise InputError("outputs='probabilities' but values are outside [0, 1]; pass outputs='logits'.")
+    if balance:
+        member_outputs, member_labels, nonmember_outputs, nonmember_labels = _balance(
+            member_outputs, member_labels, nonmember_outputs, nonmember_labels, seed)
+
+    data_structures, mia = _tf_privacy()
+    attack_types = _resolve_attacks(attacks, data_structures)
+    key = "logits" if outputs == "logits" else "probs"
+    attack_input = data_structures.AttackInputData(
+        **{f"{key}_train": member_outputs, f"{key}_test": nonmember_outputs},
+        labels_train=member_labels, labels_test=nonmember_labels,
+    )
+    np_state = np.random.get_state()
+    np.random.seed(seed)  # the trained attackers split and fit with numpy's global RNG
+    try:
+        with warnings.catch_warnings():
+            # sklearn convergence notes and tf-privacy's epsilon-bound divisions by zero are
+            # not actionable for the user; the results carry what matters.
+            warnings.simplefilter("ignore")
+            with np.errstate(all="ignore"):
+                results = mia.run_attacks(
+                    attack_input, data_structures.SlicingSpec(entire_dataset=True), attack_types=attack_types
+                )
+    finally:
+        np.random.set_state(np_state)
+    names = {v: k for k, v in ATTACKS.items()}
+    rows = []
+    for result in results.single_attack_results:
+        roc = result.roc_curve
+        rows.append({
+            "attack": names[result.attack_type.name],
+            "auc": float(result.get_auc()),
+            "advantage": float(result.get_attacker_advantage()),
+            "tpr_at_1pct_fpr": tpr_at_fpr(roc.fpr, roc.tpr, 0.01),
+            "tpr_at_01pct_fpr": tpr_at_fpr(roc.fpr, roc.tpr, 0.001),
+            "fpr": np.asarray(roc.fpr, np.float64).tolist(),
+            "tpr": np.asarray(roc.tpr, np.float64).tolist(),
+        })
+    if not rows:
+        raise InputError("No membership attack could run on this data (too few examples per side).")
+    worst = {metric: max(r[metric] for r in rows) for metric in METRICS}
+    worst["attack"] = max(rows, key=lambda r: r["auc"])["attack"]
+    return MembershipAudit(attacks=rows, worst=worst, n_members=len(member_outputs),
+                           n_nonmembers=len(nonmember_outputs))
+
+
+def _model_outputs(model, x, batch_size):
+    """Logits of a Keras model, or float outputs of a .tflite path / TFLiteModel / callable."""
+    import os  # noqa: PLC0415
+
+    from tfsafe._keras import keras  # noqa: PLC0415
+
+    if isinstance(model, keras.Model):
+        from tfsafe.models import predict_logits  # noqa: PLC0415
+
+        return predict_logits(model, x, batch_size), "logits"
+    if isinstance(model, (str, os.PathLike)):
+        from tflite_export.runtime import TFLiteModel  # noqa: PLC0415
+
+        model = TFLiteModel(model)
+    if hasattr(model, "predict") or callable(model):
+        fn = model.predict if hasattr(model, "predict") else model
+        out = np.asarray(fn(x), np.float64)
+        kind = "probabilities" if out.min() >= 0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3) else "logits"
+        return out, kind
+    raise InputError(f"Cannot audit a {type(model).__name__}; pass a Keras model, a .tflite path or a callable.")
+
+
+def audit_membership(model, members, nonmembers, attacks=None, balance=True, seed=0, batch_size=512):
+    """Audit a model for membership inference with tensorflow-privacy's attacks.
+
+    Args:
+        model: a Keras model (its logits are used), a ``.tflite`` path (black-box outputs),
+            or any callable / object with ``predict(x)`` returning logits or probabilities.
+        members: ``(x, y)`` drawn from the model's training data.
+        nonmembers: ``(x, y)`` never used for training or model selection.
+        attacks: names from :data:`ATTACKS` (default: all six).
+        balance: use equally many members and non-members (the protocol requires it).
+        seed: seeds balancing and the trained attackers.
+
+    Returns:
+        A :class:`MembershipAudit`; ``audit.worst`` is the headline.
+    """
+    from tfsafe.validation import check_features  # noqa: PLC0415
+
+    (xm, ym), (xn, yn) = members, nonmembers
+    xm = check_features(xm, "members x")
+    xn = check_features(xn, "non-members x", xm.shape[1:])
+    out_m, kind = _model_outputs(model, xm, batch_size)
+    out_n, _ = _model_outputs(model, xn, batch_size)
+    return audit_outputs(out_m, out_n, ym, yn, outputs=kind, attacks=attacks, balance=balance, seed=seed)
