@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from tfsafe import metrics
+from tfsafe._keras import keras, tfmot
+
+
+def _hand_built():
+    """Dense(4->3) with a known kernel and bias: 12 + 3 = 15 params, 5 non-zeros."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    kernel = np.zeros((4, 3), "float32")
+    kernel[0, 0], kernel[1, 1], kernel[2, 2], kernel[3, 0] = 1, 2, 3, 4
+    model.layers[0].set_weights([kernel, np.array([0, 0, 5], "float32")])
+    return model
+
+
+def test_counts_of_a_hand_built_model():
+    model = _hand_built()
+    assert metrics.count_params(model) == 15
+    assert metrics.count_nonzero(model) == 5
+    assert metrics.sparsity(model) == pytest.approx(1 - 4 / 12)  # kernels only
+    overall, layers = metrics.sparsity(model, per_layer=True, kernels_only=False)
+    assert overall == pytest.approx(1 - 5 / 15) and layers == {"d": pytest.approx(1 - 5 / 15)}
+    assert metrics.average_bits(model) == 32
+    assert metrics.ideal_bytes(model) == 5 * 32 / 8
+    assert metrics.compression_ratio(model) == pytest.approx(20 / 60)
+
+
+def test_registered_weight_stats_drive_bits_and_bytes():
+    class FourBitDense(keras.layers.Dense):
+        pass
+
+    metrics.register_weight_stats(
+        FourBitDense, lambda layer: [metrics.WeightStat(layer.name, "kernel", layer.kernel.numpy(), bits=4),
+                                     metrics.WeightStat(layer.name, "codebook", shape=(16,), params=16,
+                                                        nonzeros=16, bits=32, kind="codebook")])
+    model = keras.Sequential([keras.Input((4,)), FourBitDense(2, use_bias=False)])
+    model.layers[0].set_weights([np.ones((4, 2), "float32")])
+    assert metrics.average_bits(model) == 4
+    assert metrics.ideal_bytes(model) == (8 * 4 + 16 * 32) / 8
+    assert metrics.count_params(model) == 8
+
+
+def test_relu_count_for_all_three_relu_forms():
+    inputs = keras.Input((6, 6, 1))
+    h = keras.layers.Conv2D(2, 3, activation="relu")(inputs)  # 4*4*2 = 32
+    h = keras.layers.Conv2D(3, 3)(h)
+    h = keras.layers.ReLU()(h)  # 2*2*3 = 12
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(5)(h)
+    h = keras.layers.Activation("relu")(h)  # 5
+    h = keras.layers.Dense(4, activation="tanh")(h)
+    h = keras.layers.LeakyReLU()(h)  # not a ReLU
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    assert metrics.relu_count(model) == 32 + 12 + 5
+
+
+def test_relu_count_recurses_into_nested_models_and_registry():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu")])
+    outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2, activation="relu")])
+    assert metrics.relu_count(outer) == 5
+
+    class HalfReLU(keras.layers.ReLU):
+        pass
+
+    metrics.register_relu_counter(HalfReLU, lambda layer: 1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6), HalfReLU()])
+    assert metrics.relu_count(model) == 1
+
+
+def test_tfmot_pruned_model_reports_mask_sparsity(trained_cnn, digits):
+    from conftest import clone, compile_classifier
+
+    (x, y), _ = digits
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(
+        clone(trained_cnn), pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.75, 0, frequency=1))
+    compile_classifier(pruned).fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0,
+                                   callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    size = metrics.model_size(pruned, reference=trained_cnn)
+    assert size["params"] == trained_cnn.count_params()  # masks and step counters not counted
+    assert metrics.sparsity(pruned) == pytest.approx(0.75, abs=0.01)
+    assert size["compression_ratio"] < 0.3
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    assert metrics.count_nonzero(stripped) == size["nonzeros"]

@@ -1,0 +1,128 @@
+"""The ``tfsafe`` command line (absl): ``tfsafe <command> [--flags]``.
+
+Commands:
+  demo    train, prune (TF-MOT), export int8 and audit on bundled digits; write a report
+  audit   membership audit of a .keras or .tflite model on member / non-member .npz files
+
+Every bad flag or file ends in a one-line ``tfsafe: error: ...`` and exit status 2.
+"""
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("out", "out", "Output folder for reports, models and exported files.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("epochs", 60, "demo: training epochs of the dense model.")
+flags.DEFINE_integer("prune_epochs", 15, "demo: fine-tuning epochs while pruning.")
+flags.DEFINE_float("target_sparsity", 0.8, "demo: TF-MOT pruning target.")
+flags.DEFINE_string("model", None, "audit: path of a .keras/.h5 model or a .tflite file.")
+flags.DEFINE_string("members", None, "audit: .npz with arrays x, y drawn from the training data.")
+flags.DEFINE_string("nonmembers", None, "audit: .npz with arrays x, y the model never saw.")
+flags.DEFINE_list("attacks", None, "Membership attacks (default: all for audit, the fast ones for demo).")
+
+COMMANDS = {}
+
+
+def command(name, help_text):
+    """Register ``fn(argv)`` as ``tfsafe <name>``."""
+
+    def register(fn):
+        COMMANDS[name] = (fn, help_text)
+        return fn
+
+    return register
+
+
+@command("demo", "train, prune with TF-MOT, export int8 TFLite and audit membership on digits")
+def _demo(argv):
+    from tfsafe.demo import run_demo  # noqa: PLC0415
+    from tfsafe.safety.membership import FAST_ATTACKS  # noqa: PLC0415
+
+    run_demo(FLAGS.out, epochs=FLAGS.epochs, prune_epochs=FLAGS.prune_epochs,
+             target_sparsity=FLAGS.target_sparsity, attacks=FLAGS.attacks or FAST_ATTACKS, seed=FLAGS.seed)
+
+
+def _load_npz_xy(path, flag):
+    import os  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from tfsafe.errors import InputError  # noqa: PLC0415
+
+    if not path:
+        raise InputError(f"--{flag} is required: an .npz file with arrays x and y.")
+    if not os.path.isfile(path):
+        raise InputError(f"--{flag} file '{path}' does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["x"], data["y"]
+    except KeyError as err:
+        raise InputError(f"--{flag} file '{path}' must hold arrays named x and y.") from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"--{flag} file '{path}' is not a readable .npz: {err}") from err
+
+
+@command("audit", "membership audit of a .keras or .tflite model (needs --members and --nonmembers)")
+def _audit(argv):
+    import os  # noqa: PLC0415
+
+    from tfsafe.errors import InputError  # noqa: PLC0415
+    from tfsafe.io import atomic_write_json, load_model  # noqa: PLC0415
+    from tfsafe.safety.membership import audit_membership  # noqa: PLC0415
+
+    if not FLAGS.model:
+        raise InputError("--model is required: a .keras/.h5 model or a .tflite file.")
+    members = _load_npz_xy(FLAGS.members, "members")
+    nonmembers = _load_npz_xy(FLAGS.nonmembers, "nonmembers")
+    model = FLAGS.model if FLAGS.model.endswith(".tflite") else load_model(FLAGS.model)
+    if FLAGS.model.endswith(".tflite") and not os.path.isfile(FLAGS.model):
+        raise InputError(f"--model file '{FLAGS.model}' does not exist.")
+    audit = audit_membership(model, members, nonmembers, attacks=FLAGS.attacks, seed=FLAGS.seed)
+    for row in audit.attacks:
+        print(f"{row['attack']:>20}  AUC {row['auc']:.3f}  advantage {row['advantage']:.3f}  "
+              f"TPR@1%FPR {row['tpr_at_1pct_fpr']:.3f}")
+    worst = audit.worst
+    print(f"{'worst case':>20}  AUC {worst['auc']:.3f}  advantage {worst['advantage']:.3f}  "
+          f"TPR@1%FPR {worst['tpr_at_1pct_fpr']:.3f}  ({worst['attack']})")
+    path = atomic_write_json(os.path.join(FLAGS.out, "audit.json"), audit.to_dict())
+    print(f"wrote {path}")
+
+
+def _usage():
+    lines = ["usage: tfsafe <command> [--flags]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "tfsafe <command> --helpshort lists the flags."]
+    return "\n".join(lines)
+
+
+def main(argv):
+    from tfsafe.errors import TfsafeError  # noqa: PLC0415
+
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        given = f"unknown command '{argv[1]}'. " if len(argv) >= 2 else ""
+        print(f"tfsafe: error: {given}\n{_usage()}", file=sys.stderr)
+        return 2
+    if len(argv) > 2:
+        print(f"tfsafe: error: unexpected arguments {argv[2:]}; flags start with --.", file=sys.stderr)
+        return 2
+    try:
+        COMMANDS[argv[1]][0](argv)
+    except TfsafeError as err:
+        print(f"tfsafe: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tfsafe: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run():
+    """Console-script entry point."""
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()
