@@ -58,3 +58,20 @@ def test_console_script_fails_cleanly(args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_audit_with_reference_models_in_two_shards(tmp_path, trained_cnn, digits, capsys):
+    from tfsafe.io import save_model
+
+    (x, y), (xt, yt) = digits
+    model_path = save_model(trained_cnn, tmp_path / "m.keras")
+    np.savez(tmp_path / "mem.npz", x=x[:60], y=y[:60])
+    np.savez(tmp_path / "non.npz", x=xt[:60], y=yt[:60])
+    common = [f"--model={model_path}", f"--members={tmp_path / 'mem.npz'}", f"--nonmembers={tmp_path / 'non.npz'}",
+              "--attacks=threshold", f"--out={tmp_path}", "--reference_models=2", "--reference_epochs=2"]
+    assert run_cli("audit", *common, "--shard=0/2") == 0
+    assert "1 of 2 reference models" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "audit.json")
+    assert run_cli("audit", *common, "--shard=1/2") == 0
+    out = capsys.readouterr().out
+    assert "lira" in out and "offset" in out and os.path.exists(tmp_path / "audit.json")

@@ -22,6 +22,12 @@ flags.DEFINE_string("model", None, "audit: path of a .keras/.h5 model or a .tfli
 flags.DEFINE_string("members", None, "audit: .npz with arrays x, y drawn from the training data.")
 flags.DEFINE_string("nonmembers", None, "audit: .npz with arrays x, y the model never saw.")
 flags.DEFINE_list("attacks", None, "Membership attacks (default: all for audit, the fast ones for demo).")
+flags.DEFINE_integer("reference_models", 0, "audit: also run LiRA / offset with this many reference models "
+                     "(same architecture as --model, trained on halves of members + non-members).")
+flags.DEFINE_string("shard", "0/1", "audit: train only reference models j with j % n == i ('i/n'); run "
+                    "every shard (on any workers sharing --reference_dir), then once more to merge.")
+flags.DEFINE_string("reference_dir", None, "audit: folder for reference-model scores (default OUT/reference_models).")
+flags.DEFINE_integer("reference_epochs", 20, "audit: training epochs of each reference model.")
 
 COMMANDS = {}
 
@@ -81,6 +87,9 @@ def _audit(argv):
     if FLAGS.model.endswith(".tflite") and not os.path.isfile(FLAGS.model):
         raise InputError(f"--model file '{FLAGS.model}' does not exist.")
     audit = audit_membership(model, members, nonmembers, attacks=FLAGS.attacks, seed=FLAGS.seed)
+    if FLAGS.reference_models:
+        if not audit_lira_rows(model, members, nonmembers, audit):
+            return
     for row in audit.attacks:
         print(f"{row['attack']:>20}  AUC {row['auc']:.3f}  advantage {row['advantage']:.3f}  "
               f"TPR@1%FPR {row['tpr_at_1pct_fpr']:.3f}")
@@ -89,6 +98,40 @@ def _audit(argv):
           f"TPR@1%FPR {worst['tpr_at_1pct_fpr']:.3f}  ({worst['attack']})")
     path = atomic_write_json(os.path.join(FLAGS.out, "audit.json"), audit.to_dict())
     print(f"wrote {path}")
+
+
+def audit_lira_rows(model, members, nonmembers, audit):
+    """Train this shard's reference models; once all exist, add LiRA / offset rows to ``audit``."""
+    import glob  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from tfsafe._keras import keras  # noqa: PLC0415
+    from tfsafe.errors import InputError  # noqa: PLC0415
+    from tfsafe.safety.lira import lira_audit, train_reference_models  # noqa: PLC0415
+    from tfsafe.safety.membership import METRICS  # noqa: PLC0415
+
+    if not isinstance(model, keras.Model):
+        raise InputError("--reference_models needs a Keras model (its architecture trains the reference "
+                         "models); audit the .tflite without it, or pass the .keras model.")
+    n = min(len(members[0]), len(nonmembers[0]))
+    pool = (np.concatenate([members[0][:n], nonmembers[0][:n]]), np.concatenate([members[1][:n], nonmembers[1][:n]]))
+    is_member = np.arange(2 * n) < n
+    ref_dir = FLAGS.reference_dir or os.path.join(FLAGS.out, "reference_models")
+    train_reference_models(model, pool, ref_dir, num_models=FLAGS.reference_models, shard=FLAGS.shard,
+                           seed=FLAGS.seed, fit_kwargs={"epochs": FLAGS.reference_epochs})
+    present = len(glob.glob(os.path.join(ref_dir, "ref_*.npz")))
+    if present < FLAGS.reference_models:
+        print(f"shard {FLAGS.shard} done: {present} of {FLAGS.reference_models} reference models in {ref_dir}; "
+              "run the other shards, then run again to merge.")
+        return False
+    lira = lira_audit(model, pool, is_member, ref_dir)
+    audit.attacks.extend(lira.attacks)
+    for metric in METRICS:
+        audit.worst[metric] = max(audit.worst[metric], lira.worst[metric])
+    audit.worst["attack"] = max(audit.attacks, key=lambda r: r["auc"])["attack"]
+    return True
 
 
 def _usage():
