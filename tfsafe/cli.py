@@ -3,6 +3,8 @@
 Commands:
   demo    train, prune (TF-MOT), export int8 and audit on bundled digits; write a report
   audit   membership audit of a .keras or .tflite model on member / non-member .npz files
+  export  .keras -> int8 / dynamic / float16 / float32 .tflite (+ .onnx), checked against Keras
+  bench   latency, size, memory and accuracy of .tflite files on this host or an Android device
 
 Every bad flag or file ends in a one-line ``tfsafe: error: ...`` and exit status 2.
 """
@@ -28,6 +30,26 @@ flags.DEFINE_string("shard", "0/1", "audit: train only reference models j with j
                     "every shard (on any workers sharing --reference_dir), then once more to merge.")
 flags.DEFINE_string("reference_dir", None, "audit: folder for reference-model scores (default OUT/reference_models).")
 flags.DEFINE_integer("reference_epochs", 20, "audit: training epochs of each reference model.")
+# export / bench (tflite_export.commands)
+flags.DEFINE_list("modes", ["int8"], "export: TFLite modes to write (int8, dynamic, float16, float32).")
+flags.DEFINE_string("dataset", "digits", "export/bench: data for calibration, parity and accuracy "
+                    "(digits, mnist, fashion_mnist, cifar10); bench uses it only when given.")
+flags.DEFINE_string("data_dir", None, "export/bench: folder holding the dataset files (offline).")
+flags.DEFINE_integer("calibration_samples", 500, "export: int8 calibration examples from the training split.")
+flags.DEFINE_float("min_agreement", 0.99, "export: required top-1 agreement with Keras on the test split.")
+flags.DEFINE_boolean("onnx", False, "export: also write an .onnx file (tf2onnx, checked with onnxruntime).")
+flags.DEFINE_integer("opset", 17, "export: ONNX opset.")
+flags.DEFINE_list("threads", ["1"], "bench: CPU thread counts.")
+flags.DEFINE_list("xnnpack", ["on"], "bench: XNNPack settings to run: on, off or both.")
+flags.DEFINE_integer("num_runs", 200, "bench: timed runs per configuration.")
+flags.DEFINE_integer("warmup_runs", 20, "bench: untimed warm-up runs.")
+flags.DEFINE_boolean("android", False, "bench: run TFLite's benchmark_model on an Android device over adb.")
+flags.DEFINE_string("adb", None, "bench --android: adb binary (default: found on PATH).")
+flags.DEFINE_string("serial", None, "bench --android: device serial when several are attached.")
+flags.DEFINE_string("benchmark_binary", None, "bench --android: local benchmark_model to push to the device.")
+flags.DEFINE_boolean("use_gpu", False, "bench --android: GPU delegate.")
+flags.DEFINE_boolean("use_nnapi", False, "bench --android: NNAPI delegate.")
+flags.DEFINE_boolean("op_profiling", False, "bench --android: per-op-type profile (--enable_op_profiling).")
 
 COMMANDS = {}
 
@@ -134,11 +156,60 @@ def audit_lira_rows(model, members, nonmembers, audit):
     return True
 
 
+@command("export", "export a .keras model to int8/dynamic/float16/float32 TFLite (+ ONNX) with parity checks")
+def _export(argv):
+    from tflite_export.commands import export_command  # noqa: PLC0415
+    from tfsafe.errors import InputError  # noqa: PLC0415
+
+    if not FLAGS.model:
+        raise InputError("--model is required: a .keras/.h5 model to export.")
+    export_command(FLAGS.model, FLAGS.out, modes=FLAGS.modes, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+                   calibration_samples=FLAGS.calibration_samples, min_agreement=FLAGS.min_agreement,
+                   onnx=FLAGS.onnx, opset=FLAGS.opset)
+
+
+@command("bench", "benchmark .tflite files on this host (LiteRT) or on Android (--android, adb)")
+def _bench(argv):
+    import os  # noqa: PLC0415
+
+    from tflite_export.commands import bench_command  # noqa: PLC0415
+    from tfsafe.errors import InputError  # noqa: PLC0415
+
+    if not FLAGS.model:
+        raise InputError("--model is required: one or more .tflite files, comma-separated.")
+    settings = {"on": True, "off": False}
+    if not set(FLAGS.xnnpack) <= set(settings):
+        raise InputError(f"--xnnpack takes on and/or off, got {FLAGS.xnnpack}.")
+    try:
+        threads = [int(t) for t in FLAGS.threads]
+    except ValueError as err:
+        raise InputError(f"--threads must be integers, got {FLAGS.threads}.") from err
+    bench_command(FLAGS.model.split(","), out=os.path.join(FLAGS.out, "bench.json"),
+                  dataset=FLAGS.dataset if FLAGS["dataset"].present else None, data_dir=FLAGS.data_dir,
+                  threads=threads, xnnpack=[settings[v] for v in FLAGS.xnnpack], warmup_runs=FLAGS.warmup_runs,
+                  num_runs=FLAGS.num_runs, android=FLAGS.android, adb=FLAGS.adb, serial=FLAGS.serial,
+                  benchmark_binary=FLAGS.benchmark_binary, use_gpu=FLAGS.use_gpu, use_nnapi=FLAGS.use_nnapi,
+                  enable_op_profiling=FLAGS.op_profiling)
+
+
 def _usage():
     lines = ["usage: tfsafe <command> [--flags]", "", "commands:"]
     lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "tfsafe <command> --helpshort lists the flags."]
     return "\n".join(lines)
+
+
+def _quiet_logs():
+    """Keep TensorFlow's and absl's INFO chatter out of the user's terminal."""
+    import logging as py_logging  # noqa: PLC0415
+
+    from absl import logging  # noqa: PLC0415
+
+    logging.set_verbosity(logging.WARNING)
+    from tfsafe._keras import tf  # noqa: PLC0415
+
+    tf.get_logger().setLevel(py_logging.ERROR)
+    tf.autograph.set_verbosity(0)
 
 
 def main(argv):
@@ -151,6 +222,7 @@ def main(argv):
     if len(argv) > 2:
         print(f"tfsafe: error: unexpected arguments {argv[2:]}; flags start with --.", file=sys.stderr)
         return 2
+    _quiet_logs()
     try:
         COMMANDS[argv[1]][0](argv)
     except TfsafeError as err:

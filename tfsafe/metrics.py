@@ -190,9 +190,14 @@ def _is_relu(fn):
     return fn is keras.activations.relu or getattr(fn, "__name__", None) == "relu"
 
 
-def _output_units(layer):
+def _output_units(layer, model):
+    # A layer shared with other models (e.g. after strip or clone) has nodes from those models
+    # too; count only the calls that belong to this model's graph.
+    own = getattr(model, "_network_nodes", None)
     total = 0
-    for node in layer._inbound_nodes:
+    for index, node in enumerate(layer._inbound_nodes):
+        if own is not None and f"{layer.name}_ib-{index}" not in own:
+            continue
         for shape in (node.output_shapes if isinstance(node.output_shapes, list) else [node.output_shapes]):
             dims = shape[1:] if shape and len(shape) > 1 else ()
             if any(d is None for d in dims):
@@ -202,22 +207,22 @@ def _output_units(layer):
     return total
 
 
-def _layer_relu_count(layer):
+def _layer_relu_count(layer, model):
     counter = _lookup(_RELU_COUNTERS, layer)
     if counter is not None:
         return int(counter(layer))
     if isinstance(layer, keras.Model):
-        return sum(_layer_relu_count(inner) for inner in layer.layers)
+        return sum(_layer_relu_count(inner, layer) for inner in layer.layers)
     if isinstance(layer, keras.layers.Wrapper):
         inner = layer.layer
         if _is_relu(getattr(inner, "activation", None)) or isinstance(inner, keras.layers.ReLU):
-            return _output_units(layer)
+            return _output_units(layer, model)
         return 0
     if isinstance(layer, keras.layers.ReLU):
         slope = float(np.asarray(layer.negative_slope)) if layer.negative_slope is not None else 0.0
-        return _output_units(layer) if slope == 0.0 else 0
+        return _output_units(layer, model) if slope == 0.0 else 0
     if _is_relu(getattr(layer, "activation", None)):
-        return _output_units(layer)
+        return _output_units(layer, model)
     return 0
 
 
@@ -228,7 +233,7 @@ def relu_count(model):
     ``activation='relu'`` (Conv, Dense...), recursing into nested models; layers that mask
     ReLUs report their own count (:func:`register_relu_counter`).
     """
-    return int(sum(_layer_relu_count(layer) for layer in model.layers))
+    return int(sum(_layer_relu_count(layer, model) for layer in model.layers))
 
 
 def model_size(model, reference=None):

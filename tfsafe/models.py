@@ -5,6 +5,8 @@ audits need logits, since a saturated softmax hides gradients and membership sig
 :func:`logits_model` returns a view of the model without its final softmax.
 """
 
+import weakref
+
 import numpy as np
 
 from tfsafe._keras import keras, tf
@@ -106,11 +108,22 @@ def _batched_predict(fn, x, batch_size):
     return np.concatenate(outs, axis=0)
 
 
+_PREDICT_FNS = weakref.WeakKeyDictionary()
+
+
+def _predict_fn(model):
+    """One compiled inference function per model (a new tf.function per call would retrace)."""
+    fn = _PREDICT_FNS.get(model)
+    if fn is None:
+        lm = logits_model(model)
+        fn = tf.function(lambda t: lm(t, training=False), reduce_retracing=True)
+        _PREDICT_FNS[model] = fn
+    return fn
+
+
 def predict_logits(model, x, batch_size=512):
     """Logits of ``model`` on ``x`` (inference mode), as a float32 numpy array."""
-    lm = logits_model(model)
-    fn = tf.function(lambda t: lm(t, training=False), reduce_retracing=True)
-    return _batched_predict(fn, np.asarray(x, np.float32), batch_size).astype(np.float32)
+    return _batched_predict(_predict_fn(model), np.asarray(x, np.float32), batch_size).astype(np.float32)
 
 
 def predict_proba(model, x, batch_size=512):
