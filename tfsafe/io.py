@@ -33,6 +33,9 @@ def atomic_path(path, suffix=None):
     suffix = suffix if suffix is not None else os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,5 +1,5 @@
 """SafetyReport: one comparison of models (dense, unsafe baseline, compressed, deployed file),
-written as versioned JSON and readable Markdown.
+written as versioned JSON, readable Markdown and a self-contained HTML page with plots.
 
 A report holds one entry per model. Each entry is plain data: accuracy, the size metrics of
 :func:`tfsafe.metrics.model_size`, the membership audit's worst case, robustness results and
@@ -7,12 +7,14 @@ file sizes, whichever were measured. Missing measurements are shown as "-".
 
 Example:
     >>> report = SafetyReport("demo", dataset="digits")
-    >>> report.add_model("dense", role="dense", accuracy=0.97, size={"params": 1000})
+    >>> _ = report.add_model("dense", role="dense", accuracy=0.97, size={"params": 1000})
     >>> "dense" in report.to_markdown()
     True
 """
 
+import base64
 import datetime
+import html
 import os
 
 from tfsafe.io import atomic_write_json, atomic_write_text, to_jsonable
@@ -65,11 +67,25 @@ class SafetyReport:
         self.models = []
 
     def add_model(self, name, role, **results):
-        """Add one model's results (``accuracy=``, ``size=``, ``membership=``, ``robustness=``, ``file=``...)."""
+        """Add one model's results (``accuracy=``, ``size=``, ``membership=``, ``robustness=``, ``file=``...).
+
+        ``membership`` may be a full audit dict (with per-attack ROC curves, for the plots);
+        ``corruptions`` a :func:`tfsafe.safety.corruptions.corruption_accuracy` result.
+        """
         entry = {"name": name, "role": role}
         entry.update(to_jsonable(results))
         self.models.append(entry)
         return entry
+
+    def add_evaluation(self, name, role, evaluation, **extra):
+        """Add a model from an :func:`tfsafe.safety.evaluate.evaluate_safety` result."""
+        tests = evaluation.get("tests") or {}
+        membership = tests.get("membership") if "worst" in (tests.get("membership") or {}) else None
+        corruptions = tests.get("corruptions") if "table" in (tests.get("corruptions") or {}) else None
+        return self.add_model(name, role, accuracy=evaluation.get("accuracy"),
+                              robustness=evaluation.get("robustness"),
+                              membership=membership or evaluation.get("membership"),
+                              corruptions=corruptions, score=evaluation.get("score"), **extra)
 
     def to_dict(self):
         return {
@@ -102,10 +118,63 @@ class SafetyReport:
         lines.append("")
         return "\n".join(lines)
 
-    def save(self, out_dir, stem="report"):
-        """Write ``<out_dir>/<stem>.json`` and ``<stem>.md`` atomically; returns their paths."""
-        json_path = os.path.join(out_dir, f"{stem}.json")
-        md_path = os.path.join(out_dir, f"{stem}.md")
-        atomic_write_json(json_path, self.to_dict())
-        atomic_write_text(md_path, self.to_markdown())
-        return json_path, md_path
+    def figures(self):
+        """``[(title, png_bytes)]`` for every figure the measured data supports."""
+        from tfsafe import report_plots as plots  # noqa: PLC0415
+
+        figures = [
+            ("Size, accuracy and membership risk", plots.tradeoff(self.models)),
+            ("Membership inference ROC (log scale)", plots.membership_roc(self.models)),
+            ("Robust accuracy vs eps", plots.robustness_curve(self.models)),
+            ("Accuracy under natural corruptions", plots.corruption_heatmap(self.models)),
+        ]
+        figures += [(f"tensorflow-privacy ROC: {m['name']}", plots.privacy_roc(m)) for m in self.models]
+        return [(title, png) for title, png in figures if png]
+
+    def to_html(self):
+        """A self-contained HTML page: the table, the run description and the figures inline."""
+        columns = self._columns()
+        esc = html.escape
+        head = "".join(f"<th>{esc(c[0])}</th>" for c in columns)
+        body = []
+        for entry in self.models:
+            cells = []
+            for _, path, fmt in columns:
+                value = _get(entry, path)
+                cells.append("<td>-</td>" if value is None else f"<td>{esc(fmt.format(value))}</td>")
+            body.append(f"<tr class=\"{esc(entry['role'].replace(' ', '-'))}\">{''.join(cells)}</tr>")
+        meta = "".join(f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>" for k, v in self.meta.items())
+        figures = "".join(
+            f"<figure><img alt=\"{esc(title)}\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
+            f"<figcaption>{esc(title)}</figcaption></figure>"
+            for title, png in self.figures()
+        )
+        return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(self.title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: right; }}
+th {{ background: #f0f0f0; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
+tr.unsafe-baseline {{ background: #fff4f0; }} tr.compressed {{ background: #f0fff4; }}
+figure {{ display: inline-block; margin: 1rem; vertical-align: top; }} img {{ max-width: 640px; }}
+</style></head>
+<body><h1>{esc(self.title)}</h1><ul>{meta}</ul>
+<table id="results"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+<section id="figures">{figures}</section>
+<footer><small>tfsafe report schema {SCHEMA_VERSION}</small></footer></body></html>
+"""
+
+    def save(self, out_dir, stem="report", html_page=True):
+        """Write ``<stem>.json``, ``<stem>.md`` (and ``<stem>.html``) into ``out_dir`` atomically.
+
+        Returns:
+            The list of written paths.
+        """
+        paths = [os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")]
+        atomic_write_json(paths[0], self.to_dict())
+        atomic_write_text(paths[1], self.to_markdown())
+        if html_page:
+            paths.append(os.path.join(out_dir, f"{stem}.html"))
+            atomic_write_text(paths[2], self.to_html())
+        return paths

@@ -1,0 +1,141 @@
+"""Figures for :class:`tfsafe.report.SafetyReport` (matplotlib, rendered to PNG bytes).
+
+Each function takes the report's model entries and returns PNG bytes, or ``None`` when no
+entry carries the data the figure needs.
+"""
+
+import io
+
+import numpy as np
+
+__all__ = ["membership_roc", "robustness_curve", "corruption_heatmap", "tradeoff", "privacy_roc"]
+
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _png(fig):
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _worst_curve(entry):
+    attacks = (entry.get("membership") or {}).get("attacks") or []
+    curves = [a for a in attacks if a.get("fpr") and a.get("tpr")]
+    return max(curves, key=lambda a: a["auc"]) if curves else None
+
+
+def membership_roc(models):
+    """ROC of each model's strongest membership attack, on log axes (where low FPR matters)."""
+    rows = [(m["name"], _worst_curve(m)) for m in models]
+    rows = [(name, c) for name, c in rows if c is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    floor = 1e-3
+    for name, curve in rows:
+        fpr = np.clip(curve["fpr"], floor, 1)
+        tpr = np.clip(curve["tpr"], floor, 1)
+        ax.plot(fpr, tpr, label=f"{name} ({curve['attack']}, AUC {curve['auc']:.3f})")
+    ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
+    ax.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate",
+           title="Membership inference: strongest attack per model")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def privacy_roc(entry):
+    """tensorflow-privacy's own ROC plot of one model's strongest attack."""
+    curve = _worst_curve(entry)
+    if curve is None:
+        return None
+    from tfsafe.safety.membership import _tf_privacy  # noqa: PLC0415
+
+    data_structures, _ = _tf_privacy()
+    from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import plotting  # noqa: PLC0415
+
+    fpr = np.asarray(curve["fpr"])
+    roc = data_structures.RocCurve(tpr=np.asarray(curve["tpr"]), fpr=fpr, thresholds=np.zeros_like(fpr),
+                                   test_train_ratio=1.0)
+    fig = plotting.plot_roc_curve(roc)
+    fig.set_size_inches(4.2, 3.6)
+    fig.axes[0].set_title(f"{entry['name']}: {curve['attack']}")
+    return _png(fig)
+
+
+def robustness_curve(models):
+    """PGD accuracy against the attack radius eps, one line per model."""
+    rows = [(m["name"], (m.get("robustness") or {}).get("pgd")) for m in models]
+    rows = [(name, pgd) for name, pgd in rows if pgd]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    for name, pgd in rows:
+        eps = sorted(float(e) for e in pgd)
+        acc = [pgd[k] for k in sorted(pgd, key=float)]
+        clean = next((m.get("accuracy") for m in models if m["name"] == name), None)
+        if clean is not None:
+            eps, acc = [0.0, *eps], [clean, *acc]
+        ax.plot(eps, acc, marker="o", label=name)
+    ax.set(xlabel="eps (L-inf)", ylabel="accuracy under PGD", ylim=(0, 1.02), title="Robust accuracy vs eps")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def corruption_heatmap(models):
+    """Accuracy per corruption (rows) and severity (columns), one panel per model."""
+    rows = [(m["name"], (m.get("corruptions") or {}).get("table")) for m in models]
+    rows = [(name, t) for name, t in rows if t]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows), 3.6), squeeze=False)
+    for ax, (name, table) in zip(axes[0], rows):
+        corruptions = list(table)
+        severities = sorted({int(s) for t in table.values() for s in t})
+        grid = np.array([[table[c].get(str(s), table[c].get(s, np.nan)) for s in severities] for c in corruptions],
+                        dtype=float)
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set(xticks=range(len(severities)), xticklabels=severities, yticks=range(len(corruptions)),
+               yticklabels=corruptions, xlabel="severity", title=name)
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if grid[i, j] < 0.5 else "black")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+    return _png(fig)
+
+
+def tradeoff(models):
+    """Size (ideal bytes, log) against test accuracy; colour = worst-case membership AUC."""
+    points = []
+    for m in models:
+        size = (m.get("size") or {}).get("ideal_bytes") or (m.get("file") or {}).get("bytes")
+        if size and m.get("accuracy") is not None:
+            auc = ((m.get("membership") or {}).get("worst") or {}).get("auc")
+            points.append((m["name"], size, m["accuracy"], auc))
+    if len(points) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    aucs = [p[3] if p[3] is not None else np.nan for p in points]
+    scatter = ax.scatter([p[1] for p in points], [p[2] for p in points], c=aucs, cmap="coolwarm", vmin=0.5,
+                         vmax=max(0.75, np.nanmax(aucs) if not np.all(np.isnan(aucs)) else 0.75), s=60,
+                         edgecolors="k")
+    for name, size, acc, _ in points:
+        ax.annotate(name, (size, acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xscale="log", xlabel="bytes (ideal, or .tflite file)", ylabel="test accuracy",
+           title="Size / accuracy / privacy trade-off")
+    fig.colorbar(scatter, ax=ax, label="worst-case MIA AUC")
+    return _png(fig)
