@@ -1,0 +1,143 @@
+"""Library side of ``tfsafe export`` and ``tfsafe bench``: plain arguments in, results out,
+Markdown tables printed. The absl flags live in :mod:`tfsafe.cli`.
+"""
+
+import os
+
+from tflite_export.benchmark import benchmark_grid, write_results
+from tfsafe.errors import InputError
+
+__all__ = ["export_command", "bench_command", "format_export_table", "format_bench_table", "load_split"]
+
+
+def load_split(dataset, data_dir=None, split="test", limit=None):
+    """``(x, y)`` of a named dataset's ``train`` or ``test`` split (first ``limit`` rows)."""
+    from tfsafe.data import load_dataset  # noqa: PLC0415
+
+    train, test = load_dataset(dataset, data_dir)
+    x, y = train if split == "train" else test
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def _mb(n):
+    return "-" if n is None else f"{n / 1e6:.3f}"
+
+
+def format_export_table(results):
+    """Markdown table of :class:`~tflite_export.convert.ExportResult` rows."""
+    lines = ["| file | mode | MB | gzip MB | input | agreement | max abs diff | accuracy (Keras -> file) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        p = r.parity
+        acc = "-" if p is None or p.keras_accuracy is None else f"{p.keras_accuracy:.4f} -> {p.exported_accuracy:.4f}"
+        lines.append(
+            f"| {os.path.basename(r.path)} | {r.mode} | {_mb(r.bytes)} | {_mb(r.gzip_bytes)} | {r.input['dtype']} | "
+            f"{'-' if p is None else f'{p.top1_agreement:.4f}'} | {'-' if p is None else f'{p.max_abs_diff:.3g}'} "
+            f"| {acc} |"
+        )
+    return "\n".join(lines)
+
+
+def format_bench_table(results):
+    """Markdown table of :class:`~tflite_export.benchmark.BenchmarkResult` rows."""
+    def ms(v):
+        return "-" if v is None else f"{v:.4g}"
+
+    lines = ["| file | platform | threads | delegate | p50 ms | p90 ms | p99 ms | mean ms | MB | gzip MB | "
+             "peak mem MB | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lat, mem = r.latency_ms, r.memory_mb or {}
+        lines.append(
+            f"| {os.path.basename(r.model)} | {r.platform} | {r.num_threads} | {r.delegate} | {ms(lat.get('p50'))} | "
+            f"{ms(lat.get('p90'))} | {ms(lat.get('p99'))} | {ms(lat.get('mean'))} | {_mb(r.file_bytes)} | "
+            f"{_mb(r.gzip_bytes)} | {ms(mem.get('overall'))} | "
+            f"{'-' if r.accuracy is None else f'{r.accuracy:.4f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_dir=None, calibration_samples=500,
+                   verify=True, min_agreement=0.99, onnx=False, opset=17, integer_io=True, labels=None,
+                   print_fn=print):
+    """Export a saved Keras model to TFLite (each of ``modes``) and optionally ONNX.
+
+    Calibration data is the dataset's training split; ``verify`` checks each file against the
+    Keras model on the test split.
+
+    Returns:
+        The list of :class:`~tflite_export.convert.ExportResult`.
+
+    Example:
+        >>> export_command("model.keras", "out", modes=["int8", "float32"])  # doctest: +SKIP
+    """
+    from tflite_export.convert import MODES, to_tflite  # noqa: PLC0415
+    from tfsafe.io import load_model  # noqa: PLC0415
+
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not (modes or onnx):
+        raise InputError(f"modes must be a non-empty subset of {MODES}, got {modes}.")
+    model = load_model(model_path)
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    x_train, _ = load_split(dataset, data_dir, "train")
+    checked = load_split(dataset, data_dir, "test") if verify else None
+    results = []
+    for mode in modes:
+        path = os.path.join(out_dir, f"{stem}_{mode}.tflite")
+        results.append(to_tflite(model, path, mode, x_train if mode == "int8" else None,
+                                 num_calibration_samples=calibration_samples, integer_io=integer_io,
+                                 verify=checked, min_agreement=min_agreement, labels=labels))
+    if onnx:
+        from tflite_export.onnx_export import to_onnx  # noqa: PLC0415
+
+        results.append(to_onnx(model, os.path.join(out_dir, f"{stem}.onnx"), opset, verify=checked,
+                               min_agreement=min_agreement, labels=labels))
+    print_fn(format_export_table(results))
+    for r in results:
+        print_fn(f"wrote {r.path} and {r.metadata_path}")
+    return results
+
+
+def bench_command(model_paths, out=None, dataset=None, data_dir=None, threads=(1,), xnnpack=(True,),
+                  warmup_runs=20, num_runs=200, android=False, adb=None, serial=None, benchmark_binary=None,
+                  use_gpu=False, use_nnapi=False, enable_op_profiling=False, print_fn=print):
+    """Benchmark ``.tflite`` files on this host (LiteRT) or on an Android device (adb).
+
+    Args:
+        model_paths: one path or a list of ``.tflite`` files.
+        out: JSON file for the results (written atomically), or None.
+        dataset, data_dir: labelled test data for accuracy (host only), or None.
+        threads, xnnpack: configurations to run (every combination).
+        android: run on a device with ``benchmark_model`` instead of this host.
+
+    Returns:
+        The list of :class:`~tflite_export.benchmark.BenchmarkResult`.
+    """
+    paths = [model_paths] if isinstance(model_paths, (str, os.PathLike)) else list(model_paths)
+    if not paths:
+        raise InputError("Pass at least one .tflite file to benchmark.")
+    threads = [int(t) for t in threads]
+    if not threads or min(threads) < 1:
+        raise InputError(f"threads must be positive integers, got {threads}.")
+    results = []
+    if android:
+        from tflite_export.android import benchmark_android  # noqa: PLC0415
+
+        for path in paths:
+            for n in threads:
+                for use_xnnpack in xnnpack:
+                    results.append(benchmark_android(
+                        path, adb=adb, serial=serial, benchmark_binary=benchmark_binary, num_threads=n,
+                        use_xnnpack=use_xnnpack, use_gpu=use_gpu, use_nnapi=use_nnapi, warmup_runs=warmup_runs,
+                        num_runs=num_runs, enable_op_profiling=enable_op_profiling))
+    else:
+        x = y = None
+        if dataset:
+            x, y = load_split(dataset, data_dir, "test")
+        for path in paths:
+            results.extend(benchmark_grid(path, x, y, threads=threads, xnnpack=xnnpack,
+                                          warmup_runs=warmup_runs, num_runs=num_runs))
+    print_fn(format_bench_table(results))
+    if out:
+        print_fn(f"wrote {write_results(results, out)}")
+    return results

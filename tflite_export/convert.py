@@ -1,0 +1,317 @@
+"""Keras -> TFLite (int8 full-integer, dynamic-range, float16, float32) with checks.
+
+:func:`to_tflite` strips compression wrappers, converts, checks the file (an int8 file must be
+integer-only; with ``verify`` its outputs must agree with the Keras model), tries TFLite's
+sparse weight encoding for pruned models, and writes the file plus a side-car JSON atomically:
+when anything fails, nothing is left behind.
+
+Modes:
+
+- ``int8``: full-integer quantization from representative data: int8 weights (per-channel
+  for convolutions and dense kernels), int8 activations, int8 input and output tensors
+  (``integer_io=False`` keeps float32 input/output with QUANTIZE/DEQUANTIZE inside).
+- ``dynamic``: int8 weights, float activations (no data needed).
+- ``float16``: float16 weights, float32 compute on CPU.
+- ``float32``: no quantization.
+"""
+
+import dataclasses
+import gzip
+import os
+import re
+import warnings
+
+import numpy as np
+
+from tflite_export import flatbuffer
+from tflite_export.parity import ParityError, ParityReport, check_parity
+from tflite_export.prepare import calibration_array, input_shape_of, prepare_model, weight_sparsity
+from tflite_export.sidecar import build_sidecar, check_labels_list, check_normalization, sidecar_path, tensor_info
+from tfsafe._keras import tf
+from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.io import atomic_path, atomic_write_json
+from tfsafe.models import ends_with_softmax
+from tfsafe.validation import check_features, check_fraction, check_labels, check_model, model_num_classes
+
+__all__ = ["MODES", "ExportResult", "to_tflite", "gzip_size", "SPARSITY_THRESHOLD"]
+
+MODES = ("int8", "dynamic", "float16", "float32")
+# Weight sparsity from which sparsity="auto" tries TFLite's sparse encoding.
+SPARSITY_THRESHOLD = 0.1
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What an export wrote and measured.
+
+    Attributes:
+        path: the model file.
+        format: ``"tflite"`` or ``"onnx"``.
+        mode: ``int8``, ``dynamic``, ``float16``, ``float32`` (TFLite) or ``float32`` (ONNX).
+        bytes: file size; gzip_bytes: size after ``gzip -9`` (what an app download costs).
+        input, output: tensor name, shape, dtype and, when quantized, scale and zero point.
+        metadata_path: the side-car JSON.
+        ops: ``{op_name: count}`` of the TFLite graph (None for ONNX).
+        sparsity: what the sparse encoding attempt found (None when not tried).
+        parity: the :class:`~tflite_export.parity.ParityReport` when ``verify`` was given.
+    """
+
+    path: str
+    format: str
+    mode: str
+    bytes: int
+    gzip_bytes: int
+    input: dict
+    output: dict
+    metadata_path: str
+    ops: dict = None
+    sparsity: dict = None
+    parity: ParityReport = None
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out["parity"] = None if self.parity is None else self.parity.to_dict()
+        return out
+
+
+def gzip_size(data):
+    """Bytes of ``data`` after gzip at level 9."""
+    return len(gzip.compress(bytes(data), compresslevel=9, mtime=0))
+
+
+def _converter_error(err, mode):
+    text = str(err)
+    ops = set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
+    select = re.search(r"TF Select ops: ([^\n]+)", text)
+    if select:
+        ops.update(op.strip() for op in select.group(1).split(",") if op.strip())
+    if ops:
+        message = (
+            f"TFLite has no builtin kernel for the TensorFlow op(s) {', '.join(sorted(ops))}; "
+            "tflite_export writes builtin-only files (no Flex/Select TF ops, which phones would "
+            "need an extra 5+ MB runtime for). Replace the layer(s) using them with standard layers."
+        )
+    else:
+        lines = [line.strip() for line in text.splitlines() if "error" in line.lower()][:3]
+        detail = " | ".join(lines) or " ".join(text.split())[:300]
+        message = f"The TFLite converter failed for mode='{mode}': {detail}"
+    if mode == "int8":
+        message += " If an op has no int8 kernel, export with mode='dynamic' (int8 weights, float activations)."
+    return UnsupportedModelError(message)
+
+
+def _convert(model, mode, calibration=None, integer_io=True, sparse=False):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    optimizations = [] if mode == "float32" else [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if integer_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected..."
+        try:
+            return converter.convert()
+        except Exception as err:  # noqa: BLE001 - ConverterError and friends become one clear error
+            raise _converter_error(err, mode) from err
+
+
+def _layer_of(op, layer_names):
+    """The Keras layer an op came from, read off its output tensor name (None if unknown)."""
+    for tensor, _ in op["outputs"]:
+        for part in re.split(r"[/;:]", tensor):
+            if part in layer_names:
+                return part
+    return None
+
+
+def _check_integer_only(model_bytes, layer_names):
+    bad = flatbuffer.float_ops(model_bytes)
+    if not bad:
+        return
+    where = []
+    for op in bad[:5]:
+        layer = _layer_of(op, layer_names)
+        where.append(f"{op['op']} (layer '{layer}')" if layer else f"{op['op']} (tensor '{op['outputs'][0][0]}')")
+    names = sorted({op["op"] for op in bad})
+    raise UnsupportedModelError(
+        f"int8 export is not integer-only: TFLite has no int8 kernel for {', '.join(names)}, so the "
+        f"converter left it in float32: {'; '.join(where)}. Such a file fails on int8-only accelerators. "
+        "Replace the layer, export with mode='dynamic' (int8 weights, float activations), or pass "
+        "allow_float_ops=True to keep the mixed float/int8 file."
+    )
+
+
+def _runs_with_xnnpack(model_bytes):
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    try:
+        interpreter = Interpreter(model_content=bytes(model_bytes))
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _try_sparsity(model, mode, calibration, integer_io, dense_bytes, sparsity):
+    density = weight_sparsity(model)
+    info = {"weight_sparsity": density, "tried": False, "dense_bytes": len(dense_bytes), "sparse_bytes": None,
+            "shrank": None, "used": False, "runs_with_xnnpack": None, "reason": ""}
+    if sparsity is False or (sparsity == "auto" and density < SPARSITY_THRESHOLD):
+        info["reason"] = "not tried" if sparsity is False else (
+            f"weight sparsity {density:.2f} < {SPARSITY_THRESHOLD}: nothing for the sparse encoding to gain")
+        return dense_bytes, info
+    try:
+        sparse_bytes = _convert(model, mode, calibration, integer_io, sparse=True)
+    except UnsupportedModelError as err:
+        info.update(tried=True, reason=f"sparse conversion failed: {err}")
+        return dense_bytes, info
+    shrank = len(sparse_bytes) < len(dense_bytes)
+    runs = _runs_with_xnnpack(sparse_bytes)
+    info.update(tried=True, sparse_bytes=len(sparse_bytes), shrank=shrank, runs_with_xnnpack=runs)
+    if not shrank:
+        info["reason"] = "the sparse encoding did not make the file smaller"
+    elif not runs and sparsity == "auto":
+        info["reason"] = ("smaller, but LiteRT's default XNNPack delegate cannot run the sparse file; "
+                          "pass sparsity=True to keep it anyway (then run it with XNNPack off)")
+    else:
+        info.update(used=True, reason="smaller" + ("" if runs else "; run it with XNNPack off"))
+        return sparse_bytes, info
+    return dense_bytes, info
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}.")
+    return mode
+
+
+def check_output_path(path, suffix):
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"'{path}' is a folder; pass a file path ending in {suffix}.")
+    if not path.endswith(suffix):
+        raise InputError(f"Output path '{path}' must end in {suffix}.")
+    return path
+
+
+def check_verify(verify, model):
+    """``verify`` as ``(x, y)`` checked against ``model`` (``y`` may be None)."""
+    if verify is None:
+        return None
+    x, y = verify if isinstance(verify, (tuple, list)) and len(verify) == 2 else (verify, None)
+    x = check_features(x, "verify x", input_shape_of(model))
+    if y is not None:
+        y = check_labels(y, model_num_classes(model), "verify y", n=len(x))
+    return x, y
+
+
+def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibration_samples=500,
+              integer_io=True, verify=None, min_agreement=0.99, sparsity="auto", allow_float_ops=False,
+              labels=None, normalization=None):
+    """Convert a Keras model to a ``.tflite`` file and write ``<path>.json`` beside it.
+
+    Args:
+        model: a ``tf_keras`` (or Keras 3) model; tfsafe / TF-MOT wrappers are stripped first.
+        path: output file, ending in ``.tflite``.
+        mode: ``"int8"`` (full-integer), ``"dynamic"``, ``"float16"`` or ``"float32"``.
+        representative_data: calibration inputs for ``int8`` (float array, ``tf.data.Dataset``
+            or generator function); ignored by the other modes.
+        num_calibration_samples: at most this many examples are used for calibration.
+        integer_io: int8 mode only: int8 input/output tensors (default) or float32 ones.
+        verify: ``(x, y)`` (``y`` may be None): run the written file against the Keras model
+            and raise :class:`~tflite_export.parity.ParityError` (leaving no file) when top-1
+            agreement is below ``min_agreement``.
+        min_agreement: required top-1 agreement for ``verify`` (default 0.99).
+        sparsity: ``"auto"`` tries TFLite's sparse weight encoding when at least
+            ``SPARSITY_THRESHOLD`` of the kernel weights are zero and keeps it when the file
+            shrinks and LiteRT's default XNNPack delegate still runs it; ``True`` always tries
+            and keeps a smaller file; ``False`` never tries.
+        allow_float_ops: int8 only: accept ops the converter had to leave in float32.
+        labels: class names stored in the side-car.
+        normalization: dict describing preprocessing applied before the model (stored as is).
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        UnsupportedModelError: not a Keras model, an unstrippable wrapper, an op TFLite cannot
+            express (int8: names the op and suggests ``mode='dynamic'``).
+        InputError: bad representative/verify data, path or arguments.
+        ParityError: ``verify`` found the file disagrees with the Keras model.
+
+    Example:
+        >>> from tfsafe.models import small_cnn
+        >>> import numpy as np
+        >>> x = np.random.rand(64, 8, 8, 1).astype("float32")
+        >>> result = to_tflite(small_cnn(), "/tmp/cnn_int8.tflite", "int8", x)
+        >>> result.input["dtype"], result.bytes < 30_000
+        ('int8', True)
+    """
+    mode = _check_mode(mode)
+    path = check_output_path(path, ".tflite")
+    min_agreement = check_fraction(min_agreement, "min_agreement", 0.0, 1.0, include_high=True)
+    if not isinstance(num_calibration_samples, int) or num_calibration_samples < 1:
+        raise InputError(f"num_calibration_samples must be a positive integer, got {num_calibration_samples!r}.")
+    if sparsity not in ("auto", True, False):
+        raise InputError(f"sparsity must be 'auto', True or False, got {sparsity!r}.")
+    keras_model = check_model(model)
+    plain = prepare_model(keras_model)
+    labels = check_labels_list(labels, model_num_classes(plain))
+    normalization = check_normalization(normalization)
+    calibration = None
+    if mode == "int8":
+        calibration = calibration_array(representative_data, input_shape_of(plain), num_calibration_samples)
+    checked = check_verify(verify, plain)
+
+    model_bytes = _convert(plain, mode, calibration, integer_io)
+    if mode == "int8" and not allow_float_ops:
+        _check_integer_only(model_bytes, {layer.name for layer in plain.layers})
+    model_bytes, sparsity_info = _try_sparsity(plain, mode, calibration, integer_io, model_bytes, sparsity)
+    # A sparse int8/dynamic file that XNNPack cannot run is only kept with sparsity=True.
+    use_xnnpack = not (sparsity_info["used"] and sparsity_info["runs_with_xnnpack"] is False)
+
+    from tflite_export.runtime import TFLiteModel  # noqa: PLC0415
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(model_bytes)
+        runner = TFLiteModel(tmp, use_xnnpack=use_xnnpack)
+        parity = None
+        if checked is not None:
+            parity = check_parity(keras_model, tmp, checked[0], checked[1], exported=runner)
+            parity.path = path
+            if parity.top1_agreement < min_agreement:
+                raise ParityError(
+                    f"{mode} export of '{plain.name}' agrees with the Keras model on "
+                    f"{parity.top1_agreement:.2%} of the verify inputs, below min_agreement="
+                    f"{min_agreement:.2%} ({parity.summary()}). No file was written. Use more or "
+                    "more representative calibration data, or a less aggressive mode.",
+                    report=parity,
+                )
+        result = ExportResult(
+            path=path, format="tflite", mode=mode, bytes=len(model_bytes), gzip_bytes=gzip_size(model_bytes),
+            input=_tensor(runner.input_details, "input"), output=_tensor(runner.output_details, "output"),
+            metadata_path=sidecar_path(path), ops=flatbuffer.op_counts(model_bytes),
+            sparsity=sparsity_info, parity=parity,
+        )
+        value_range = None if calibration is None else (calibration.min(), calibration.max())
+        sidecar = build_sidecar(result, plain.name, "probabilities" if ends_with_softmax(plain) else "logits",
+                                labels, normalization, value_range)
+        atomic_write_json(result.metadata_path, sidecar)
+    return result
+
+
+def _tensor(details, role):
+    scale, zero_point = details["quantization"]
+    return tensor_info(details["name"], details["shape_signature"], details["dtype"], scale, zero_point, role)
+

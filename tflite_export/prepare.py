@@ -1,0 +1,174 @@
+"""Turn what the user hands to an exporter into a plain Keras model and clean float arrays.
+
+- :func:`prepare_model`: a single-input, single-output ``tf_keras`` model of standard layers
+  (Keras 3 models are converted, tfsafe / TF-MOT wrappers are stripped with
+  :func:`tfsafe.compress.strip.strip`).
+- :func:`calibration_array`: representative data for int8 calibration as a float32 array of
+  the model's input shape (arrays, ``tf.data.Dataset`` or a generator function).
+"""
+
+import numpy as np
+
+from tfsafe._keras import keras, tf
+from tfsafe.compress.strip import is_wrapped, strip
+from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.validation import check_features, check_model, model_input_shape
+
+__all__ = ["prepare_model", "calibration_array", "weight_sparsity"]
+
+# TF-MOT quantization-aware-training wrappers are meant to go through the TFLite converter as
+# they are (the converter reads their fake-quant ranges), so they are not an error.
+_CONVERTER_NATIVE_WRAPPERS = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def _is_compression_wrapper(layer):
+    """A wrapper that is not a standard Keras layer (Bidirectional, TimeDistributed are fine)."""
+    cls = type(layer)
+    if not isinstance(layer, keras.layers.Wrapper) or cls.__name__ in _CONVERTER_NATIVE_WRAPPERS:
+        return False
+    return not cls.__module__.startswith("tf_keras")
+
+
+def _strip_clustering(model):
+    from tfsafe._keras import tfmot  # noqa: PLC0415
+
+    has_cluster = any(type(layer).__name__.startswith("ClusterWeights") for layer in _all_layers(model))
+    return tfmot.clustering.keras.strip_clustering(model) if has_cluster else model
+
+
+def prepare_model(model, name="model"):
+    """Return a plain, single-input, single-output ``tf_keras`` model ready for conversion.
+
+    Wrapped models (tfsafe compression wrappers, TF-MOT pruning and clustering) are stripped
+    first, so masks and quantization grids are baked into ordinary weights. The input model
+    is never modified.
+
+    Raises:
+        UnsupportedModelError: not a Keras model, a wrapper no stripper is registered for, or
+            a model with several inputs or outputs.
+
+    Example:
+        >>> from tfsafe.models import small_cnn
+        >>> prepare_model(small_cnn()).name
+        'small_cnn'
+    """
+    model = check_model(model, name)
+    model = _strip_clustering(model)
+    if is_wrapped(model):
+        model = strip(model)
+    leftover = [layer for layer in _all_layers(model) if _is_compression_wrapper(layer)]
+    if leftover:
+        layer = leftover[0]
+        raise UnsupportedModelError(
+            f"Layer '{layer.name}' is a {type(layer).__name__} wrapper that tfsafe cannot strip "
+            "(no stripper is registered for it). Strip it yourself before export, or register "
+            "one with tfsafe.compress.strip.register_stripper(wrapper_class, fn)."
+        )
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UnsupportedModelError(
+            f"'{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "tflite_export handles single-input, single-output classifiers."
+        )
+    if model.inputs[0].dtype != tf.float32:
+        raise UnsupportedModelError(
+            f"'{model.name}' takes {model.inputs[0].dtype.name} inputs; tflite_export handles "
+            "float32 inputs (images, features). Cast inside the model if needed."
+        )
+    return model
+
+
+def weight_sparsity(model):
+    """Fraction of exact zeros among the kernels (weights with 2+ dims) of ``model``."""
+    kernels = [w for w in model.get_weights() if w.ndim >= 2]
+    total = sum(w.size for w in kernels)
+    return float(sum(int(np.count_nonzero(w == 0)) for w in kernels) / total) if total else 0.0
+
+
+def _collect(items, limit):
+    arrays, count = [], 0
+    for item in items:
+        if isinstance(item, dict):
+            item = next(iter(item.values()))
+        if isinstance(item, (list, tuple)):
+            if not item:
+                raise InputError("representative_data yielded an empty list; yield [x] or (x, y).")
+            item = item[0]  # [x] (the TFLite convention) or (x, y)
+        arr = np.asarray(item)
+        arrays.append(arr)
+        count += 1 if arr.ndim == 0 else len(arr)
+        if count >= limit:
+            break
+    return arrays
+
+
+def _check_dtype(arr, name):
+    if arr.dtype.kind != "f":
+        hint = " / 255" if arr.dtype == np.uint8 else ""
+        raise InputError(
+            f"{name} has dtype {arr.dtype}, but the model takes float32 inputs. Prepare it exactly "
+            f"like the training inputs, e.g. x.astype('float32'){hint}."
+        )
+
+
+def calibration_array(data, input_shape, max_samples=500, name="representative_data", seed=0):
+    """Representative inputs as a float32 array ``(n, *input_shape)``, at most ``max_samples``.
+
+    Args:
+        data: a float array of examples, a ``tf.data.Dataset`` (of ``x`` or ``(x, y)``,
+            batched or not), or a function returning an iterable of examples or ``[x]`` lists.
+        input_shape: per-example input shape of the model.
+        max_samples: number of examples to keep; larger arrays are subsampled at random
+            (data sorted by class would otherwise calibrate on one class).
+        name: used in error messages.
+        seed: seed of the subsampling.
+
+    Raises:
+        InputError: missing data, integer or non-numeric dtype, wrong shape, NaN/inf.
+    """
+    if data is None:
+        raise InputError(
+            f"mode='int8' needs {name}: pass a few hundred training inputs (e.g. x_train[:500]) "
+            "so the converter can measure activation ranges."
+        )
+    if isinstance(data, tf.data.Dataset):
+        arrays = _collect(data.as_numpy_iterator(), max_samples)
+    elif callable(data):
+        arrays = _collect(data(), max_samples)
+    else:
+        arrays = None
+    if arrays is not None:
+        if not arrays:
+            raise InputError(f"{name} produced no examples.")
+        for arr in arrays:
+            _check_dtype(arr, name)
+        # Unbatched elements have the input's rank; add the batch axis.
+        arrays = [a[None] if a.ndim == len(input_shape) else a for a in arrays]
+        try:
+            data = np.concatenate(arrays, axis=0)
+        except ValueError as err:
+            raise InputError(f"{name} yields examples of different shapes: {err}") from err
+    try:
+        arr = np.asarray(data)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} must be an array of examples: {err}") from err
+    if arr.dtype == object:
+        raise InputError(f"{name} is a ragged or non-numeric array; pass examples of one shape.")
+    _check_dtype(arr, name)
+    arr = check_features(arr, name, tuple(input_shape))
+    if len(arr) > max_samples:
+        keep = np.sort(np.random.default_rng(seed).choice(len(arr), max_samples, replace=False))
+        arr = arr[keep]
+    return arr
+
+
+def input_shape_of(model):
+    """Per-example input shape of a prepared model (``None`` for free dimensions)."""
+    return tuple(model_input_shape(model))
