@@ -1,0 +1,113 @@
+"""Adversarial training through Model.fit: robustness gain, TRADES, checkpoints, saving, MirroredStrategy."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import clone, compile_classifier
+
+from tfsafe._keras import keras
+from tfsafe.errors import InputError
+from tfsafe.models import accuracy, small_cnn
+from tfsafe.safety.adversarial import adversarial_accuracy
+from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp
+
+
+@pytest.fixture(scope="module")
+def test_set(digits):
+    _, (xt, yt) = digits
+    return xt[:200], yt[:200]
+
+
+def test_pgd_training_beats_standard_training(digits, trained_cnn, test_set):
+    (x, y), _ = digits
+    xt, yt = test_set
+    keras.utils.set_random_seed(1)
+    adv = AdversarialModel(small_cnn(), eps=0.1, steps=5, adv_weight=0.5)
+    adv.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"])
+    seen = []
+    ramp_probe = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(
+        float(adv.current_eps.numpy())))
+    history = adv.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[EpsilonRamp(1.0), ramp_probe])
+    assert {"loss", "clean_loss", "adv_loss", "adv_accuracy", "accuracy"} <= set(history.history)
+    assert seen[0] < 0.01 and seen[-1] == pytest.approx(0.1) and seen == sorted(seen)
+    robust = adversarial_accuracy(adv.model, xt, yt, 0.1)
+    standard = adversarial_accuracy(trained_cnn, xt, yt, 0.1)
+    assert accuracy(adv.model, xt, yt) > 0.85
+    assert robust > standard + 0.1, (robust, standard)
+
+
+def test_trades_and_checkpoints_and_serialization(digits, tmp_path):
+    (x, y), (xt, yt) = digits
+    keras.utils.set_random_seed(2)
+    base = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
+                             keras.layers.Dense(10, activation="softmax")])
+    adv = AdversarialModel(base, eps=0.05, steps=3, loss="trades", trades_beta=3.0)
+    adv.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"])
+    ckpt = str(tmp_path / "ckpt.weights.h5")
+    history = adv.fit(x, y, epochs=3, batch_size=64, verbose=0, validation_data=(xt, yt),
+                      callbacks=[keras.callbacks.ModelCheckpoint(ckpt, save_weights_only=True)])
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert "val_accuracy" in history.history and history.history["accuracy"][-1] > 0.5
+    restored = AdversarialModel(keras.models.clone_model(base), eps=0.05, steps=3, loss="trades")
+    restored(xt[:2])
+    restored.load_weights(ckpt)
+    np.testing.assert_allclose(restored.predict(xt[:16], verbose=0), adv.predict(xt[:16], verbose=0), atol=1e-6)
+    path = str(tmp_path / "adv.keras")
+    adv.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    assert isinstance(loaded, AdversarialModel) and loaded.loss_type == "trades" and loaded.eps == 0.05
+    np.testing.assert_allclose(loaded.predict(xt[:16], verbose=0), adv.predict(xt[:16], verbose=0), atol=1e-6)
+
+
+_MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tfsafe
+    from tfsafe._keras import keras
+    from tfsafe.models import mlp
+    from tfsafe.safety.adversarial import AdversarialModel, EpsilonRamp
+    (x, y), _ = tfsafe.load_digits()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        adv = AdversarialModel(mlp((8, 8, 1), 10, units=(32,)), eps=0.1, steps=2)
+        adv.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+    before = [w.copy() for w in adv.get_weights()]
+    hist = adv.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, callbacks=[EpsilonRamp(1.0)])
+    changed = any(abs(a - b).max() > 0 for a, b in zip(before, adv.get_weights()))
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": hist.history["loss"],
+                      "eps": float(adv.current_eps.numpy()), "changed": bool(changed)}))
+""")
+
+
+def test_adversarial_training_under_mirrored_strategy():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["changed"] and result["eps"] == pytest.approx(0.1)
+    assert all(np.isfinite(result["loss"])) and result["loss"][-1] < result["loss"][0]
+
+
+def test_compile_requires_no_loss(trained_cnn):
+    adv = AdversarialModel(clone(trained_cnn), eps=0.1, steps=2)
+    with pytest.warns(UserWarning, match="ignored"):
+        adv.compile(optimizer="adam", loss="mse")
+    compile_classifier(clone(trained_cnn))  # the plain model keeps its normal compile
+
+
+def test_bad_arguments():
+    for kwargs in ({"eps": -1.0}, {"eps": 0.1, "steps": 0}, {"eps": 0.1, "loss": "fgsm"},
+                   {"eps": 0.1, "adv_weight": 1.5}, {"eps": 0.1, "norm": "l1"}):
+        with pytest.raises(InputError):
+            AdversarialModel(small_cnn(), **kwargs)
+    with pytest.raises(InputError):
+        EpsilonRamp(ramp_epochs=-1)

@@ -1,0 +1,520 @@
+"""Adversarial attacks (FGSM, PGD in Linf / L2, BPDA, transfer) and adversarial training.
+
+Attacks take a classifier and return adversarial inputs in the clip range (default [0, 1]).
+The evaluation attacks are built to be strong, since a robustness number from a weak attack
+is a bug:
+
+- PGD starts from a random point in the eps-ball, keeps the *best iterate* of every run
+  (the point with the largest misclassification margin, the clean input included) and takes
+  the worst case per example over restarts. So eps = 0 gives clean accuracy exactly, and
+  more restarts never raise accuracy.
+- Models with non-differentiable parts are attacked with BPDA: ``bpda=True`` runs registered
+  layers (:func:`register_bpda_surrogate`, or layers with a ``bpda_surrogate(inputs)`` method)
+  exactly in the forward pass and backpropagates through their differentiable surrogate;
+  ``bpda=<model>`` uses a whole differentiable model (e.g. the float model) for the backward
+  pass. :func:`transfer_attack` crafts on a source model and evaluates any target, including
+  an int8 ``.tflite`` file.
+
+Training: :class:`AdversarialModel` (from :mod:`tfsafe.safety.adversarial_training`, re-exported
+here) wraps a Keras model; its ``train_step`` crafts PGD inputs (Madry, or TRADES), so ``fit``,
+callbacks, checkpoints and ``tf.distribute`` strategies work. :class:`EpsilonRamp` warms eps up.
+"""
+
+import contextlib
+import functools
+import weakref
+
+import numpy as np
+
+from tfsafe._keras import keras, tf
+from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.models import logits_model
+from tfsafe.safety._hooks import patched_calls
+from tfsafe.validation import check_features, check_labels, model_input_shape, model_num_classes
+
+__all__ = [
+    "NORMS", "LOSSES", "pgd_perturb", "pgd_attack", "fgsm_attack", "adversarial_accuracy",
+    "transfer_attack", "register_bpda_surrogate", "has_bpda_layers", "straight_through", "AdversarialModel",
+    "EpsilonRamp", "zero_gradient_fraction",
+]
+
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "margin")
+
+# ---------------------------------------------------------------------------------------------
+# BPDA: straight-through surrogates for non-differentiable layers
+# ---------------------------------------------------------------------------------------------
+_BPDA_SURROGATES = {}
+
+
+def register_bpda_surrogate(layer_cls, fn=None):
+    """Declare ``layer_cls`` non-differentiable and give the surrogate BPDA backpropagates through.
+
+    Args:
+        layer_cls: A Keras layer class (subclasses match too).
+        fn: ``fn(layer, inputs) -> tensor`` shaped like the layer's output, differentiable and
+            close to the layer's forward pass. ``None`` means the identity (the usual choice for
+            rounding and quantization layers whose output has the input's shape).
+
+    Example:
+        >>> class Round(keras.layers.Layer):
+        ...     def call(self, x):
+        ...         return tf.round(x * 4.0) / 4.0
+        >>> register_bpda_surrogate(Round)
+    """
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
+        raise InputError(f"register_bpda_surrogate needs a Keras layer class, got {layer_cls!r}.")
+    _BPDA_SURROGATES[layer_cls] = fn if fn is not None else (lambda layer, inputs: inputs)
+
+
+def _surrogate_for(layer):
+    method = getattr(layer, "bpda_surrogate", None)
+    if callable(method):
+        return method
+    for cls in type(layer).__mro__:
+        if cls in _BPDA_SURROGATES:
+            fn = _BPDA_SURROGATES[cls]
+            return lambda inputs, _fn=fn, _layer=layer: _fn(_layer, inputs)
+    return None
+
+
+def has_bpda_layers(model):
+    """True when ``model`` contains a layer with a BPDA surrogate (registered or its own method)."""
+    layers = [model] + [m for m in getattr(model, "submodules", ()) if isinstance(m, keras.layers.Layer)]
+    return any(_surrogate_for(layer) is not None for layer in layers)
+
+
+@contextlib.contextmanager
+def straight_through(model):
+    """Within this block, ``model``'s non-differentiable layers backpropagate through surrogates.
+
+    The forward pass is unchanged (``surrogate + stop_gradient(exact - surrogate)``). Use it
+    around code that traces or runs the model, e.g. a custom attack.
+
+    Example:
+        >>> with straight_through(model):
+        ...     grads = tape.gradient(loss, x)  # doctest: +SKIP
+    """
+    layers = [model] + [m for m in getattr(model, "submodules", ()) if isinstance(m, keras.layers.Layer)]
+
+    def make_call(layer, original):
+        surrogate = _surrogate_for(layer)
+        if surrogate is None:
+            return None
+
+        def call(inputs, *args, **kwargs):
+            exact = original(inputs, *args, **kwargs)
+            approx = tf.cast(surrogate(inputs), exact.dtype)
+            return approx + tf.stop_gradient(exact - approx)
+
+        return call
+
+    with patched_calls(layers, make_call):
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# The PGD core (graph-safe)
+# ---------------------------------------------------------------------------------------------
+def _logits_fn(model, training, bpda):
+    if getattr(model, "is_tflite", False):
+        raise UnsupportedModelError(
+            "A .tflite model has no gradients; attack it with transfer_attack(source, target=...) "
+            "from a Keras source model."
+        )
+    if isinstance(model, keras.Model):
+        lm = logits_model(model)
+
+        def fn(x):
+            return lm(x, training=training)
+    elif callable(model):
+        fn = model
+    else:
+        raise UnsupportedModelError(
+            f"Expected a Keras model or a callable returning logits, got {type(model).__name__}.")
+    if bpda is not None and bpda is not False and bpda is not True:
+        # Whole-model BPDA: forward through the model, backward through the surrogate model.
+        surrogate = _logits_fn(bpda, training, None)
+        exact_fn = fn
+
+        def fn(x):
+            exact = exact_fn(x)
+            approx = surrogate(x)
+            return approx + tf.stop_gradient(exact - approx)
+    return fn
+
+
+def _check_attack_args(eps, steps, norm, loss, step_size=None):
+    if isinstance(eps, (int, float, np.number)):
+        if not np.isfinite(eps) or eps < 0:
+            raise InputError(f"eps must be a finite number >= 0, got {eps}.")
+    if isinstance(steps, (int, np.integer)) and steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}.")
+    if isinstance(step_size, (int, float, np.number)) and not (np.isfinite(step_size) and step_size > 0):
+        raise InputError(f"step_size must be a positive number, got {step_size}.")
+    if norm not in NORMS:
+        raise InputError(f"norm must be one of {NORMS}, got {norm!r}.")
+    if not (loss in LOSSES or callable(loss)):
+        raise InputError(f"loss must be one of {LOSSES} or a callable(y, logits) -> per-example loss, got {loss!r}.")
+
+
+def _margin(logits, y, targeted):
+    """Per-example success margin: > 0 means the attack succeeded (misclassified / hit target)."""
+    onehot = tf.one_hot(y, tf.shape(logits)[-1], dtype=logits.dtype)
+    label_logit = tf.reduce_sum(logits * onehot, axis=-1)
+    other = tf.reduce_max(logits - 1e9 * onehot, axis=-1)
+    return label_logit - other if targeted else other - label_logit
+
+
+def _objective(loss, logits, y, targeted):
+    if callable(loss):
+        return loss(y, logits)
+    if loss == "margin":
+        return _margin(logits, y, targeted)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+    return -ce if targeted else ce
+
+
+def _per_example_norm(t):
+    return tf.sqrt(tf.reduce_sum(tf.reshape(t * t, [tf.shape(t)[0], -1]), axis=1) + 1e-12)
+
+
+def _expand(v, like):
+    return tf.reshape(v, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))
+
+
+def _random_start(x, eps, norm, seed):
+    shape = tf.shape(x)
+    if norm == "linf":
+        if seed is None:
+            return tf.random.uniform(shape, -1.0, 1.0) * eps
+        return tf.random.stateless_uniform(shape, seed, -1.0, 1.0) * eps
+    if seed is None:
+        direction = tf.random.normal(shape)
+        u = tf.random.uniform(shape[:1])
+    else:
+        direction = tf.random.stateless_normal(shape, seed)
+        u = tf.random.stateless_uniform(shape[:1], seed + 1)
+    dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
+    radius = eps * tf.pow(u, 1.0 / dims)
+    return direction / _expand(_per_example_norm(direction), x) * _expand(radius, x)
+
+
+def _pgd(model_fn, x, y, eps, steps, step_size, norm, random_start, clip, targeted, loss, seed, keep_best):
+    def fn(t):  # float32 logits even under mixed precision (the margin uses large constants)
+        return tf.cast(model_fn(t), tf.float32)
+
+    x = tf.convert_to_tensor(x, tf.float32)
+    y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+    eps = tf.cast(eps, tf.float32)
+    steps = tf.cast(steps, tf.int32)
+    if step_size is None:
+        step = 2.5 * eps / tf.cast(tf.maximum(steps, 1), tf.float32)
+    else:
+        step = tf.cast(step_size, tf.float32)
+    lo, hi = (None, None) if clip is None else (float(clip[0]), float(clip[1]))
+
+    def project(x_adv):
+        delta = x_adv - x
+        if norm == "linf":
+            delta = tf.clip_by_value(delta, -eps, eps)
+        else:
+            scale = tf.minimum(1.0, eps / _per_example_norm(delta))
+            delta = delta * _expand(scale, x)
+        out = x + delta
+        return out if lo is None else tf.clip_by_value(out, lo, hi)
+
+    x_adv = project(x + _random_start(x, eps, norm, seed)) if random_start else x
+    if keep_best:
+        best_x, best_score = x, _margin(fn(x), y, targeted)
+    else:
+        best_x, best_score = x_adv, tf.zeros_like(y, tf.float32)
+
+    def body(i, x_adv, best_x, best_score):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            logits = fn(x_adv)
+            objective = tf.reduce_sum(_objective(loss, logits, y, targeted))
+        grad = tape.gradient(objective, x_adv)
+        if grad is None:  # e.g. tf.round has no gradient: the attack cannot move (use bpda)
+            grad = tf.zeros_like(x_adv)
+        if keep_best:
+            score = tf.stop_gradient(_margin(logits, y, targeted))
+            better = score > best_score
+            best_x = tf.where(_expand(better, x), x_adv, best_x)
+            best_score = tf.where(better, score, best_score)
+        if norm == "linf":
+            update = step * tf.sign(grad)
+        else:
+            update = step * grad / _expand(_per_example_norm(grad), x)
+        return i + 1, project(tf.stop_gradient(x_adv + update)), best_x, best_score
+
+    _, x_adv, best_x, best_score = tf.while_loop(
+        lambda i, *_: i < steps, body, (tf.constant(0), x_adv, best_x, best_score)
+    )
+    if not keep_best:
+        return x_adv
+    final = _margin(fn(x_adv), y, targeted)
+    return tf.where(_expand(final > best_score, x), x_adv, best_x)
+
+
+def pgd_perturb(model, x, y, eps, steps, step_size=None, norm="linf", random_start=True, clip=(0.0, 1.0),
+                targeted=False, training=False, loss="ce", bpda=False, seed=None, keep_best=False):
+    """Projected gradient descent: one run, returned as a ``tf.Tensor`` (graph-safe).
+
+    Usable inside a ``train_step`` or any ``tf.function``. For evaluation prefer
+    :func:`pgd_attack`, which batches, compiles and takes the worst case over restarts.
+
+    Args:
+        model: Keras model (logits or softmax output; differentiated through its logits) or a
+            callable ``x -> logits``.
+        x: Inputs, a batch.
+        y: Integer true labels (untargeted) or target labels (``targeted=True``).
+        eps: Radius of the Linf / L2 ball (number or scalar tensor, >= 0).
+        steps: Number of gradient steps (int or scalar tensor).
+        step_size: Step length; default ``2.5 * eps / steps``.
+        norm: ``"linf"`` or ``"l2"``.
+        random_start: Start from a uniform random point of the ball.
+        clip: ``(low, high)`` valid input range, or ``None``.
+        targeted: Move towards class ``y`` instead of away from it.
+        training: Run the model in training mode (dropout, batch statistics).
+        loss: ``"ce"`` (cross-entropy), ``"margin"`` (Carlini-Wagner logit margin) or a
+            callable ``(y, logits) -> per-example loss`` to maximize.
+        bpda: ``True`` to backpropagate through registered straight-through surrogates, or a
+            differentiable model used for the backward pass (forward stays ``model``).
+        seed: ``None`` for stateful randomness, or an int / shape-[2] int tensor for a
+            deterministic (stateless) random start.
+        keep_best: Return the iterate with the largest success margin seen (the clean input
+            included) instead of the last one.
+
+    Returns:
+        Adversarial inputs, a float32 tensor shaped like ``x``.
+
+    Example:
+        >>> x_adv = pgd_perturb(model, x[:8], y[:8], eps=0.1, steps=10)  # doctest: +SKIP
+    """
+    _check_attack_args(eps, steps, norm, loss, step_size)
+    fn = _logits_fn(model, training, bpda)
+    if isinstance(seed, (int, np.integer)):
+        seed = tf.constant([int(seed), 0], tf.int32)
+    use_layers = bpda is True and isinstance(model, keras.layers.Layer)
+    with straight_through(model) if use_layers else contextlib.nullcontext():
+        return _pgd(fn, x, y, eps, steps, step_size, norm, random_start, clip, targeted, loss, seed, keep_best)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched, compiled evaluation attacks
+# ---------------------------------------------------------------------------------------------
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _attack_graph(model, fn, use_layers, config, x, y, eps, steps, step_size, seed):
+    norm, random_start, clip, targeted, loss = config
+    with straight_through(model) if use_layers else contextlib.nullcontext():
+        return _pgd(fn, x, y, eps, steps, step_size, norm, random_start, clip, targeted, loss, seed, True)
+
+
+def _compiled_attack(model, input_shape, norm, random_start, clip, targeted, loss, bpda, training):
+    clip = None if clip is None else tuple(clip)
+    key = (tuple(input_shape), norm, random_start, clip, targeted, loss, bpda, training)
+    try:
+        cache = _COMPILED.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: compile without caching
+        cache = {}
+    if key not in cache:
+        fn = _logits_fn(model, training, bpda)
+        use_layers = bpda is True and isinstance(model, keras.layers.Layer)
+        # A batch dimension of None: one trace serves every batch and subset size.
+        signature = [tf.TensorSpec([None, *input_shape], tf.float32), tf.TensorSpec([None], tf.int64),
+                     tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32),
+                     tf.TensorSpec([2], tf.int32)]
+        config = (norm, random_start, clip, targeted, loss)
+        cache[key] = tf.function(functools.partial(_attack_graph, model, fn, use_layers, config),
+                                 input_signature=signature)
+    return cache[key]
+
+
+def _validated(model, x, y, targeted):
+    if isinstance(model, keras.Model):
+        x = check_features(x, "x", model_input_shape(model))
+        y = check_labels(y, model_num_classes(model), "y (targets)" if targeted else "y", n=len(x))
+    else:
+        x = check_features(x, "x")
+        y = check_labels(y, None, "y", n=len(x))
+    return x, y
+
+
+def _margins_numpy(model, x, y, targeted, batch_size, training=False):
+    from tfsafe.safety.tflite_model import compiled_logits  # noqa: PLC0415
+
+    fn = compiled_logits(model) if not training else _logits_fn(model, True, None)
+    out = []
+    for i in range(0, len(x), batch_size):
+        logits = tf.convert_to_tensor(fn(tf.constant(x[i:i + batch_size])), tf.float32)
+        out.append(_margin(logits, tf.constant(y[i:i + batch_size], tf.int32), targeted).numpy())
+    return np.concatenate(out)
+
+
+def pgd_attack(model, x, y, eps, steps=20, step_size=None, restarts=1, norm="linf", random_start=True,
+               clip=(0.0, 1.0), targeted=False, loss="ce", bpda=False, batch_size=256, seed=0, training=False):
+    """Batched, compiled PGD; returns the worst case per example over ``restarts`` runs.
+
+    Each run keeps its best iterate (largest misclassification margin, the clean input
+    included); across runs the example with the largest margin wins. Later runs attack only
+    the examples earlier runs did not break. Deterministic for a given ``seed``; run ``r`` does
+    the same whatever ``restarts`` is, so more restarts never help the model.
+
+    Args:
+        model: Keras model or callable returning logits.
+        x, y: Inputs and integer labels (targets when ``targeted``).
+        eps: Radius (>= 0). steps, step_size, norm, random_start, clip, targeted, loss, bpda,
+            training: as in :func:`pgd_perturb`.
+        restarts: Number of random restarts (>= 1).
+        batch_size: Examples per compiled call.
+        seed: Base seed of the random starts.
+
+    Returns:
+        ``np.ndarray`` of adversarial inputs, float32, shaped like ``x``.
+
+    Example:
+        >>> x_adv = pgd_attack(model, x, y, eps=0.3, steps=40, restarts=2)  # doctest: +SKIP
+    """
+    _check_attack_args(eps, steps, norm, loss, step_size)
+    if int(restarts) < 1:
+        raise InputError(f"restarts must be >= 1, got {restarts}.")
+    x, y = _validated(model, x, y, targeted)
+    attack = _compiled_attack(model, x.shape[1:], norm, bool(random_start), clip, bool(targeted), loss, bpda,
+                              bool(training))
+    default_step = 2.5 * float(eps) / int(steps)
+    step = tf.constant(default_step if step_size is None else float(step_size), tf.float32)
+    best_x, best_score = x.copy(), np.full(len(x), -np.inf, np.float32)
+    for r in range(int(restarts)):
+        # Later restarts only attack the examples no earlier run has broken (same worst case, less work).
+        active = np.arange(len(x)) if r == 0 else np.flatnonzero(best_score <= 0)
+        for start in range(0, len(active), batch_size):
+            idx = active[start:start + batch_size]
+            run_seed = tf.constant([int(seed) * 1000 + r, start], tf.int32)
+            adv = attack(tf.constant(x[idx]), tf.constant(y[idx]), tf.constant(float(eps)), tf.constant(int(steps)),
+                         step, run_seed).numpy()
+            score = _margins_numpy(model, adv, y[idx], targeted, len(adv), training)
+            better = score > best_score[idx]
+            best_x[idx[better]] = adv[better]
+            best_score[idx[better]] = score[better]
+    return best_x
+
+
+def fgsm_attack(model, x, y, eps, clip=(0.0, 1.0), targeted=False, loss="ce", bpda=False, batch_size=256):
+    """Fast gradient sign method: one signed-gradient step of size ``eps`` from ``x``.
+
+    Example:
+        >>> x_adv = fgsm_attack(model, x, y, eps=0.1)  # doctest: +SKIP
+    """
+    return pgd_attack(model, x, y, eps, steps=1, step_size=max(float(eps), 1e-12), restarts=1,
+                      random_start=False, clip=clip, targeted=targeted, loss=loss, bpda=bpda,
+                      batch_size=batch_size)
+
+
+def _predict_labels(model, x, batch_size=256):
+    from tfsafe.safety.tflite_model import predict_labels  # noqa: PLC0415
+
+    return predict_labels(model, x, batch_size)
+
+
+def adversarial_accuracy(model, x, y, eps, attack="pgd", steps=20, restarts=1, return_mask=False, **kwargs):
+    """Accuracy of ``model`` on adversarial examples (untargeted).
+
+    Args:
+        model: Keras model or callable returning logits.
+        x, y: Inputs and integer labels.
+        eps: Attack radius, or a list of radii (then a dict ``{eps: accuracy}`` is returned).
+        attack: ``"pgd"`` or ``"fgsm"``.
+        steps, restarts: PGD settings (ignored by FGSM).
+        return_mask: Also return the per-example boolean "still correct" array.
+        **kwargs: More :func:`pgd_attack` options (``norm``, ``step_size``, ``loss``, ``bpda``...).
+
+    Returns:
+        Accuracy as a float (and the mask if asked).
+
+    Example:
+        >>> adversarial_accuracy(model, x, y, eps=0.3, steps=40, restarts=2)  # doctest: +SKIP
+        0.01
+    """
+    if isinstance(eps, (list, tuple, np.ndarray)):
+        return {float(e): adversarial_accuracy(model, x, y, e, attack, steps, restarts, return_mask, **kwargs)
+                for e in eps}
+    if attack == "pgd":
+        x_adv = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, **kwargs)
+    elif attack == "fgsm":
+        allowed = {k: v for k, v in kwargs.items() if k in ("clip", "loss", "bpda", "batch_size")}
+        x_adv = fgsm_attack(model, x, y, eps, **allowed)
+    else:
+        raise InputError(f"attack must be 'pgd' or 'fgsm', got {attack!r}.")
+    _, y = _validated(model, x, y, False)
+    mask = _predict_labels(model, x_adv) == y
+    return (float(mask.mean()), mask) if return_mask else float(mask.mean())
+
+
+def zero_gradient_fraction(model, x, y, batch_size=256):
+    """Fraction of examples whose loss gradient with respect to the input is exactly zero.
+
+    A high value means white-box attacks cannot move (rounding, quantization or other
+    gradient masking); attack such a model with ``bpda`` or :func:`transfer_attack` instead.
+    """
+    x, y = _validated(model, x, y, False)
+    fn = _logits_fn(model, False, None)
+    zero = []
+    for start in range(0, len(x), batch_size):
+        xb = tf.constant(x[start:start + batch_size])
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            loss = tf.reduce_sum(_objective("ce", fn(xb), tf.constant(y[start:start + batch_size], tf.int32), False))
+        grad = tape.gradient(loss, xb)
+        if grad is None:
+            zero.append(np.ones(len(xb), bool))
+        else:
+            zero.append(np.all(np.reshape(grad.numpy(), (len(xb), -1)) == 0, axis=1))
+    return float(np.concatenate(zero).mean())
+
+
+def transfer_attack(source, target, x, y, eps, attack="pgd", steps=20, restarts=1, batch_size=256, **kwargs):
+    """Craft adversarial examples on ``source`` and evaluate them on ``target``.
+
+    Args:
+        source: Differentiable Keras model (or callable returning logits) to craft on.
+        target: Keras model, ``.tflite`` path or :class:`tfsafe.safety.tflite_model.TFLiteModel`.
+        x, y: Inputs and integer labels.
+        eps: Attack radius.
+        attack, steps, restarts, **kwargs: As in :func:`adversarial_accuracy`.
+
+    Returns:
+        dict with ``target_clean_accuracy``, ``target_adv_accuracy``, ``source_adv_accuracy``,
+        ``eps`` and the per-example ``mask`` (target still correct on clean and adversarial).
+
+    Example:
+        >>> transfer_attack(float_model, "model_int8.tflite", x, y, eps=0.1)  # doctest: +SKIP
+    """
+    from tfsafe.safety.tflite_model import as_target  # noqa: PLC0415
+
+    target = as_target(target)
+    x, y = _validated(source, x, y, False)
+    if attack == "pgd":
+        x_adv = pgd_attack(source, x, y, eps, steps=steps, restarts=restarts, batch_size=batch_size, **kwargs)
+    elif attack == "fgsm":
+        x_adv = fgsm_attack(source, x, y, eps, batch_size=batch_size)
+    else:
+        raise InputError(f"attack must be 'pgd' or 'fgsm', got {attack!r}.")
+    clean_ok = _predict_labels(target, x, batch_size) == y
+    adv_ok = _predict_labels(target, x_adv, batch_size) == y
+    source_ok = _predict_labels(source, x_adv, batch_size) == y
+    return {
+        "eps": float(eps),
+        "target_clean_accuracy": float(clean_ok.mean()),
+        "target_adv_accuracy": float((clean_ok & adv_ok).mean()),
+        "source_adv_accuracy": float(source_ok.mean()),
+        "mask": clean_ok & adv_ok,
+    }
+
+
+# Adversarial training lives in its own module; it is re-exported here (it calls back into this
+# module only at run time, so either module may be imported first).
+from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp  # noqa: E402
