@@ -63,3 +63,14 @@ def trained_cnn(digits):
     model = compile_classifier(small_cnn((8, 8, 1), 10))
     model.fit(x, y, epochs=12, batch_size=32, verbose=0)
     return model
+
+
+@pytest.fixture(scope="session")
+def int8_tflite(trained_cnn, digits, tmp_path_factory):
+    """``trained_cnn`` exported to a full-integer int8 ``.tflite`` (verified on the digits test
+    split): the :class:`tflite_export.ExportResult`; the file is at ``.path``. Do not modify."""
+    from tflite_export import to_tflite
+
+    (x, _), (xt, yt) = digits
+    path = tmp_path_factory.mktemp("tflite") / "trained_cnn_int8.tflite"
+    return to_tflite(trained_cnn, path, "int8", x, verify=(xt, yt))

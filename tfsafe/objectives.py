@@ -3,9 +3,12 @@
 Each is a plain function of tensors (usable inside a ``train_step``) or a ``keras.losses.Loss``.
 """
 
-from tfsafe._keras import tf
+from tfsafe._keras import keras, tf
 
-__all__ = ["entropy", "softmax_cross_entropy"]
+__all__ = ["entropy", "softmax_cross_entropy", "admm_penalty",
+           "distillation_loss", "attention_map", "attention_transfer_loss",
+           "entropy_regularized_loss", "EntropyRegularizedLoss", "membership_attack_loss",
+           "adversarial_regularization", "size_penalty", "safety_loss"]
 
 
 def softmax_cross_entropy(y_true, logits):
@@ -18,3 +21,178 @@ def entropy(logits):
     """Mean Shannon entropy (nats) of the softmax of ``logits``."""
     log_p = tf.nn.log_softmax(logits)
     return tf.reduce_mean(-tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1))
+
+
+def admm_penalty(variables, targets, duals, rho):
+    """ADMM augmented-Lagrangian term ``(rho / 2) * sum_i ||W_i - Z_i + U_i||^2`` (scaled dual form).
+
+    Args:
+        variables: The trained tensors ``W_i`` (e.g. factors of a factorized layer).
+        targets: Their projections ``Z_i`` onto the constraint set (e.g. k-means quantized).
+        duals: The scaled dual variables ``U_i``.
+        rho: Penalty weight (number or scalar tensor).
+
+    Example:
+        >>> float(admm_penalty([tf.ones(2)], [tf.zeros(2)], [tf.zeros(2)], 0.5))
+        0.5
+    """
+    terms = [tf.reduce_sum(tf.square(w - z + u)) for w, z, u in zip(variables, targets, duals)]
+    if not terms:
+        return tf.constant(0.0)
+    return 0.5 * tf.cast(rho, tf.float32) * tf.add_n(terms)
+
+
+def distillation_loss(student_logits, teacher_logits, temperature=4.0):
+    """Hinton knowledge distillation: ``T^2 * KL(softmax(t / T) || softmax(s / T))``, batch mean.
+
+    The ``T^2`` factor keeps gradient magnitudes comparable across temperatures.
+
+    Example:
+        >>> float(distillation_loss(tf.constant([[1.0, 2.0]]), tf.constant([[1.0, 2.0]])))
+        0.0
+    """
+    t = tf.cast(temperature, tf.float32)
+    teacher_log_p = tf.nn.log_softmax(tf.stop_gradient(teacher_logits) / t)
+    student_log_p = tf.nn.log_softmax(student_logits / t)
+    kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
+    return t * t * tf.reduce_mean(kl)
+
+
+def attention_map(activation):
+    """Attention map of a post-ReLU activation (Zagoruyko & Komodakis): the channel mean of the
+    squared activation, flattened per example and L2-normalized. Dense activations (rank 2)
+    are squared and normalized directly."""
+    a = tf.cast(activation, tf.float32)
+    if a.shape.rank > 2:
+        a = tf.reduce_mean(tf.square(a), axis=-1)
+    else:
+        a = tf.square(a)
+    a = tf.reshape(a, [tf.shape(a)[0], -1])
+    return tf.math.l2_normalize(a, axis=1)
+
+
+def attention_transfer_loss(student_activations, teacher_activations):
+    """Post-ReLU activation mismatch: sum over layers of the mean squared difference of the
+    attention maps (RLNet weights it by 1000, as the attention-transfer paper does).
+
+    Example:
+        >>> a = [tf.ones((2, 4, 4, 3))]
+        >>> float(attention_transfer_loss(a, a))
+        0.0
+    """
+    if len(student_activations) != len(teacher_activations):
+        raise ValueError(
+            f"attention_transfer_loss got {len(student_activations)} student and "
+            f"{len(teacher_activations)} teacher activations; they must pair up layer by layer."
+        )
+    terms = [tf.reduce_mean(tf.square(attention_map(s) - tf.stop_gradient(attention_map(t))))
+             for s, t in zip(student_activations, teacher_activations)]
+    return tf.add_n(terms) if terms else tf.constant(0.0)
+
+
+def entropy_regularized_loss(y_true, logits, weight=0.1):
+    """MIA-SafeCompress's task loss: ``CE - weight * H(softmax(logits))``, batch mean.
+
+    Subtracting the entropy rewards less confident outputs, which narrows the gap between the
+    confidence on members and on non-members that membership attacks read (paper: weight 0.1).
+    """
+    return softmax_cross_entropy(y_true, logits) - weight * entropy(logits)
+
+
+@keras.utils.register_keras_serializable(package="tfsafe")
+class EntropyRegularizedLoss(keras.losses.Loss):
+    """``CE - weight * H(p)`` per example, as a Keras loss for ``compile``.
+
+    Args:
+        weight: entropy weight (MIA-SafeCompress: 0.1).
+        from_logits: whether ``y_pred`` are logits (tfsafe's convention) or probabilities.
+
+    Example:
+        >>> loss = EntropyRegularizedLoss(weight=0.1)
+        >>> float(loss([0], [[0.0, 0.0]])) < float(keras.losses.SparseCategoricalCrossentropy(True)([0], [[0.0, 0.0]]))
+        True
+    """
+
+    def __init__(self, weight=0.1, from_logits=True, name="entropy_regularized_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.weight = weight
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        logits = y_pred if self.from_logits else tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        log_p = tf.nn.log_softmax(logits)
+        return cross_entropy + self.weight * tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"weight": self.weight, "from_logits": self.from_logits})
+        return config
+
+
+def membership_attack_loss(member_scores, nonmember_scores):
+    """The simulated attacker's loss: binary cross-entropy, members labelled 1, non-members 0.
+
+    Scores are the attacker's logits of P(member). The attacker minimizes this (Nasr et al.'s
+    inference gain, negated).
+    """
+    member_scores = tf.reshape(member_scores, [-1])
+    nonmember_scores = tf.reshape(nonmember_scores, [-1])
+    return 0.5 * (tf.reduce_mean(tf.nn.softplus(-member_scores)) + tf.reduce_mean(tf.nn.softplus(nonmember_scores)))
+
+
+def adversarial_regularization(member_scores, weight=1.0, form="bce"):
+    """Nasr et al.'s privacy term for the classifier (add it to the task loss and minimize).
+
+    ``member_scores`` are the attacker's logits of P(member) on the classifier's own training
+    examples. The term falls as the attacker's output on members moves to "non-member", so
+    minimizing ``CE + term`` trains the classifier to hide its members (the sign that protects
+    them; maximizing the attacker's gain on members would leak more).
+
+    Args:
+        member_scores: attacker logits on a batch of members.
+        weight: lambda, the privacy weight.
+        form: ``"bce"``: ``weight * mean(-log(1 - h))`` (bounded below by 0, what tfsafe uses);
+            ``"log"``: ``weight * mean(log h)``, Nasr et al.'s original term.
+    """
+    scores = tf.reshape(member_scores, [-1])
+    if form == "bce":
+        return weight * tf.reduce_mean(tf.nn.softplus(scores))
+    if form == "log":
+        return -weight * tf.reduce_mean(tf.nn.softplus(-scores))
+    raise ValueError(f"form must be 'bce' or 'log', got {form!r}.")
+
+
+def size_penalty(model):
+    """Self-compression size term Q: learned bits per weight of the original network.
+
+    ``Q = sum over learnable-bit layers of (weights per output channel * sum_i relu(b_i))``
+    divided by the number of kernel weights those layers had when quantized (spatial size x
+    input channels x output channels), so Q starts at ``init_bits`` and falls as channels
+    lose bits. Differentiable in the bit depths; add ``gamma * Q`` to the loss.
+
+    Args:
+        model: a model from :func:`tfsafe.compress.quantization.quantize_learnable`.
+
+    Example:
+        >>> from tfsafe.compress.quantization import quantize_learnable
+        >>> from tfsafe.models import small_cnn
+        >>> float(size_penalty(quantize_learnable(small_cnn(), init_bits=6)))
+        6.0
+    """
+    from tfsafe.compress.quantization import bit_size_terms  # noqa: PLC0415 - compress imports objectives' users
+
+    terms, total = bit_size_terms(model)
+    return tf.add_n([per_channel * tf.reduce_sum(tf.nn.relu(bits)) for bits, per_channel in terms]) / total
+
+
+def safety_loss(y_safe, logits_safe):
+    """Safety-set term of safety-driven self-compression: mean cross-entropy on safety examples.
+
+    The safety set holds critical, uncertain and diverse training/validation examples (see
+    :func:`tfsafe.safety.safety_set.select_safety_set`); weighting their loss by lambda keeps
+    the compressed model right on them. Same math as :func:`softmax_cross_entropy`, named for
+    what it is used for.
+    """
+    return softmax_cross_entropy(y_safe, logits_safe)

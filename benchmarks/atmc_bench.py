@@ -1,0 +1,225 @@
+"""ATMC vs its baselines on MNIST LeNet: compression ratio, clean, PGD-40 and FGSM accuracy.
+
+Rows (all through :func:`tfsafe.methods.atmc.atmc_compress`):
+
+- Dense (clean): cross-entropy training, the start of NAP.
+- NAP: clean model, one-shot magnitude pruning to the 32-bit budget, clean fine-tune.
+- DA: dense PGD training (eps ramped up over ``--ramp_epochs``); the start of AP / ALR / ATMC,
+  as in the paper's practice.
+- AP: DA, one-shot magnitude pruning to the budget, PGD fine-tune.
+- ALR: DA, truncated SVD to the budget (greedy spectral ranks), PGD fine-tune.
+- ATMC-{bits}bit: DA, factorized ``W = (B + I) A + C``, PGD fine-tune with global top-k
+  projection every batch and k-means quantization through ADMM, best projected checkpoint.
+
+Every compressed row targets ``compressed bits <= --ratio x dense float32 bits`` (the budget
+``k`` comes from :func:`tfsafe.methods.atmc.budget_for_ratio`); the table shows the measured
+ratio from :mod:`tfsafe.metrics` (non-zeros x bits + codebooks + float32 biases; sparse index
+overhead is not counted, as in the paper). Checkpoints are chosen on a validation split carved
+from the training set; the evaluation subset comes from the test set and is used for nothing
+else. PGD-40 accuracy is the per-example worst case over cross-entropy PGD with
+``--eval_restarts`` random starts and a margin-loss PGD run.
+
+Usage:
+    .venv/bin/python benchmarks/atmc_bench.py --data_dir /work/shared/data/mnist
+    .venv/bin/python benchmarks/atmc_bench.py --quick      # digits + small CNN, ~2 minutes
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+import tfsafe  # noqa: E402
+from tfsafe import metrics  # noqa: E402
+from tfsafe._keras import keras  # noqa: E402
+from tfsafe.compress.factorization import factorize  # noqa: E402
+from tfsafe.io import atomic_write_json  # noqa: E402
+from tfsafe.methods import atmc_baselines as baselines  # noqa: E402
+from tfsafe.methods.atmc import budget_for_ratio  # noqa: E402
+from tfsafe.models import lenet, small_cnn  # noqa: E402
+from tfsafe.safety.adversarial import fgsm_attack, pgd_attack  # noqa: E402
+
+QUICK = {"train_size": 1000, "val_size": 200, "eval_size": 300, "clean_epochs": 5, "da_epochs": 6,
+         "ft_epochs": 2, "train_steps": 5, "eps": 0.1, "ramp_epochs": 1.0, "eval_steps": 20, "batch_size": 64,
+         "ratio": 0.25}
+FULL = {"train_size": 10000, "val_size": 500, "eval_size": 500, "clean_epochs": 2, "da_epochs": 6,
+        "ft_epochs": 2, "train_steps": 7, "eps": 0.3, "ramp_epochs": 2.0, "eval_steps": 40, "batch_size": 128,
+        "ratio": 0.05}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default=None, help="MNIST IDX folder, e.g. /work/shared/data/mnist")
+    p.add_argument("--quick", action="store_true", help="bundled digits + small CNN, small settings")
+    p.add_argument("--train_size", type=int, help=f"training subset (default {FULL['train_size']})")
+    p.add_argument("--val_size", type=int, help="validation subset for checkpoint selection (from train)")
+    p.add_argument("--eval_size", type=int, help="test subset for the reported accuracies")
+    p.add_argument("--clean_epochs", type=int, help="epochs of clean training (NAP start)")
+    p.add_argument("--da_epochs", type=int, help="epochs of dense PGD training (DA)")
+    p.add_argument("--ft_epochs", type=int, help="fine-tune epochs of NAP / AP / ALR / ATMC")
+    p.add_argument("--train_steps", type=int, help="PGD steps during training")
+    p.add_argument("--eps", type=float, help="Linf radius for training and evaluation (0.3 MNIST)")
+    p.add_argument("--ramp_epochs", type=float, help="DA epochs over which eps grows from 0")
+    p.add_argument("--eval_steps", type=int, help="PGD steps of the evaluation attack (40)")
+    p.add_argument("--eval_restarts", type=int, default=2, help="random starts of the CE PGD (2 = one restart)")
+    p.add_argument("--select_steps", type=int, default=10, help="PGD steps of validation checkpoint selection")
+    p.add_argument("--batch_size", type=int)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of DA and clean training")
+    p.add_argument("--ft_lr", type=float, default=5e-4, help="Adam learning rate of the fine-tunes")
+    p.add_argument("--ratio", type=float, help="target compression ratio of compressed rows (0.05)")
+    p.add_argument("--bits", default="32,8,4", help="ATMC bit widths (1..8 or 32)")
+    p.add_argument("--admm_every", type=int, default=15, help="batches between ADMM (Z, U) updates")
+    p.add_argument("--rho", type=float, default=0.1)
+    p.add_argument("--rho_growth", type=float, default=1.1, help="rho multiplier per ADMM update")
+    p.add_argument("--rho_max", type=float, default=5.0)
+    p.add_argument("--rows", default="nap,da,ap,alr,atmc", help="which rows to run (da always runs)")
+    p.add_argument("--no_export", action="store_true", help="skip the int8 .tflite export of the ATMC rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/bench/atmc.json")
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+START = time.time()
+
+
+def log(message):
+    print(f"[{time.time() - START:7.1f}s] {message}", flush=True)
+
+
+def load(args):
+    if args.quick:
+        (x, y), (xt, yt) = tfsafe.load_digits()
+    else:
+        (x, y), (xt, yt) = tfsafe.load_mnist(args.data_dir)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(x))
+    if args.train_size + args.val_size > len(x):
+        raise SystemExit(f"--train_size + --val_size exceed the {len(x)} training examples.")
+    train, val = order[:args.train_size], order[args.train_size:args.train_size + args.val_size]
+    test = rng.permutation(len(xt))[:args.eval_size]
+    return (x[train], y[train]), (x[val], y[val]), (xt[test], yt[test])
+
+
+def evaluate(model, dense, test, args):
+    x, y = test
+    correct = model.predict(x, batch_size=512, verbose=0).argmax(1) == y
+    robust = correct.copy()
+    for loss, restarts in (("ce", args.eval_restarts), ("margin", 1)):
+        x_adv = pgd_attack(model, x, y, args.eps, steps=args.eval_steps, restarts=restarts, loss=loss,
+                           seed=args.seed + 1)
+        robust &= model.predict(x_adv, batch_size=512, verbose=0).argmax(1) == y
+    fgsm = model.predict(fgsm_attack(model, x, y, args.eps), batch_size=512, verbose=0).argmax(1) == y
+    size = metrics.model_size(model, reference=dense)
+    return {"compression_ratio": size["compression_ratio"], "nonzeros": size["nonzeros"],
+            "average_bits": size["average_bits"], "ideal_bytes": size["ideal_bytes"],
+            "clean_accuracy": float(correct.mean()), "pgd_accuracy": float(robust.mean()),
+            "fgsm_accuracy": float(fgsm.mean())}
+
+
+def factor_summary(model):
+    out = {}
+    for layer in model.layers:
+        if hasattr(layer, "factors"):
+            out[layer.name] = {name: int(np.count_nonzero(v.numpy())) for name, v in layer.factors()}
+    return out
+
+
+def export(model, name, train, test, args):
+    try:
+        from tflite_export.convert import to_tflite  # noqa: PLC0415
+    except ImportError as err:
+        return {"error": f"tflite_export unavailable: {err}"}
+    path = os.path.join(os.path.dirname(args.out) or ".", f"atmc_{name}.tflite")
+    try:
+        result = to_tflite(model, path, "int8", train[0][:500], verify=(test[0][:500], test[1][:500]))
+    except Exception as err:  # noqa: BLE001 - report, keep the benchmark going
+        return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+    return {"path": path, "bytes": result.bytes, "gzip_bytes": result.gzip_bytes,
+            "sparse_encoding": (result.sparsity or {}).get("used")}
+
+
+def table(rows, reference, steps):
+    lines = [f"| method | compression ratio | clean acc | PGD-{steps} acc | FGSM acc | PGD / best DA PGD | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        rel = r["pgd_accuracy"] / reference if reference else float("nan")
+        lines.append(f"| {name} | {r['compression_ratio']:.4f} | {r['clean_accuracy']:.3f} | {r['pgd_accuracy']:.3f} "
+                     f"| {r['fgsm_accuracy']:.3f} | {rel:.2f} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.quick and not args.data_dir:
+        raise SystemExit("pass --data_dir /work/shared/data/mnist (or --quick for digits)")
+    wanted = {r.strip().lower() for r in args.rows.split(",") if r.strip()}
+    bits_list = [int(b) for b in args.bits.split(",") if b.strip()]
+    keras.utils.set_random_seed(args.seed)
+    train, val, test = load(args)
+    log(f"data: train {len(train[0])}, val {len(val[0])}, eval {len(test[0])}; eps {args.eps}")
+    architecture = small_cnn if args.quick else lenet
+    dense = architecture(train[0].shape[1:], 10)
+    common = {"batch_size": args.batch_size, "steps": args.train_steps, "select_steps": args.select_steps}
+    ft = dict(common, epochs=args.ft_epochs, learning_rate=args.ft_lr, validation_data=val)
+    rows, extra = {}, {}
+
+    def run(name, fn):
+        keras.utils.set_random_seed(args.seed)
+        start = time.time()
+        result = fn()
+        seconds = time.time() - start
+        rows[name] = dict(evaluate(result.model, dense, test, args), train_seconds=seconds,
+                          best_check=result.best, checks=result.checks, factors=factor_summary(result.model))
+        log(f"{name}: {rows[name]['compression_ratio']:.4f} ratio, clean {rows[name]['clean_accuracy']:.3f}, "
+            f"PGD {rows[name]['pgd_accuracy']:.3f}, FGSM {rows[name]['fgsm_accuracy']:.3f} ({seconds:.0f}s train)")
+        return result.model
+
+    k32 = budget_for_ratio(dense, args.ratio, 32)
+    log(f"32-bit budget: {k32} non-zero kernel weights of {metrics.count_params(dense)} parameters")
+    clean = None
+    if "nap" in wanted:
+        clean = run("Dense (clean)", lambda: baselines.dense_training(
+            dense, *train, adversarial=False, epochs=args.clean_epochs, learning_rate=args.lr, **common))
+        run("NAP", lambda: baselines.nap(clean, *train, k32, epochs=args.ft_epochs, learning_rate=args.ft_lr,
+                                         **common))
+    da = run("DA", lambda: baselines.dense_training(
+        dense, *train, eps=args.eps, epochs=args.da_epochs, ramp_epochs=args.ramp_epochs, learning_rate=args.lr,
+        validation_data=val, **common))
+    # The compressed rows get --ft_epochs more PGD training than DA; this row gets the same
+    # extra training without compression, so "PGD / best DA" is not flattered by it.
+    run(f"DA +{args.ft_epochs} ep", lambda: baselines.dense_training(da, *train, eps=args.eps, **ft))
+    if "ap" in wanted:
+        run("AP", lambda: baselines.adversarial_pruning(da, *train, k32, eps=args.eps, **ft))
+    if "alr" in wanted:
+        run("ALR", lambda: baselines.adversarial_low_rank(da, *train, k32, eps=args.eps, **ft))
+    if "atmc" in wanted:
+        factorized = factorize(da)
+        for bits in bits_list:
+            k = budget_for_ratio(factorized, args.ratio, bits, reference=dense)
+            name = f"ATMC-{bits}bit"
+            log(f"{name}: budget {k} non-zeros over A, B, C")
+            model = run(name, lambda bits=bits, k=k: baselines.atmc(
+                da, *train, k, bits=bits, eps=args.eps, admm_every=args.admm_every, rho=args.rho,
+                rho_growth=args.rho_growth, rho_max=args.rho_max, **ft))
+            rows[name]["budget"] = k
+            if not args.no_export:
+                rows[name]["tflite_int8"] = export(model, f"{bits}bit", train, test, args)
+                log(f"{name} int8 tflite: {rows[name]['tflite_int8']}")
+    reference = max(r["pgd_accuracy"] for name, r in rows.items() if name.startswith("DA"))
+    md = table(rows, reference, args.eval_steps)
+    print(md, flush=True)
+    atomic_write_json(args.out, {"args": vars(args), "rows": rows, "table": md, "budget_32bit": k32, **extra})
+    log(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

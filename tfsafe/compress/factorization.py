@@ -1,0 +1,651 @@
+"""Factorized Dense and Conv2D layers: sparse + low-rank weights (ATMC) and plain low rank (ALR).
+
+Every layer here computes its kernel from a weight *matrix* ``W`` of shape
+``(out, fan_in)``: a Dense kernel is ``W`` transposed, a Conv2D kernel is ``W`` over the flattened
+receptive field (``fan_in = kh * kw * in_channels``) reshaped back to ``(kh, kw, in, out)``.
+
+- :class:`FactorizedDense` / :class:`FactorizedConv2D`: ``W = (B + I) A + C`` with
+  ``A`` (out x fan_in), ``B`` (out x out), ``C`` (out x fan_in), the ATMC parameterization.
+  :func:`factorize` starts from ``A = W``, ``B = C = 0``, so the model is unchanged.
+- :class:`LowRankDense` / :class:`LowRankConv2D`: ``W = U V`` with rank ``r`` (the ALR
+  baseline), built from a trained layer by truncated SVD with :func:`low_rank`.
+
+:func:`tfsafe.compress.strip.strip` merges all of them back into plain ``Dense`` / ``Conv2D``
+layers; :mod:`tfsafe.metrics` counts their non-zeros and bits (see :func:`factor_bits`).
+
+Export decision: always merge. TFLite stores each weight tensor densely (or with its sparse
+encoding of one tensor), so keeping the factors would store ``2 * out * fan_in + out^2``
+values where the merged kernel stores ``out * fan_in``; and with ``B = 0`` (what ATMC
+training ends with in practice) the merged ``W = A + C`` has no more non-zeros than the
+factors. The ideal size (non-zeros x bits, :mod:`tfsafe.metrics`) counts, per layer, the
+cheaper of the factorized encoding and the merged one (a non-zero ``B`` densifies ``W`` and
+moves it off the codebook, then the merged kernel counts at 32 bits).
+"""
+
+import contextlib
+
+import numpy as np
+
+from tfsafe._keras import keras, tf
+from tfsafe.compress.strip import register_stripper
+from tfsafe.errors import InputError, UnsupportedModelError
+
+__all__ = [
+    "FactorizedDense", "FactorizedConv2D", "LowRankDense", "LowRankConv2D",
+    "factorize", "low_rank", "low_rank_ranks_for_budget", "factor_bits", "matrix_layers",
+    "check_bits", "frozen_kernels", "QUANTIZABLE_BITS",
+]
+
+QUANTIZABLE_BITS = tuple(range(1, 9)) + (32,)
+
+
+def check_bits(bits):
+    """Return ``bits`` as int after checking it is 1..8 (k-means codebook) or 32 (float)."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or int(bits) not in QUANTIZABLE_BITS:
+        raise InputError(
+            f"bits must be an integer in 1..8 (a k-means codebook of 2^bits values plus zero) or 32 "
+            f"(unquantized float32), got {bits!r}."
+        )
+    return int(bits)
+
+
+class _MatrixLayer(keras.layers.Layer):
+    """Base: builds the factors, turns ``matrix()`` into a kernel and applies Dense/Conv math."""
+
+    kernel_size = None  # Conv subclasses set it in __init__.
+
+    def _common_init(self, activation, use_bias, kernel_initializer, bias_initializer):
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def _common_config(self):
+        config = super().get_config()
+        config.update({
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        })
+        return config
+
+    @property
+    def out_dim(self):
+        return self.units if self.kernel_size is None else self.filters
+
+    def kernel_shape(self, in_channels):
+        if self.kernel_size is None:
+            return (in_channels, self.units)
+        return tuple(self.kernel_size) + (in_channels, self.filters)
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise InputError(f"Layer '{self.name}' needs a known last input dimension to build.")
+        self.in_channels = int(in_channels)
+        self.fan_in = int(np.prod(self.kernel_shape(self.in_channels)[:-1]))
+        kernel_shape = self.kernel_shape(self.in_channels)
+        init = self.kernel_initializer
+
+        def matrix_init(shape, dtype=None):
+            # Draw as the equivalent plain kernel so fan-in/fan-out scaling matches Dense/Conv2D.
+            return _kernel_to_matrix(init(kernel_shape, dtype=dtype), self.out_dim)
+
+        self._build_factors(matrix_init)
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight("bias", (self.out_dim,), initializer=self.bias_initializer)
+        super().build(input_shape)
+
+    def matrix(self):
+        """The effective weight matrix ``W`` (out x fan_in) as a tensor."""
+        raise NotImplementedError
+
+    def kernel(self):
+        """The effective kernel in the plain layer's layout ((in, out) or (kh, kw, in, out))."""
+        frozen = getattr(self, "_frozen_kernel", None)
+        if frozen is not None:
+            return frozen
+        return tf.reshape(tf.transpose(self.matrix()), self.kernel_shape(self.in_channels))
+
+    def call(self, inputs):
+        kernel = self.kernel()
+        if self.kernel_size is None:
+            if inputs.shape.rank == 2:
+                outputs = tf.matmul(inputs, kernel)
+            else:
+                outputs = tf.tensordot(inputs, kernel, [[inputs.shape.rank - 1], [0]])
+                outputs.set_shape(inputs.shape[:-1].concatenate([self.units]))
+        else:
+            outputs = tf.nn.conv2d(inputs, kernel, strides=(1,) + tuple(self.strides) + (1,),
+                                   padding=self.padding.upper(), dilations=(1,) + tuple(self.dilation_rate) + (1,))
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return self.plain_layer().compute_output_shape(input_shape)
+
+    def plain_layer(self):
+        """A new, unbuilt ``Dense`` / ``Conv2D`` computing the same function."""
+        common = {"activation": keras.activations.serialize(self.activation), "use_bias": self.use_bias,
+                  "name": self.name, "dtype": self.dtype}
+        if self.kernel_size is None:
+            return keras.layers.Dense(self.units, **common)
+        return keras.layers.Conv2D(self.filters, self.kernel_size, strides=self.strides, padding=self.padding,
+                                   dilation_rate=self.dilation_rate, **common)
+
+    def merged_weights(self):
+        """``[kernel, bias]`` (or ``[kernel]``) of the equivalent plain layer, as numpy arrays."""
+        weights = [self.kernel().numpy()]
+        if self.use_bias:
+            weights.append(self.bias.numpy())
+        return weights
+
+    def factors(self):
+        """The factor variables ``[(name, variable), ...]`` (what pruning and quantization act on)."""
+        raise NotImplementedError
+
+
+class _SparsePlusLowRank(_MatrixLayer):
+    """``W = (B + I) A + C``: A carries the weights, B mixes output rows, C is a sparse correction."""
+
+    def _build_factors(self, matrix_init):
+        out = self.out_dim
+        self.A = self.add_weight("A", (out, self.fan_in), initializer=matrix_init)
+        self.B = self.add_weight("B", (out, out), initializer="zeros")
+        self.C = self.add_weight("C", (out, self.fan_in), initializer="zeros")
+
+    def matrix(self):
+        return self.A + tf.matmul(self.B, self.A) + self.C
+
+    def factors(self):
+        return [("A", self.A), ("B", self.B), ("C", self.C)]
+
+
+class _LowRank(_MatrixLayer):
+    """``W = U V`` with ``U`` (out x rank) and ``V`` (rank x fan_in)."""
+
+    def _build_factors(self, matrix_init):
+        del matrix_init
+        rank = self.rank
+        if rank > min(self.out_dim, self.fan_in):
+            raise InputError(f"Layer '{self.name}': rank {rank} exceeds min(out={self.out_dim}, "
+                             f"fan_in={self.fan_in}); use a rank of at most {min(self.out_dim, self.fan_in)}.")
+        # low_rank() overwrites both with SVD factors; a fresh layer gets U V of unit-ish scale.
+        self.U = self.add_weight("U", (self.out_dim, rank), initializer="orthogonal")
+        self.V = self.add_weight("V", (rank, self.fan_in), initializer=self.kernel_initializer)
+
+    def matrix(self):
+        return tf.matmul(self.U, self.V)
+
+    def factors(self):
+        return [("U", self.U), ("V", self.V)]
+
+
+def _check_rank(rank):
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise InputError(f"rank must be a positive integer, got {rank!r}.")
+    return int(rank)
+
+
+@keras.utils.register_keras_serializable(package="tfsafe")
+class FactorizedDense(_SparsePlusLowRank):
+    """Dense layer with kernel ``W^T``, ``W = (B + I) A + C`` (ATMC).
+
+    Args:
+        units: Output size.
+        activation, use_bias, kernel_initializer, bias_initializer: as in ``keras.layers.Dense``
+            (the initializer draws ``A``; ``B`` and ``C`` start at zero).
+        bits: Bits per stored non-zero of each factor (1..8 for a k-means codebook, 32 for
+            float); used for size accounting, set by ATMC's final projection.
+
+    Example:
+        >>> layer = FactorizedDense(3)
+        >>> layer(tf.ones((2, 4))).shape
+        TensorShape([2, 3])
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", bits=32, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.bits = check_bits(bits)
+        self._common_init(activation, use_bias, kernel_initializer, bias_initializer)
+
+    def get_config(self):
+        config = self._common_config()
+        config.update({"units": self.units, "bits": self.bits})
+        return config
+
+
+@keras.utils.register_keras_serializable(package="tfsafe")
+class FactorizedConv2D(_SparsePlusLowRank):
+    """Conv2D over the flattened kernel matrix ``W`` (out x kh*kw*in), ``W = (B + I) A + C`` (ATMC).
+
+    Args:
+        filters, kernel_size, strides, padding, dilation_rate: as in ``keras.layers.Conv2D``
+            (channels_last, one group).
+        activation, use_bias, kernel_initializer, bias_initializer, bits: as in
+            :class:`FactorizedDense`.
+
+    Example:
+        >>> layer = FactorizedConv2D(4, 3, padding="same")
+        >>> layer(tf.ones((1, 8, 8, 2))).shape
+        TensorShape([1, 8, 8, 4])
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+                 activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 bits=32, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.padding = _check_padding(padding)
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        self.bits = check_bits(bits)
+        self._common_init(activation, use_bias, kernel_initializer, bias_initializer)
+
+    def get_config(self):
+        config = self._common_config()
+        config.update({"filters": self.filters, "kernel_size": self.kernel_size, "strides": self.strides,
+                       "padding": self.padding, "dilation_rate": self.dilation_rate, "bits": self.bits})
+        return config
+
+
+@keras.utils.register_keras_serializable(package="tfsafe")
+class LowRankDense(_LowRank):
+    """Dense layer with kernel ``(U V)^T`` of rank ``rank`` (the ALR baseline).
+
+    Example:
+        >>> layer = LowRankDense(6, rank=2)
+        >>> layer(tf.ones((2, 5))).shape
+        TensorShape([2, 6])
+    """
+
+    def __init__(self, units, rank, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.rank = _check_rank(rank)
+        self._common_init(activation, use_bias, kernel_initializer, bias_initializer)
+
+    def get_config(self):
+        config = self._common_config()
+        config.update({"units": self.units, "rank": self.rank})
+        return config
+
+
+@keras.utils.register_keras_serializable(package="tfsafe")
+class LowRankConv2D(_LowRank):
+    """Conv2D whose flattened kernel matrix is ``U V`` of rank ``rank`` (the ALR baseline).
+
+    Example:
+        >>> layer = LowRankConv2D(4, 3, rank=2)
+        >>> layer(tf.ones((1, 6, 6, 3))).shape
+        TensorShape([1, 4, 4, 4])
+    """
+
+    def __init__(self, filters, kernel_size, rank, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+                 activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.rank = _check_rank(rank)
+        self.strides = _pair(strides, "strides")
+        self.padding = _check_padding(padding)
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        self._common_init(activation, use_bias, kernel_initializer, bias_initializer)
+
+    def get_config(self):
+        config = self._common_config()
+        config.update({"filters": self.filters, "kernel_size": self.kernel_size, "rank": self.rank,
+                       "strides": self.strides, "padding": self.padding, "dilation_rate": self.dilation_rate})
+        return config
+
+
+def _pair(value, name):
+    values = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(values) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values):
+        raise InputError(f"{name} must be a positive int or a pair of positive ints, got {value!r}.")
+    return tuple(int(v) for v in values)
+
+
+def _check_padding(padding):
+    padding = str(padding).lower()
+    if padding not in ("valid", "same"):
+        raise InputError(f"padding must be 'valid' or 'same', got {padding!r}.")
+    return padding
+
+
+def _kernel_to_matrix(kernel, out):
+    return tf.transpose(tf.reshape(kernel, (-1, out)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model surgery
+
+
+@contextlib.contextmanager
+def frozen_kernels(model):
+    """Within the block, factorized layers reuse one kernel computed on entry, without gradients.
+
+    An attack runs the model many times with fixed weights; freezing skips recomputing
+    ``(B + I) A + C`` at every PGD step. Under ``tf.function`` the freeze applies to the code
+    traced inside the block.
+
+    Example:
+        >>> net = factorize(small_cnn())  # doctest: +SKIP
+        >>> with frozen_kernels(net):  # doctest: +SKIP
+        ...     x_adv = pgd_perturb(net, x, y, eps=0.1, steps=10)
+    """
+    layers = matrix_layers(model)
+    for layer in layers:
+        layer._frozen_kernel = None
+        layer._frozen_kernel = tf.stop_gradient(layer.kernel())
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._frozen_kernel = None
+
+
+def matrix_layers(model):
+    """The factorized / low-rank layers of ``model`` (top level), in order."""
+    return [layer for layer in model.layers if isinstance(layer, _MatrixLayer)]
+
+
+_SUPPORTED = (keras.layers.Dense, keras.layers.Conv2D)
+
+
+def _unsupported_reason(layer):
+    if isinstance(layer, (keras.layers.Conv2DTranspose, keras.layers.DepthwiseConv2D,
+                          keras.layers.SeparableConv2D)) or type(layer) not in _SUPPORTED:
+        return f"it is a {type(layer).__name__}; only Dense and Conv2D layers can be factorized"
+    config = layer.get_config()
+    problems = [key for key in ("kernel_regularizer", "bias_regularizer", "kernel_constraint", "bias_constraint")
+                if config.get(key) is not None]
+    if problems:
+        return f"it sets {', '.join(problems)}, which a factorized kernel cannot honour"
+    if isinstance(layer, keras.layers.Conv2D):
+        if config.get("groups", 1) != 1:
+            return "it is a grouped convolution (groups != 1)"
+        if config.get("data_format", "channels_last") != "channels_last":
+            return "it uses data_format='channels_first'"
+    return None
+
+
+def _select(model, layers, what):
+    from tfsafe.validation import check_model  # noqa: PLC0415
+
+    model = check_model(model)
+    if not model.built:
+        raise UnsupportedModelError(f"{what}() needs a built model; call model.build(input_shape) first.")
+    by_name = {layer.name: layer for layer in model.layers}
+    if layers is None:
+        chosen = [layer.name for layer in model.layers if type(layer) in _SUPPORTED and not _unsupported_reason(layer)]
+        if not chosen:
+            raise UnsupportedModelError(
+                f"{what}(): model '{model.name}' has no top-level Dense or Conv2D layer to factorize "
+                "(nested models must be flattened into one Functional/Sequential model first).")
+        return model, chosen
+    chosen = [layers] if isinstance(layers, str) else list(layers)
+    for name in chosen:
+        if name not in by_name:
+            raise InputError(f"{what}(): no top-level layer named '{name}' in '{model.name}'; "
+                             f"layers are {[layer.name for layer in model.layers]}.")
+        reason = _unsupported_reason(by_name[name])
+        if reason:
+            raise UnsupportedModelError(f"{what}(): cannot factorize layer '{name}': {reason}.")
+    return model, chosen
+
+
+def _rebuild(model, replace, what):
+    """Clone ``model`` with ``replace(layer) -> (new_layer, weights) or None`` per layer."""
+    pending = {}
+
+    def clone_layer(layer):
+        result = replace(layer)
+        if result is None:
+            new_layer = layer.__class__.from_config(layer.get_config())
+            weights = layer.get_weights()
+        else:
+            new_layer, weights = result
+        pending[new_layer.name] = weights
+        return new_layer
+
+    try:
+        new_model = keras.models.clone_model(model, clone_function=clone_layer)
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise UnsupportedModelError(
+            f"{what}() could not rebuild model '{model.name}' ({err}); subclassed models cannot be "
+            "cloned: express the model as Sequential or Functional.") from err
+    for layer in new_model.layers:
+        if pending.get(layer.name):
+            layer.set_weights(pending[layer.name])
+    return new_model
+
+
+def _layer_matrix(layer):
+    kernel = layer.kernel.numpy()
+    return kernel.reshape(-1, kernel.shape[-1]).T
+
+
+def _geometry(layer):
+    config = layer.get_config()
+    common = {"activation": config["activation"], "use_bias": config["use_bias"], "name": layer.name,
+              "kernel_initializer": config["kernel_initializer"], "bias_initializer": config["bias_initializer"]}
+    if isinstance(layer, keras.layers.Conv2D):
+        common.update(filters=config["filters"], kernel_size=config["kernel_size"], strides=config["strides"],
+                      padding=config["padding"], dilation_rate=config["dilation_rate"])
+    else:
+        common.update(units=config["units"])
+    return common
+
+
+def factorize(model, layers=None, bits=32):
+    """Replace Dense / Conv2D layers with :class:`FactorizedDense` / :class:`FactorizedConv2D`.
+
+    The new layers start at ``A = W``, ``B = C = 0``, so the returned model computes exactly
+    what ``model`` computes. ``model`` itself is not changed.
+
+    Args:
+        model: A built Sequential or Functional ``tf_keras`` model.
+        layers: Names of the layers to factorize; ``None`` factorizes every top-level Dense and
+            Conv2D layer that can be (plain channels_last, no kernel regularizer/constraint).
+        bits: Initial ``bits`` of the new layers (size accounting only).
+
+    Returns:
+        A new model.
+
+    Raises:
+        UnsupportedModelError: a named layer is not a plain Dense/Conv2D, or the model cannot be
+            cloned (subclassed).
+
+    Example:
+        >>> from tfsafe.models import small_cnn
+        >>> fact = factorize(small_cnn())
+        >>> type(fact.get_layer("conv1")).__name__
+        'FactorizedConv2D'
+    """
+    bits = check_bits(bits)
+    model, chosen = _select(model, layers, "factorize")
+    chosen = set(chosen)
+
+    def replace(layer):
+        if layer.name not in chosen:
+            return None
+        geometry = _geometry(layer)
+        cls = FactorizedConv2D if "filters" in geometry else FactorizedDense
+        matrix = _layer_matrix(layer)
+        out = matrix.shape[0]
+        weights = [matrix, np.zeros((out, out), np.float32), np.zeros_like(matrix)] + layer.get_weights()[1:]
+        return cls(bits=bits, **geometry), weights
+
+    return _rebuild(model, replace, "factorize")
+
+
+def low_rank(model, ranks, layers=None):
+    """Replace Dense / Conv2D layers by rank-``r`` factors ``U V`` from a truncated SVD of ``W``.
+
+    Args:
+        model: A built Sequential or Functional ``tf_keras`` model.
+        ranks: One int for every chosen layer, or ``{layer_name: rank}`` (layers not in the dict
+            are left as they are). A rank is capped at ``min(out, fan_in)``.
+        layers: Names of layers to consider (default: every Dense / Conv2D that can be).
+
+    Returns:
+        A new model with :class:`LowRankDense` / :class:`LowRankConv2D` layers.
+
+    Example:
+        >>> from tfsafe.models import mlp
+        >>> small = low_rank(mlp(), ranks=4)
+        >>> small.get_layer("fc1").rank
+        4
+    """
+    model, chosen = _select(model, layers, "low_rank")
+    if isinstance(ranks, dict):
+        unknown = set(ranks) - set(chosen)
+        if unknown:
+            raise InputError(f"low_rank(): ranks names layers that cannot be factorized or do not exist: "
+                             f"{sorted(unknown)}; candidates are {chosen}.")
+        plan = {name: _check_rank(r) for name, r in ranks.items()}
+    else:
+        plan = dict.fromkeys(chosen, _check_rank(ranks))
+
+    def replace(layer):
+        if layer.name not in plan:
+            return None
+        matrix = _layer_matrix(layer)
+        rank = min(plan[layer.name], *matrix.shape)
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        root = np.sqrt(s[:rank])
+        geometry = _geometry(layer)
+        cls = LowRankConv2D if "filters" in geometry else LowRankDense
+        weights = [(u[:, :rank] * root).astype(np.float32), (root[:, None] * vt[:rank]).astype(np.float32)]
+        return cls(rank=rank, **geometry), weights + layer.get_weights()[1:]
+
+    return _rebuild(model, replace, "low_rank")
+
+
+def low_rank_ranks_for_budget(model, budget, layers=None):
+    """Ranks for :func:`low_rank` so that the stored weight matrices fit in ``budget`` values.
+
+    Every layer first gets the largest common rank that fits (so no layer becomes a narrow
+    bottleneck), then ranks are added greedily by the relative spectral energy
+    (sigma^2 / ||W||_F^2) they keep per added parameter until the budget is spent. A layer
+    whose factors would not be smaller than its dense matrix is left dense (absent from the
+    result) and costs ``out * fan_in``.
+
+    Returns:
+        ``{layer_name: rank}`` for the layers to factorize.
+
+    Raises:
+        InputError: when even rank 1 everywhere does not fit.
+    """
+    model, chosen = _select(model, layers, "low_rank_ranks_for_budget")
+    spectra = {}
+    for name in chosen:
+        matrix = _layer_matrix(model.get_layer(name))
+        energy = np.linalg.svd(matrix, compute_uv=False) ** 2
+        spectra[name] = (matrix.shape, energy / max(float(energy.sum()), 1e-12))
+    ranks = dict.fromkeys(chosen, 1)
+
+    def cost(name, rank):
+        (out, fan_in), _ = spectra[name]
+        return min(rank * (out + fan_in), out * fan_in)
+
+    spent = sum(cost(name, 1) for name in chosen)
+    if spent > budget:
+        raise InputError(f"low-rank budget {budget} is below the smallest rank-1 plan ({spent} values); "
+                         "raise the budget.")
+    common = 1
+    while common < max(len(energy) for _, energy in spectra.values()):
+        trial = {name: min(common + 1, len(spectra[name][1])) for name in chosen}
+        if sum(cost(name, rank) for name, rank in trial.items()) > budget:
+            break
+        common += 1
+        ranks = trial
+    spent = sum(cost(name, rank) for name, rank in ranks.items())
+    while True:
+        best, best_gain = None, 0.0
+        for name in chosen:
+            (out, fan_in), energy = spectra[name]
+            rank = ranks[name]
+            extra = cost(name, rank + 1) - cost(name, rank)
+            if rank >= len(energy) or extra <= 0 or spent + extra > budget:
+                continue
+            gain = energy[rank] / extra
+            if gain > best_gain:
+                best, best_gain = name, gain
+        if best is None:
+            break
+        spent += cost(best, ranks[best] + 1) - cost(best, ranks[best])
+        ranks[best] += 1
+    return {name: rank for name, rank in ranks.items()
+            if rank * sum(spectra[name][0]) < np.prod(spectra[name][0])}
+
+
+# ---------------------------------------------------------------------------------------------
+# strip() and size accounting
+
+
+def _strip_matrix_layer(layer):
+    return layer.plain_layer(), layer.merged_weights()
+
+
+register_stripper(_MatrixLayer, _strip_matrix_layer)
+
+
+def factor_bits(values, bits):
+    """Bits per non-zero actually needed by ``values`` under a ``bits`` budget, and the codebook size.
+
+    A tensor counts at ``bits`` only when its distinct non-zero values fit a codebook of
+    ``2^bits`` entries (then the codebook of float32 entries is added); otherwise at 32 bits.
+
+    Returns:
+        ``(bits_per_value, codebook_entries)``.
+    """
+    if bits >= 32:
+        return 32, 0
+    distinct = np.unique(values[values != 0]).size
+    return (bits, distinct) if distinct <= 2 ** bits else (32, 0)
+
+
+def _weight_stats(layer):
+    from tfsafe.metrics import WeightStat  # noqa: PLC0415
+
+    def encode(named_values):
+        stats, total = [], 0.0
+        for name, values in named_values:
+            bits, codebook = factor_bits(values, getattr(layer, "bits", 32))
+            stat = WeightStat(layer.name, name, values, bits=bits, kind="kernel")
+            stats.append(stat)
+            total += stat["nonzeros"] * bits
+            if codebook:
+                stats.append(WeightStat(layer.name, f"{name}_codebook", shape=(codebook,), params=codebook,
+                                        nonzeros=codebook, bits=32, kind="codebook"))
+                total += codebook * 32
+        return stats, total
+
+    factored, factored_bits = encode([(name, var.numpy()) for name, var in layer.factors()])
+    merged, merged_bits = encode([("merged_W", layer.matrix().numpy())])
+    # Report the cheaper encoding: merging a non-zero B densifies W and leaves the codebook.
+    stats = merged if merged_bits < factored_bits else factored
+    if layer.use_bias:
+        stats.append(WeightStat(layer.name, "bias", layer.bias.numpy()))
+    return stats
+
+
+def _register_weight_stats():
+    try:
+        from tfsafe.metrics import register_weight_stats  # noqa: PLC0415
+    except ImportError:  # the metrics module is optional for this module
+        return
+    register_weight_stats(_MatrixLayer, _weight_stats)
+
+
+_register_weight_stats()

@@ -1,0 +1,428 @@
+"""PrunableSafe: a mask per prunable weight, applied in ``call``; ``prune_safe`` wraps a model.
+
+Which weights are prunable follows TF-MOT exactly: a layer's own
+``get_prunable_weights()`` (``tfmot.sparsity.keras.PrunableLayer``) if it has one, else TF-MOT's
+registry of built-in layers (``PruneRegistry``: Dense/Conv kernels, Embedding tables, RNN and
+attention kernels). Unlike ``prune_low_magnitude``, the mask is not tied to a schedule: it is a
+plain non-trainable variable that callbacks rewrite (:class:`~tfsafe.compress.dynamic_sparsity.DynamicSparsity`
+drops and regrows weights; MIA-SafeCompress picks among candidate masks).
+
+The mask is applied functionally: ``call`` hands the wrapped layer ``weight * mask`` in place of
+the weight, so gradients reach only active weights and no variable is rewritten per step.
+:func:`tfsafe.compress.strip.strip` bakes the zeros into plain Keras layers.
+"""
+
+import contextlib
+import inspect
+
+import numpy as np
+from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
+
+from tfsafe._keras import keras, tf
+from tfsafe.compress.strip import register_stripper
+from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.validation import check_fraction, check_model
+
+__all__ = ["PrunableSafe", "prune_safe", "is_prunable", "prunable_wrappers", "layer_densities",
+           "MASK_INITS", "DENSITY_INITS"]
+
+MASK_INITS = ("magnitude", "random")
+DENSITY_INITS = ("erk", "uniform", "dense")
+
+
+def is_prunable(layer):
+    """True when TF-MOT knows which weights of ``layer`` to prune (and there are some)."""
+    if isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
+        return True
+    registry = prune_registry.PruneRegistry
+    if not registry.supports(layer):
+        return False
+    if registry._is_rnn_layer(layer) or registry._is_mha_layer(layer):
+        return True
+    return bool(registry._weight_names(layer))
+
+
+def _prunable_weights(layer):
+    if not (isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights")):
+        prune_registry.PruneRegistry.make_prunable(layer)  # TF-MOT's own way: adds get_prunable_weights
+    return list(layer.get_prunable_weights())
+
+
+def _locate(layer, weight):
+    """``(owner, attribute)`` holding ``weight`` in ``layer`` or its sublayers, or ``None``."""
+    for sub in layer._flatten_layers(include_self=True, recursive=True):
+        for attr, value in vars(sub).items():
+            if value is weight:
+                return sub, attr
+    return None
+
+
+@contextlib.contextmanager
+def _swapped(targets, values):
+    # object.__setattr__ skips Keras attribute tracking, so the layer's weight lists and
+    # checkpoint dependencies stay exactly as they were.
+    saved = []
+    try:
+        for target, value in zip(targets, values):
+            if target is not None:
+                owner, attr = target
+                saved.append((owner, attr, vars(owner)[attr]))
+                object.__setattr__(owner, attr, value)
+        yield
+    finally:
+        for owner, attr, old in reversed(saved):
+            object.__setattr__(owner, attr, old)
+
+
+def _short_name(variable):
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def _keep_count(size, sparsity):
+    return int(min(size, max(1, round((1.0 - sparsity) * size))))
+
+
+@keras.utils.register_keras_serializable(package="tfsafe")
+class PrunableSafe(keras.layers.Wrapper):
+    """Wraps a layer and multiplies each of its prunable weights by a binary mask in ``call``.
+
+    The masks are non-trainable variables (saved with the model). Their initial content keeps
+    the ``1 - sparsity`` largest-magnitude entries of each weight (``mask_init="magnitude"``) or
+    a random subset (``mask_init="random"``); after that, callbacks own them.
+
+    Args:
+        layer: the layer to wrap: a built-in layer TF-MOT can prune (Dense, Conv, Embedding,
+            RNN, MultiHeadAttention...) or a layer with ``get_prunable_weights()``.
+        sparsity: fraction of zeros in each prunable weight at build time, in [0, 1); a list
+            gives one value per prunable weight.
+        mask_init: ``"magnitude"`` or ``"random"``.
+        seed: seeds ``mask_init="random"``.
+        **kwargs: standard layer arguments (``name``...).
+
+    Example:
+        >>> from tfsafe._keras import keras
+        >>> model = keras.Sequential([keras.Input((4,)), PrunableSafe(keras.layers.Dense(8), sparsity=0.5)])
+        >>> int(model.layers[0].masks[0].numpy().sum())
+        16
+    """
+
+    def __init__(self, layer, sparsity=0.0, mask_init="magnitude", seed=None, **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise UnsupportedModelError(f"PrunableSafe wraps a Keras layer, got {type(layer).__name__}.")
+        if isinstance(layer, PrunableSafe):
+            raise UnsupportedModelError(f"Layer '{layer.name}' is already wrapped in PrunableSafe.")
+        if not is_prunable(layer):
+            raise UnsupportedModelError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) has nothing TF-MOT can prune. Give it a "
+                "get_prunable_weights() method (subclass tfmot.sparsity.keras.PrunableLayer) that returns "
+                "the kernels to prune, or leave it unwrapped."
+            )
+        values = sparsity if isinstance(sparsity, (list, tuple)) else [sparsity]
+        for value in values:
+            check_fraction(value, "sparsity", 0.0, 1.0)
+        if mask_init not in MASK_INITS:
+            raise InputError(f"mask_init must be one of {MASK_INITS}, got {mask_init!r}.")
+        kwargs.setdefault("name", f"prunable_safe_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self._set_sparsity(sparsity)
+        self.mask_init = mask_init
+        self.seed = seed
+        self._set_untracked("masks", [])
+        if not hasattr(self, "_batch_input_shape") and hasattr(layer, "_batch_input_shape"):
+            self._batch_input_shape = layer._batch_input_shape  # first layer of a Sequential
+        self._call_has_training = "training" in inspect.signature(layer.call).parameters
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self._set_untracked("pruned_weights", _prunable_weights(self.layer))
+        if not self.pruned_weights:
+            raise UnsupportedModelError(f"Layer '{self.layer.name}' reports no prunable weights.")
+        sparsities = self._sparsities()
+        masks = []
+        for weight in self.pruned_weights:
+            masks.append(self.add_weight(
+                name=f"{_short_name(weight)}_mask", shape=weight.shape, dtype=weight.dtype,
+                initializer="ones", trainable=False,
+            ))
+        self._set_untracked("masks", masks)
+        self._set_untracked("_targets", [_locate(self.layer, w) for w in self.pruned_weights])
+        if any(s > 0 for s in sparsities):
+            with tf.init_scope():
+                self.reset_masks()
+
+    def _set_untracked(self, name, value):
+        # The variables are already tracked by add_weight / the wrapped layer; plain lists keep
+        # them from being saved a second time under another checkpoint name.
+        object.__setattr__(self, name, value)
+
+    def _set_sparsity(self, sparsity):
+        # A plain list (not Keras' tracked ListWrapper) so get_config stays JSON.
+        value = [float(s) for s in sparsity] if isinstance(sparsity, (list, tuple)) else float(sparsity)
+        self._set_untracked("sparsity", value)
+
+    def _sparsities(self):
+        n = len(getattr(self, "pruned_weights", [])) or 1
+        if isinstance(self.sparsity, list):
+            if len(self.sparsity) != n:
+                raise InputError(
+                    f"'{self.name}' got {len(self.sparsity)} sparsities for {n} prunable weights."
+                )
+            return [float(s) for s in self.sparsity]
+        return [float(self.sparsity)] * n
+
+    def reset_masks(self, sparsity=None, mask_init=None):
+        """Recompute the masks from the current weights (largest magnitudes or random)."""
+        if sparsity is not None:
+            self._set_sparsity(sparsity)
+        method = mask_init or self.mask_init
+        rng = np.random.default_rng(self.seed)
+        for weight, mask, s in zip(self.pruned_weights, self.masks, self._sparsities()):
+            values = weight.numpy()
+            keep = _keep_count(values.size, s)
+            if method == "magnitude":
+                order = np.argsort(-np.abs(values).ravel(), kind="stable")[:keep]
+            else:
+                order = rng.choice(values.size, keep, replace=False)
+            new = np.zeros(values.size, dtype=mask.dtype.as_numpy_dtype)
+            new[order] = 1
+            new = new.reshape(values.shape)
+            mask.assign(new)
+            weight.assign(values * new)
+
+    def apply_masks(self):
+        """Zero the stored weights where the mask is 0 (the forward pass does this anyway)."""
+        for weight, mask in zip(self.pruned_weights, self.masks):
+            weight.assign(weight * tf.cast(mask, weight.dtype))
+
+    def call(self, inputs, training=None, **kwargs):
+        masked, in_place = [], []
+        for weight, mask, target in zip(self.pruned_weights, self.masks, self._targets):
+            value = weight * tf.cast(mask, weight.dtype)
+            masked.append(value)
+            if target is None:  # weight not held by an attribute: mask it in place
+                in_place.append(weight.assign(value))
+        if self._call_has_training:
+            kwargs["training"] = training
+        with _swapped(self._targets, masked):
+            return self.layer.call(inputs, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def mask_counts(self):
+        """``(active, total)`` entries over this layer's masks."""
+        active = sum(int(np.count_nonzero(m.numpy())) for m in self.masks)
+        return active, sum(int(np.prod(m.shape)) for m in self.masks)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"sparsity": self.sparsity, "mask_init": self.mask_init, "seed": self.seed})
+        return config
+
+
+def _strip_prunable_safe(layer):
+    inner = layer.layer
+    masks = {id(w): m.numpy() for w, m in zip(layer.pruned_weights, layer.masks)}
+    weights = []
+    for w in inner.weights:
+        value = w.numpy()
+        weights.append(value * masks[id(w)].astype(value.dtype) if id(w) in masks else value)
+    return inner.__class__.from_config(inner.get_config()), weights
+
+
+register_stripper(PrunableSafe, _strip_prunable_safe)
+
+
+def _prunable_safe_stats(layer):
+    from tfsafe.metrics import WeightStat  # noqa: PLC0415
+
+    inner = layer.layer
+    masks = {id(w): m.numpy() for w, m in zip(layer.pruned_weights, layer.masks)}
+    stats = []
+    for w in inner.weights:
+        values = w.numpy()
+        if id(w) in masks:
+            stats.append(WeightStat(inner.name, _short_name(w), shape=values.shape, params=values.size,
+                                    nonzeros=int(np.count_nonzero(values * masks[id(w)])), kind="kernel"))
+        else:
+            stats.append(WeightStat(inner.name, _short_name(w), values))
+    return stats
+
+
+try:
+    from tfsafe.metrics import register_weight_stats
+except ImportError:  # metrics is optional for pruning itself
+    register_weight_stats = None
+if register_weight_stats is not None:
+    register_weight_stats(PrunableSafe, _prunable_safe_stats)
+
+
+def prunable_wrappers(model):
+    """Every :class:`PrunableSafe` in ``model`` (nested models included), in layer order."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, PrunableSafe):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(prunable_wrappers(layer))
+    return found
+
+
+def _erk_raw(shape, power_scale):
+    return (np.sum(shape) / np.prod(shape)) ** power_scale
+
+
+def layer_densities(shapes, density, init="erk", power_scale=1.0):
+    """Per-weight keep counts for a global ``density`` (= 1 - sparsity).
+
+    ``"uniform"`` gives every weight the same density; ``"erk"`` (Erdos-Renyi-Kernel, as in
+    RigL) makes density proportional to ``sum(shape) / prod(shape)``, capping full layers at 1
+    and re-spreading the rest. Counts are integers whose sum is exactly
+    ``round(density * total)`` (largest-remainder rounding), every weight keeping at least one.
+
+    Returns:
+        A list of integer keep counts, one per shape.
+    """
+    sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.float64)
+    total_keep = int(round(density * sizes.sum()))
+    if init == "uniform":
+        wanted = density * sizes
+    elif init == "erk":
+        dense = set()
+        while True:
+            raw = np.array([0.0 if i in dense else _erk_raw(s, power_scale) for i, s in enumerate(shapes)])
+            budget = total_keep - sum(sizes[i] for i in dense)
+            eps = budget / float(np.sum(raw * sizes)) if np.any(raw > 0) else 0.0
+            over = [i for i in range(len(shapes)) if i not in dense and raw[i] * eps > 1.0]
+            if not over:
+                break
+            dense.update(over)
+        wanted = np.where([i in dense for i in range(len(shapes))], sizes, raw * eps * sizes)
+    else:
+        raise InputError(f"init must be one of {DENSITY_INITS}, got {init!r}.")
+    counts = np.clip(np.floor(wanted), 1, sizes).astype(np.int64)
+    remainder = total_keep - int(counts.sum())
+    order = np.argsort(-(wanted - np.floor(wanted)), kind="stable")
+    for i in order if remainder > 0 else order[::-1]:
+        if remainder == 0:
+            break
+        step = 1 if remainder > 0 else -1
+        if 1 <= counts[i] + step <= sizes[i]:
+            counts[i] += step
+            remainder -= step
+    return [int(c) for c in counts]
+
+
+def _check_layers(model, skip_layers):
+    to_wrap = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or layer.name in skip_layers:
+            continue
+        if isinstance(layer, PrunableSafe):
+            raise UnsupportedModelError(
+                f"'{model.name}' is already wrapped (layer '{layer.name}'); strip() it first or keep training it."
+            )
+        if isinstance(layer, keras.Model):
+            raise UnsupportedModelError(
+                f"Layer '{layer.name}' is a nested model; prune_safe() wraps flat Sequential/Functional "
+                "models. Flatten it, or wrap its layers yourself with PrunableSafe."
+            )
+        if is_prunable(layer):
+            to_wrap.append(layer)
+        elif layer.trainable_weights:
+            raise UnsupportedModelError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) has trainable weights but TF-MOT does not know "
+                "which to prune. Give it a get_prunable_weights() method (subclass "
+                "tfmot.sparsity.keras.PrunableLayer) or leave it dense with "
+                f"prune_safe(..., skip_layers=['{layer.name}'])."
+            )
+    if not to_wrap:
+        raise UnsupportedModelError(
+            f"'{model.name}' has nothing to prune: no Dense, Conv, Embedding, RNN or attention layer "
+            "(or layer with get_prunable_weights) outside skip_layers."
+        )
+    return to_wrap
+
+
+def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_layers=(), seed=0,
+               erk_power_scale=1.0):
+    """Wrap every prunable layer of ``model`` in :class:`PrunableSafe` (like ``prune_low_magnitude``).
+
+    The model is cloned (``keras.models.clone_model``), so ``model`` itself is not changed; the
+    clone starts with ``model``'s weights and masks at ``target_sparsity`` over all prunable
+    weights, distributed per layer by ``init``:
+
+    - ``"erk"``: Erdos-Renyi-Kernel densities (small layers denser), as RigL and SafeCompress.
+    - ``"uniform"``: every prunable weight at ``target_sparsity``.
+    - ``"dense"``: all masks ones; :class:`~tfsafe.compress.dynamic_sparsity.DynamicSparsity`
+      with ``target_sparsity`` prunes to the target by global magnitude when training starts.
+
+    Args:
+        model: a ``tf_keras`` (or Keras 3) Sequential or Functional model, built.
+        target_sparsity: fraction of prunable weights that are zero, in [0, 1).
+        init: ``"erk"``, ``"uniform"`` or ``"dense"``.
+        mask_init: which entries each mask keeps: ``"magnitude"`` (largest; right for trained
+            models) or ``"random"`` (sparse training from scratch, as SET/RigL).
+        skip_layers: names of layers to leave dense.
+        seed: seeds random masks.
+        erk_power_scale: exponent of the ERK ratio (1.0 = ERK; 0.0 = uniform).
+
+    Returns:
+        A new ``tf_keras`` model.
+
+    Raises:
+        InputError: ``target_sparsity`` outside [0, 1) or an unknown ``init``.
+        UnsupportedModelError: nothing to prune, or a custom layer with trainable weights and
+            no ``get_prunable_weights()``.
+
+    Example:
+        >>> from tfsafe.models import small_cnn
+        >>> pruned = prune_safe(small_cnn(), 0.9)
+        >>> from tfsafe.metrics import sparsity
+        >>> round(sparsity(pruned), 2)
+        0.9
+    """
+    target = check_fraction(target_sparsity, "target_sparsity", 0.0, 1.0)
+    if init not in DENSITY_INITS:
+        raise InputError(f"init must be one of {DENSITY_INITS}, got {init!r}.")
+    if mask_init not in MASK_INITS:
+        raise InputError(f"mask_init must be one of {MASK_INITS}, got {mask_init!r}.")
+    model = check_model(model)
+    if not model.built or not getattr(model, "inputs", None):
+        raise UnsupportedModelError("prune_safe() needs a built model with known inputs; call it on data "
+                                    "or give the model an Input first.")
+    skip_layers = set(skip_layers)
+    to_wrap = _check_layers(model, skip_layers)
+    shapes = [tuple(w.shape) for layer in to_wrap for w in _prunable_weights(layer)]
+    if init == "dense":
+        counts = [int(np.prod(s)) for s in shapes]
+    else:
+        counts = layer_densities(shapes, 1.0 - target, init, erk_power_scale)
+    sparsities, start = {}, 0
+    for layer in to_wrap:
+        n = len(_prunable_weights(layer))
+        sparsities[layer.name] = [1.0 - c / float(np.prod(s)) for c, s in zip(counts[start:start + n],
+                                                                              shapes[start:start + n])]
+        start += n
+    wrapped_ids = {id(layer) for layer in to_wrap}
+    clones = {}
+
+    def clone_layer(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        if id(layer) in wrapped_ids:
+            s = sparsities[layer.name]
+            copy = PrunableSafe(copy, sparsity=s[0] if len(s) == 1 else s, mask_init=mask_init,
+                                seed=seed + len(clones))
+        clones[layer.name] = (layer, copy)
+        return copy
+
+    try:
+        pruned = keras.models.clone_model(model, clone_function=clone_layer)
+    except (TypeError, ValueError) as err:
+        raise UnsupportedModelError(f"prune_safe() could not clone '{model.name}': {err}") from err
+    for original, copy in clones.values():
+        inner = copy.layer if isinstance(copy, PrunableSafe) else copy
+        inner.set_weights(original.get_weights())
+        if isinstance(copy, PrunableSafe):
+            copy.reset_masks()
+    return pruned

@@ -1,0 +1,437 @@
+"""RLNet: fewer ReLUs for private inference, robust to adversarial and natural perturbations.
+
+Three stages (arXiv 2402.05521), all ``Model.fit`` with the objective in a ``train_step``:
+
+1. :func:`train_robust_teacher`: augmentation + PGD adversarial training with dual batch norm
+   (clean batches through the clean BN path, PGD batches through the adversarial path).
+2. :func:`search_robust_mask`: SNL mask search on the teacher under a ReLU budget (L1 on the
+   mask, penalty grown 1.1x when the ReLU count stalls), with the same robust loss; then the
+   mask is binarized to exactly the budget (globally or per layer by sensitivity) and frozen.
+3. :func:`finetune_student`: the masked student is fine-tuned with the mask frozen on
+   ``0.5 CE + 0.5 KD_T(student, teacher) + 1000 * AT(post-ReLU maps)`` for both paths.
+
+:func:`rlnet` runs all three. With ``adversarial=False, augment=False`` the same code is the
+non-robust SNL baseline (search + KD fine-tuning without adversarial examples).
+
+The deployed model uses one BN path, ``inference_path`` ("clean" by default); ``strip()``
+keeps that path only. Evaluate the path you deploy.
+"""
+
+import dataclasses
+
+from tfsafe._keras import keras, tf
+from tfsafe.compress.dual_bn import DualBatchNormalization, dual_batchnorm, dual_bn_layers, set_bn_route
+from tfsafe.compress.linearization import (
+    PolyReLUMask,
+    _relu_kind,
+    binarize_masks,
+    check_relu_budget,
+    linearize,
+    mask_layers,
+    mask_relu_count,
+    search_relu_mask,
+)
+from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.models import logits_model
+from tfsafe.objectives import attention_transfer_loss, distillation_loss, softmax_cross_entropy
+from tfsafe.safety.adversarial import pgd_perturb
+from tfsafe.validation import check_model, check_xy
+
+__all__ = [
+    "rlnet_cnn", "augment_images", "relu_activations_model", "RobustLoss", "RLNetTrainer", "EpsRamp",
+    "train_robust_teacher", "search_robust_mask", "finetune_student", "rlnet", "RLNetResult",
+]
+
+
+def rlnet_cnn(input_shape=(8, 8, 1), num_classes=10, filters=(16, 32), dense=64, dual_bn=True,
+              inference_path="clean", bn_momentum=0.9, name="rlnet_cnn"):
+    """A small conv net with (dual) batch norm before every ReLU: Conv-BN-ReLU(-Pool) blocks,
+    then Dense-BN-ReLU and a logits layer. ``bn_momentum`` 0.9 (not Keras' 0.99) lets the
+    moving statistics settle within the few hundred steps small data sets give.
+
+    Example:
+        >>> model = rlnet_cnn((28, 28, 1), 10)
+        >>> len(dual_bn_layers(model))
+        3
+    """
+    def norm(layer_name):
+        if dual_bn:
+            return DualBatchNormalization(momentum=bn_momentum, inference_path=inference_path, name=layer_name)
+        return keras.layers.BatchNormalization(momentum=bn_momentum, name=layer_name)
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, f in enumerate(filters):
+        x = keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
+        x = norm(f"bn{i + 1}")(x)
+        x = keras.layers.ReLU(name=f"relu{i + 1}")(x)
+        if min(x.shape[1], x.shape[2]) >= 4:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(dense, use_bias=False, name="fc1")(x)
+    x = norm(f"bn{len(filters) + 1}")(x)
+    x = keras.layers.ReLU(name=f"relu{len(filters) + 1}")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def augment_images(x, max_shift=0.1, contrast=(0.7, 1.3), brightness=0.1, noise=0.08):
+    """Random per-example shift, contrast, brightness and Gaussian noise; clipped to [0, 1].
+
+    Light augmentations for images in [0, 1] (graph-safe): they widen the clean distribution
+    towards natural corruptions without moving it far from the test images.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    n = tf.shape(x)[0]
+    height, width = x.shape[1], x.shape[2]
+    if max_shift:
+        dy = tf.random.uniform([n], -max_shift, max_shift) * height
+        dx = tf.random.uniform([n], -max_shift, max_shift) * width
+        ones, zeros = tf.ones([n]), tf.zeros([n])
+        transforms = tf.stack([ones, zeros, -tf.round(dx), zeros, ones, -tf.round(dy), zeros, zeros], axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
+            interpolation="NEAREST", fill_mode="CONSTANT")
+    shape = tf.stack([n, 1, 1, 1])
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    x = (x - mean) * tf.random.uniform(shape, *contrast) + mean
+    x = x + tf.random.uniform(shape, -brightness, brightness)
+    x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform(shape, 0.0, noise)
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def _relu_sites(model):
+    sites = []
+    for layer in model.layers:
+        if isinstance(layer, PolyReLUMask) or _relu_kind(layer):
+            if len(layer._inbound_nodes) != 1:
+                raise UnsupportedModelError(
+                    f"ReLU layer '{layer.name}' is shared; attention transfer needs one output per ReLU."
+                )
+            sites.append(layer.output)
+    return sites
+
+
+def relu_activations_model(model):
+    """``keras.Model`` returning ``[logits, post-ReLU activation 1, 2, ...]`` (graph order).
+
+    ReLU sites are ReLU layers, ``Activation('relu')``, layers with ``activation='relu'`` and
+    :class:`PolyReLUMask` layers, so a model and its linearized copy pair up site by site.
+    """
+    logits = logits_model(model)
+    return keras.Model(model.inputs, [logits.outputs[0]] + _relu_sites(model), name=f"{model.name}_relu_maps")
+
+
+class RobustLoss:
+    """The RLNet objective for one batch: ``fn(model, x, y) -> scalar`` (graph-safe).
+
+    Clean path: ``CE`` on (augmented) clean inputs through the clean BN route. Adversarial path:
+    ``CE`` on PGD inputs crafted against the adversarial route. With a teacher each path's loss
+    is ``(1 - kd_weight) CE + kd_weight KD_T + at_weight AT`` against the teacher on the same
+    route and inputs. The total is ``(1 - adv_weight) clean + adv_weight adversarial``. After
+    the batch every dual BN layer is routed back to its ``inference_path``.
+
+    Args:
+        eps: PGD radius (Linf); ``eps_var`` holds the current value (see :class:`EpsRamp`).
+        pgd_steps: PGD steps while training; step ``2.5 * eps / steps``.
+        teacher: Optional all-ReLU teacher for KD and attention transfer.
+        temperature: KD temperature (RLNet: 4).
+        kd_weight: Weight of the KD term (RLNet: 0.5, and 0.5 for CE).
+        at_weight: Weight of the post-ReLU attention-transfer term (RLNet: 1000).
+        adv_weight: Weight of the adversarial path.
+        adversarial: ``False`` trains the clean path only (the non-robust baseline).
+        augment: Apply :func:`augment_images` to the clean inputs.
+    """
+
+    def __init__(self, eps=0.3, pgd_steps=7, teacher=None, temperature=4.0, kd_weight=0.5, at_weight=1000.0,
+                 adv_weight=0.5, adversarial=True, augment=True):
+        if adversarial and not float(eps) > 0:
+            raise InputError(f"eps must be > 0 for adversarial training, got {eps}; or pass adversarial=False.")
+        if int(pgd_steps) < 1:
+            raise InputError(f"pgd_steps must be >= 1, got {pgd_steps}.")
+        for name, value in (("kd_weight", kd_weight), ("adv_weight", adv_weight)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {value}.")
+        self.eps = float(eps)
+        self.eps_var = tf.Variable(self.eps, trainable=False, dtype=tf.float32, name="rlnet_eps")
+        self.pgd_steps = int(pgd_steps)
+        self.teacher = teacher
+        self.temperature = float(temperature)
+        self.kd_weight = float(kd_weight) if teacher is not None else 0.0
+        self.at_weight = float(at_weight) if teacher is not None else 0.0
+        self.adv_weight = float(adv_weight) if adversarial else 0.0
+        self.adversarial = bool(adversarial)
+        self.augment = bool(augment)
+        self._maps = {}
+
+    def _maps_model(self, model):
+        if id(model) not in self._maps:  # the model is kept alive with its map so the id stays unique
+            self._maps[id(model)] = (model, relu_activations_model(model))
+        return self._maps[id(model)][1]
+
+    def _path_loss(self, model, x, y, route):
+        set_bn_route(model, route)
+        use_at = self.at_weight > 0
+        if use_at:
+            outputs = self._maps_model(model)(x, training=True)
+            logits, maps = outputs[0], outputs[1:]
+        else:
+            logits, maps = logits_model(model)(x, training=True), []
+        ce = softmax_cross_entropy(y, logits)
+        if self.teacher is None:
+            return ce, logits
+        set_bn_route(self.teacher, route)
+        t_out = self._maps_model(self.teacher)(x, training=False)
+        loss = (1.0 - self.kd_weight) * ce + self.kd_weight * distillation_loss(logits, t_out[0], self.temperature)
+        if use_at:
+            t_maps = t_out[1:]
+            if len(t_maps) != len(maps):
+                raise UnsupportedModelError(
+                    f"The student has {len(maps)} ReLU sites and the teacher {len(t_maps)}; the student must "
+                    "be a linearized copy of the teacher."
+                )
+            loss += self.at_weight * attention_transfer_loss(maps, t_maps)
+        return loss, logits
+
+    def __call__(self, model, x, y):
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        x_clean = augment_images(x) if self.augment else tf.convert_to_tensor(x, tf.float32)
+        total, _ = self._path_loss(model, x_clean, y, "clean")
+        total = (1.0 - self.adv_weight) * total
+        if self.adversarial:
+            set_bn_route(model, "adversarial")
+            x_adv = tf.stop_gradient(
+                pgd_perturb(logits_model(model), x_clean, y, self.eps_var, self.pgd_steps, training=False))
+            adv, _ = self._path_loss(model, x_adv, y, "adversarial")
+            total += self.adv_weight * adv
+        set_bn_route(model, "inference")
+        if self.teacher is not None:
+            set_bn_route(self.teacher, "inference")
+        return total
+
+
+class RLNetTrainer(keras.Model):
+    """Trains ``model`` with a :class:`RobustLoss` in ``train_step`` (stages 1 and 3).
+
+    Example:
+        >>> trainer = RLNetTrainer(rlnet_cnn(), RobustLoss(eps=0.1, pgd_steps=3))
+        >>> trainer.compile(keras.optimizers.Adam(1e-3))
+    """
+
+    def __init__(self, model, loss_fn, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.loss_fn = loss_fn
+        self._logits = logits_model(model)
+        self.loss_tracker = keras.metrics.Mean("loss")
+        self.acc_tracker = keras.metrics.SparseCategoricalAccuracy("accuracy")
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.acc_tracker]
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = self.loss_fn(self.model, x, y)
+            if self.model.losses:
+                loss += tf.add_n(self.model.losses)
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        self.acc_tracker.update_state(tf.reshape(y, [-1]), self._logits(x, training=False))
+        return {"accuracy": self.acc_tracker.result()}
+
+
+class EpsRamp(keras.callbacks.Callback):
+    """Grows a :class:`RobustLoss`'s training eps linearly over the first ``ramp_epochs`` (PGD
+    training at full eps from the start can collapse to a constant prediction)."""
+
+    def __init__(self, loss_fn, ramp_epochs=1.0):
+        super().__init__()
+        self.loss_fn = loss_fn
+        self.ramp_epochs = float(ramp_epochs)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = self.params.get("steps") or 1
+        progress = (self._epoch * steps + batch + 1) / max(self.ramp_epochs * steps, 1e-12)
+        self.loss_fn.eps_var.assign(self.loss_fn.eps * min(1.0, progress))
+
+    def on_train_end(self, logs=None):
+        self.loss_fn.eps_var.assign(self.loss_fn.eps)
+
+
+def _copy(model):
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _fit(model, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose,
+         ramp_epochs=0.0):
+    trainer = RLNetTrainer(model, loss_fn)
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    cbs = list(callbacks or [])
+    if loss_fn.adversarial and ramp_epochs > 0:
+        cbs.append(EpsRamp(loss_fn, ramp_epochs))
+    history = trainer.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                          callbacks=cbs, verbose=verbose, shuffle=True)
+    set_bn_route(model, "inference")
+    return history
+
+
+def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning_rate=1e-3, pgd_steps=7,
+                         augment=True, adv_weight=0.5, ramp_epochs=1.0, inference_path="clean",
+                         validation_data=None, callbacks=None, verbose=0):
+    """Stage 1: augmentation + PGD adversarial training with dual batch norm.
+
+    Args:
+        model: An all-ReLU classifier with BatchNormalization (made dual, both paths starting
+            from its weights) or DualBatchNormalization layers. It is copied, not modified, so a
+            trained standard model is a good starting point.
+        x, y: Training data (images in [0, 1], integer labels).
+        eps, pgd_steps: PGD radius and steps used while training.
+        ramp_epochs: Epochs over which eps grows from 0 to ``eps``.
+        inference_path: The BN path the teacher deploys when new dual BN layers are made.
+
+    Returns:
+        The robust teacher (a new model with dual batch norm).
+
+    Example:
+        >>> from tfsafe.data import load_digits
+        >>> (x, y), _ = load_digits()
+        >>> teacher = train_robust_teacher(rlnet_cnn(), x[:256], y[:256], eps=0.1, epochs=1, pgd_steps=2)
+    """
+    model = check_model(model)
+    x, y = check_xy(model, x, y)
+    teacher = _copy(model) if dual_bn_layers(model) else dual_batchnorm(model, inference_path=inference_path)
+    loss_fn = RobustLoss(eps, pgd_steps, adv_weight=adv_weight, augment=augment)
+    _fit(teacher, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose, ramp_epochs)
+    return teacher
+
+
+def search_robust_mask(teacher, x, y, relu_budget, eps=0.3, epochs=10, batch_size=64, learning_rate=5e-4,
+                       pgd_steps=7, penalty=1e-3, mask_learning_rate=1.0, check_every=5, linear="identity",
+                       allocation="global", adversarial=True, augment=True, use_teacher=True, verbose=0):
+    """Stage 2: linearize a copy of ``teacher`` and search its ReLU mask down to ``relu_budget``.
+
+    The relaxed model starts as an exact copy of the teacher (all masks on) and trains on the
+    robust loss (with KD from the teacher when ``use_teacher``) plus the L1 mask penalty until
+    at most ``relu_budget`` units remain on; the mask is then binarized to exactly the budget.
+
+    Returns:
+        ``(student, schedule)``: the frozen-mask student and the search
+        :class:`~tfsafe.compress.linearization.ReLUBudgetSchedule` (``.reached``, ``.history``).
+    """
+    teacher = check_model(teacher)
+    x, y = check_xy(teacher, x, y)
+    masked = linearize(teacher, linear=linear)
+    check_relu_budget(relu_budget, mask_relu_count(masked))
+    loss_fn = RobustLoss(eps, pgd_steps, teacher=teacher if use_teacher else None, at_weight=0.0,
+                         adversarial=adversarial, augment=augment)
+    schedule = search_relu_mask(masked, x, y, relu_budget, epochs=epochs, batch_size=batch_size,
+                                learning_rate=learning_rate, penalty=penalty, mask_learning_rate=mask_learning_rate,
+                                check_every=check_every, task_loss=loss_fn, verbose=verbose)
+    set_bn_route(masked, "inference")
+    student = binarize_masks(masked, relu_budget, allocation=allocation, x=x, y=y)
+    return student, schedule
+
+
+def finetune_student(student, teacher, x, y, eps=0.3, epochs=5, batch_size=64, learning_rate=5e-4, pgd_steps=7,
+                     temperature=4.0, kd_weight=0.5, at_weight=1000.0, adversarial=True, augment=True,
+                     validation_data=None, callbacks=None, verbose=0):
+    """Stage 3: fine-tune the frozen-mask ``student`` (in place) on CE + KD + post-ReLU AT.
+
+    Returns:
+        The Keras ``History`` of the fit.
+    """
+    if not mask_layers(student):
+        raise UnsupportedModelError("The student has no PolyReLUMask layers; make it with search_robust_mask().")
+    if any(not m.frozen for m in mask_layers(student)):
+        raise UnsupportedModelError("The student's masks are relaxed; binarize them with binarize_masks() first.")
+    x, y = check_xy(student, x, y)
+    loss_fn = RobustLoss(eps, pgd_steps, teacher=teacher, temperature=temperature, kd_weight=kd_weight,
+                         at_weight=at_weight, adversarial=adversarial, augment=augment)
+    return _fit(student, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose)
+
+
+@dataclasses.dataclass
+class RLNetResult:
+    """What :func:`rlnet` returns."""
+
+    student: object
+    teacher: object
+    relu_budget: int
+    relu_count: int
+    all_relu_count: int
+    search_reached: bool
+    search_history: list
+
+    @property
+    def relu_reduction(self):
+        """How many times fewer ReLUs the student computes than the all-ReLU teacher."""
+        return self.all_relu_count / max(self.relu_count, 1)
+
+    def to_dict(self):
+        return {"relu_budget": self.relu_budget, "relu_count": self.relu_count,
+                "all_relu_count": self.all_relu_count, "relu_reduction": self.relu_reduction,
+                "search_reached": self.search_reached, "search_history": self.search_history}
+
+
+def rlnet(model, x, y, relu_budget, eps=0.3, teacher=None, teacher_epochs=5, search_epochs=10, finetune_epochs=5,
+          batch_size=64, pgd_steps=7, linear="identity", allocation="global", inference_path="clean",
+          validation_data=None, verbose=0, **search_options):
+    """Run the three RLNet stages: robust teacher -> ReLU mask under a budget -> distilled student.
+
+    Args:
+        model: An all-ReLU classifier with BatchNormalization (or DualBatchNormalization).
+        x, y: Training data (images in [0, 1], integer labels).
+        relu_budget: ReLU units the student keeps (an int in 1..ReLU count of the model).
+        eps: Linf PGD radius for training.
+        teacher: A robust teacher already trained by :func:`train_robust_teacher` (skips stage 1).
+        linear: What masked units compute: ``"identity"`` or ``"poly"``.
+        allocation: ``"global"`` or ``"sensitivity"`` (per-layer budgets).
+        **search_options: More :func:`search_robust_mask` options (``penalty``,
+            ``mask_learning_rate``, ``check_every``, ``learning_rate``).
+
+    Returns:
+        :class:`RLNetResult` with the student (frozen masks, dual BN) and the teacher.
+
+    Example:
+        >>> from tfsafe.data import load_digits
+        >>> (x, y), _ = load_digits()
+        >>> result = rlnet(rlnet_cnn(), x[:256], y[:256], relu_budget=100, eps=0.1, teacher_epochs=1,
+        ...                search_epochs=1, finetune_epochs=1, pgd_steps=2)
+        >>> result.relu_count
+        100
+    """
+    model = check_model(model)
+    x, y = check_xy(model, x, y)
+    all_relu = mask_relu_count(linearize(model))
+    budget = check_relu_budget(relu_budget, all_relu)
+    if teacher is None:
+        teacher = train_robust_teacher(model, x, y, eps=eps, epochs=teacher_epochs, batch_size=batch_size,
+                                       pgd_steps=pgd_steps, inference_path=inference_path,
+                                       validation_data=validation_data, verbose=verbose)
+    elif not dual_bn_layers(teacher):
+        raise UnsupportedModelError("The teacher has no DualBatchNormalization; train it with train_robust_teacher().")
+    student, schedule = search_robust_mask(teacher, x, y, budget, eps=eps, epochs=search_epochs,
+                                           batch_size=batch_size, pgd_steps=pgd_steps, linear=linear,
+                                           allocation=allocation, verbose=verbose, **search_options)
+    finetune_student(student, teacher, x, y, eps=eps, epochs=finetune_epochs, batch_size=batch_size,
+                     pgd_steps=pgd_steps, validation_data=validation_data, verbose=verbose)
+    return RLNetResult(student=student, teacher=teacher, relu_budget=budget, relu_count=mask_relu_count(student),
+                       all_relu_count=all_relu, search_reached=bool(schedule.reached),
+                       search_history=list(schedule.history))
+

@@ -1,0 +1,373 @@
+"""Safety-driven self-compressing networks: learned bits per channel, a safety set, restores.
+
+The pipeline (:func:`self_compress`):
+
+1. pick a safety set of critical, uncertain and diverse examples with
+   :func:`tfsafe.safety.safety_set.select_safety_set` on the float model, from *validation*
+   data (or training data) -- never from test data, whose accuracy it would then inflate;
+2. wrap Conv2D/Dense/DepthwiseConv2D layers with learnable bit depth and exponent per output
+   channel (:func:`tfsafe.compress.quantization.quantize_learnable`);
+3. train with ``CE + gamma * Q + lambda * safety CE`` (:class:`SelfCompressingModel`, Model.fit)
+   while :class:`SafetyMonitor` measures safety-set accuracy every N steps and, when it falls
+   more than a threshold below the *best* accuracy seen so far, restores a fraction of the
+   zero-bit channels (comparing with the previous check only, as the public code does, never
+   fires on a slow drift);
+4. strip: zero-bit channels are removed physically (:func:`tfsafe.compress.strip.strip`).
+
+``lambda = 0`` and ``restore=False`` give the unsafe self-compression baseline.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from tfsafe._keras import keras, tf
+from tfsafe.compress.quantization import (
+    _quant_vars,
+    dead_channels,
+    learnable_layers,
+    learned_size,
+    quantize_learnable,
+    restore_channels,
+)
+from tfsafe.compress.strip import strip
+from tfsafe.errors import InputError
+from tfsafe.models import accuracy, logits_model
+from tfsafe.objectives import safety_loss, size_penalty, softmax_cross_entropy
+from tfsafe.validation import check_fraction, check_model, check_xy
+
+__all__ = ["SelfCompressingModel", "SafetyMonitor", "SelfCompressResult", "self_compress", "check_safety_indices"]
+
+
+def _quant_variables(layer):
+    return list(_quant_vars(layer).values())
+
+
+class SelfCompressingModel(keras.Model):
+    """Trains a learnable-bit model on ``CE + gamma * Q + lambda * safety CE`` with ``fit``.
+
+    Each step concatenates a random batch of safety examples to the training batch (one
+    forward pass), so the safety term costs ``safety_batch_size`` extra examples per step.
+    The weights use the compiled optimizer; bit depths and exponents use ``bits_optimizer``
+    (Adam's step size does not depend on the gradient's scale, so the speed at which bits fall
+    is set by its learning rate and the tradeoff by ``gamma``).
+
+    Args:
+        model: a model from :func:`quantize_learnable` (logits or softmax output).
+        gamma: weight of the size penalty Q (bits per weight).
+        safety_data: ``(x, y)`` safety set, or None.
+        safety_weight: lambda, the weight of the safety-set cross-entropy.
+        safety_batch_size: safety examples per step.
+        bits_optimizer: optimizer for bit depths and exponents (default Adam(1e-2)).
+
+    Example:
+        >>> from tfsafe.models import small_cnn
+        >>> trainer = SelfCompressingModel(quantize_learnable(small_cnn()), gamma=0.05)
+        >>> trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+        >>> _ = trainer.fit(x, y, epochs=1, verbose=0)  # doctest: +SKIP
+    """
+
+    def __init__(self, model, gamma=0.05, safety_data=None, safety_weight=0.0, safety_batch_size=32,
+                 bits_optimizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.logits = logits_model(model)
+        self.gamma = tf.Variable(float(gamma), trainable=False, name="gamma")
+        self.safety_weight = tf.Variable(float(safety_weight), trainable=False, name="safety_weight")
+        self.safety_batch_size = int(safety_batch_size)
+        self.bits_optimizer = bits_optimizer or keras.optimizers.Adam(1e-2)
+        self.safety_x = self.safety_y = None
+        if safety_data is not None:
+            sx, sy = check_xy(model, *safety_data, name="safety")
+            self.safety_x, self.safety_y = tf.constant(sx), tf.constant(sy)
+        self._quant_ids = {id(v) for layer in learnable_layers(model) for v in _quant_variables(layer)}
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "ce", "bits", "safety_loss")}
+        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values()) + [self.accuracy_metric]
+
+    def call(self, inputs, training=False):
+        return self.logits(inputs, training=training)
+
+    def _uses_safety(self):
+        return self.safety_x is not None and self.safety_batch_size > 0
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        batch = tf.shape(x)[0]
+        if self._uses_safety():
+            idx = tf.random.uniform([self.safety_batch_size], 0, tf.shape(self.safety_x)[0], dtype=tf.int32)
+            x_all = tf.concat([x, tf.gather(self.safety_x, idx)], axis=0)
+        else:
+            x_all = x
+        with tf.GradientTape() as tape:
+            logits_all = self.logits(x_all, training=True)
+            logits = logits_all[:batch]
+            ce = softmax_cross_entropy(y, logits)
+            bits = size_penalty(self.model)
+            loss = ce + self.gamma * bits
+            s_loss = tf.constant(0.0)
+            if self._uses_safety():
+                s_loss = safety_loss(tf.gather(self.safety_y, idx), logits_all[batch:])
+                loss = loss + self.safety_weight * s_loss
+            if self.model.losses:
+                loss = loss + tf.add_n(self.model.losses)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        weight_pairs, bit_pairs = [], []
+        for g, v in zip(grads, variables):
+            if g is not None:
+                (bit_pairs if id(v) in self._quant_ids else weight_pairs).append((g, v))
+        self.optimizer.apply_gradients(weight_pairs)
+        if bit_pairs:
+            self.bits_optimizer.apply_gradients(bit_pairs)
+        for name, value in (("loss", loss), ("ce", ce), ("bits", bits), ("safety_loss", s_loss)):
+            self.trackers[name].update_state(value)
+        self.accuracy_metric.update_state(y, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        logits = self.logits(x, training=False)
+        self.trackers["ce"].update_state(softmax_cross_entropy(y, logits))
+        self.accuracy_metric.update_state(y, logits)
+        return {"ce": self.trackers["ce"].result(), "accuracy": self.accuracy_metric.result()}
+
+
+class SafetyMonitor(keras.callbacks.Callback):
+    """Every ``every`` steps, measure safety-set accuracy; on a drop from the best, restore channels.
+
+    The rule: ``best - accuracy > threshold`` where ``best`` is the highest accuracy seen so
+    far (including the check before training), so a slow drift that never drops much between
+    two checks still fires. A restoration brings ``ceil(restore_fraction * zero-bit channels)``
+    randomly chosen zero-bit channels back at ``restore_bits`` bits (their exponents refitted),
+    then waits ``cooldown`` checks before it may fire again. Every check is in ``history`` and
+    every restoration in ``restorations`` (both JSON-able lists of dicts).
+
+    Args:
+        model: the learnable-bit model being trained.
+        safety_data: ``(x, y)`` safety set.
+        every: steps between checks.
+        threshold: accuracy drop (fraction, e.g. 0.02 = 2 points) that triggers a restoration.
+        restore_fraction: fraction of the zero-bit channels to restore.
+        restore_bits: bit depth restored channels restart with.
+        cooldown: checks to skip after a restoration.
+        restore: False measures and logs only (the unsafe baseline).
+        seed: seed of the channel choice.
+
+    Example:
+        >>> monitor = SafetyMonitor(qmodel, (x_safe, y_safe), every=50, threshold=0.02)  # doctest: +SKIP
+        >>> trainer.fit(x, y, callbacks=[monitor])  # doctest: +SKIP
+        >>> monitor.restorations[0]["count"]  # doctest: +SKIP
+        12
+    """
+
+    def __init__(self, model, safety_data, every=50, threshold=0.02, restore_fraction=0.5, restore_bits=2.0,
+                 cooldown=1, restore=True, seed=0):
+        super().__init__()
+        self.qmodel = model
+        self.safety_x, self.safety_y = check_xy(model, *safety_data, name="safety")
+        if int(every) < 1:
+            raise InputError(f"every must be a positive number of steps, got {every!r}.")
+        self.every = int(every)
+        self.threshold = check_fraction(threshold, "threshold", 0.0, 1.0)
+        self.restore_fraction = check_fraction(restore_fraction, "restore_fraction", 0.0, 1.0, include_high=True)
+        if not float(restore_bits) > 0:
+            raise InputError(f"restore_bits must be positive, got {restore_bits!r}.")
+        self.restore_bits = float(restore_bits)
+        self.cooldown = int(cooldown)
+        self.restore = bool(restore)
+        self.rng = np.random.default_rng(seed)
+        self.best = None
+        self.step = 0
+        self._wait = 0
+        self.history = []
+        self.restorations = []
+
+    def measure(self):
+        """Safety-set accuracy of the model now (inference mode)."""
+        return accuracy(self.qmodel, self.safety_x, self.safety_y)
+
+    def zero_bit_channels(self):
+        """``[(layer, flat channel index), ...]`` of every zero-bit channel."""
+        layers = learnable_layers(self.qmodel)
+        return [(layer, int(c)) for layer in layers for c in np.flatnonzero(dead_channels(layer))]
+
+    def check(self, safety_accuracy=None, allow_restore=True):
+        """Apply the rule once (measuring unless ``safety_accuracy`` is given); returns the record."""
+        acc = self.measure() if safety_accuracy is None else float(safety_accuracy)
+        best = acc if self.best is None else max(self.best, acc)
+        drop = best - acc
+        zero = self.zero_bit_channels()
+        record = {"step": self.step, "safety_accuracy": acc, "best": best, "drop": drop,
+                  "zero_bit_channels": len(zero), "restored": 0}
+        if self._wait > 0:
+            self._wait -= 1
+        elif self.restore and allow_restore and drop > self.threshold and zero:
+            count = max(1, math.ceil(self.restore_fraction * len(zero))) if self.restore_fraction > 0 else 0
+            chosen = sorted(self.rng.choice(len(zero), size=count, replace=False).tolist()) if count else []
+            by_layer = {}
+            for i in chosen:
+                layer, channel = zero[i]
+                by_layer.setdefault(layer.name, (layer, []))[1].append(channel)
+            for layer, channels in by_layer.values():
+                restore_channels(layer, channels, bits=self.restore_bits)
+            record["restored"] = len(chosen)
+            self.restorations.append({
+                "step": self.step, "safety_accuracy": acc, "best": best, "drop": drop, "count": len(chosen),
+                "bits": self.restore_bits,
+                "channels": [{"layer": zero[i][0].name, "channel": zero[i][1]} for i in chosen],
+            })
+            self._wait = self.cooldown
+        self.best = best
+        self.history.append(record)
+        return record
+
+    def on_train_begin(self, logs=None):
+        if self.best is None:
+            self.check()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0:
+            self.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.history:
+            logs["safety_accuracy"] = self.history[-1]["safety_accuracy"]
+
+    def to_dict(self):
+        return {"every": self.every, "threshold": self.threshold, "restore_fraction": self.restore_fraction,
+                "restore_bits": self.restore_bits, "best": self.best, "history": self.history,
+                "restorations": self.restorations}
+
+
+@dataclasses.dataclass
+class SelfCompressResult:
+    """What :func:`self_compress` returns.
+
+    Attributes:
+        model: the trained learnable-bit model (TF-MOT wrappers; saves and loads as is).
+        stripped: plain Keras model with zero-bit channels removed and weights on the grid.
+        safety_indices: indices of the safety set into the pool it came from.
+        safety_source: ``"validation"``, ``"train"`` or ``"given"``.
+        size: :func:`tfsafe.compress.quantization.learned_size` of ``model``.
+        monitor: :meth:`SafetyMonitor.to_dict` (checks and restorations).
+        history: ``fit`` history (per-epoch loss, ce, bits, safety_loss, accuracy...).
+    """
+
+    model: object
+    stripped: object
+    safety_indices: np.ndarray
+    safety_source: str
+    size: dict
+    monitor: dict
+    history: dict
+
+    def to_dict(self):
+        return {"safety_indices": self.safety_indices, "safety_source": self.safety_source, "size": self.size,
+                "monitor": self.monitor, "history": self.history}
+
+
+def check_safety_indices(indices, pool_size, name="safety_indices"):
+    """Return ``indices`` as unique int64 indices into a pool of ``pool_size`` examples, or raise."""
+    arr = np.asarray(indices)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InputError(f"{name} must be a non-empty 1-D list of example indices, got shape {arr.shape}.")
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{name} must hold integer indices, got dtype {arr.dtype}.")
+    bad = arr[(arr < 0) | (arr >= pool_size)]
+    if bad.size:
+        raise InputError(
+            f"{name} has {bad.size} indices outside the data they select from (0..{pool_size - 1}), e.g. "
+            f"{bad[:5].tolist()}; the safety set must come from the training or validation data passed in."
+        )
+    if len(np.unique(arr)) != arr.size:
+        raise InputError(f"{name} repeats indices; pass each safety example once.")
+    return arr.astype(np.int64)
+
+
+def self_compress(model, x, y, validation_data=None, *, safety_size=200, safety_indices=None, safety_from=None,
+                  init_bits=8, max_bits=8, gamma=0.05, safety_weight=1.0, safety_batch_size=32, epochs=5,
+                  batch_size=128, learning_rate=1e-3, bits_learning_rate=1e-2, monitor_every=50, threshold=0.02,
+                  restore_fraction=0.5, restore_bits=2.0, cooldown=1, restore=True, seed=0, callbacks=(),
+                  verbose=0):
+    """Safety-driven self-compression of a trained classifier (see the module docstring).
+
+    Args:
+        model: trained tf_keras (or Keras 3) classifier, logits or softmax output.
+        x, y: training data.
+        validation_data: ``(x_val, y_val)``; the safety set is drawn from it when given.
+        safety_size: examples in the safety set (ignored with ``safety_indices``).
+        safety_indices: explicit indices into the safety pool (validation data when given, else
+            training data).
+        safety_from: ``"validation"`` or ``"train"``: the pool (default: validation if given).
+        init_bits, max_bits: initial and largest bit depth per channel.
+        gamma: weight of the size penalty Q.
+        safety_weight: lambda; 0 disables the safety loss.
+        safety_batch_size: safety examples added to each training step.
+        epochs, batch_size, learning_rate: training of the weights (Adam).
+        bits_learning_rate: Adam learning rate of bit depths and exponents.
+        monitor_every, threshold, restore_fraction, restore_bits, cooldown: :class:`SafetyMonitor`.
+        restore: False turns restorations off (the unsafe baseline, with ``safety_weight=0``).
+        seed: seeds TensorFlow, the safety set and the monitor.
+        callbacks: more Keras callbacks for ``fit``.
+        verbose: ``fit`` verbosity.
+
+    Returns:
+        :class:`SelfCompressResult`.
+
+    Raises:
+        InputError: bad data, bits, weights or safety indices.
+        UnsupportedModelError: a model without quantizable layers or a subclassed model.
+
+    Example:
+        >>> result = self_compress(model, x_train, y_train, (x_val, y_val), epochs=3)  # doctest: +SKIP
+        >>> result.size["average_bits"], result.stripped.count_params()  # doctest: +SKIP
+    """
+    from tfsafe.safety.safety_set import select_safety_set  # noqa: PLC0415
+
+    model = check_model(model)
+    x, y = check_xy(model, x, y, name="training")
+    if validation_data is not None:
+        validation_data = check_xy(model, *validation_data, name="validation")
+    for name, value in (("gamma", gamma), ("safety_weight", safety_weight)):
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+            raise InputError(f"{name} must be a non-negative number, got {value!r}.")
+    source = safety_from or ("validation" if validation_data is not None else "train")
+    if source not in ("validation", "train"):
+        raise InputError(f"safety_from must be 'validation' or 'train', got {safety_from!r}.")
+    if source == "validation" and validation_data is None:
+        raise InputError("safety_from='validation' needs validation_data.")
+    pool_x, pool_y = validation_data if source == "validation" else (x, y)
+    keras.utils.set_random_seed(seed)
+    if safety_indices is not None:
+        indices = check_safety_indices(safety_indices, len(pool_x))
+        source_name = f"given ({source})"
+    else:
+        indices = select_safety_set(model, pool_x, pool_y, int(safety_size), seed=seed)
+        source_name = source
+    safety = (pool_x[indices], pool_y[indices])
+
+    qmodel = quantize_learnable(model, init_bits=init_bits, max_bits=max_bits)
+    trainer = SelfCompressingModel(
+        qmodel, gamma=gamma, safety_data=safety, safety_weight=safety_weight, safety_batch_size=safety_batch_size,
+        bits_optimizer=keras.optimizers.Adam(bits_learning_rate),
+    )
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    monitor = SafetyMonitor(qmodel, safety, every=monitor_every, threshold=threshold,
+                            restore_fraction=restore_fraction, restore_bits=restore_bits, cooldown=cooldown,
+                            restore=restore, seed=seed)
+    fit = trainer.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                      callbacks=[monitor, *callbacks], verbose=verbose)
+    monitor.check(allow_restore=False)  # the final state, after the last step
+    return SelfCompressResult(
+        model=qmodel, stripped=strip(qmodel), safety_indices=indices, safety_source=source_name,
+        size=learned_size(qmodel), monitor=monitor.to_dict(),
+        history={k: [float(v) for v in vals] for k, vals in fit.history.items()},
+    )
