@@ -32,8 +32,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from bench_common import load_data  # noqa: E402
 
-import tfsafe  # noqa: E402
 from tfsafe import metrics  # noqa: E402
 from tfsafe._keras import keras  # noqa: E402
 from tfsafe.compress.factorization import factorize  # noqa: E402
@@ -95,10 +95,7 @@ def log(message):
 
 
 def load(args):
-    if args.quick:
-        (x, y), (xt, yt) = tfsafe.load_digits()
-    else:
-        (x, y), (xt, yt) = tfsafe.load_mnist(args.data_dir)
+    (x, y), (xt, yt) = load_data(args.quick, args.data_dir)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(x))
     if args.train_size + args.val_size > len(x):

@@ -28,7 +28,7 @@ import tfsafe  # noqa: E402
 from tflite_export import benchmark_tflite, to_onnx, to_tflite  # noqa: E402
 from tfsafe._keras import keras, tf  # noqa: E402
 from tfsafe.io import atomic_write_json  # noqa: E402
-from tfsafe.models import accuracy, lenet  # noqa: E402
+from tfsafe.models import accuracy, compile_classifier, lenet  # noqa: E402
 
 MODES = ("float32", "float16", "dynamic", "int8")
 
@@ -61,9 +61,7 @@ def load_data(args):
 
 def train(args, x, y):
     keras.utils.set_random_seed(args.seed)
-    model = lenet(x.shape[1:], 10)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model = compile_classifier(lenet(x.shape[1:], 10))
     start = time.perf_counter()
     model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=2)
     return model, time.perf_counter() - start

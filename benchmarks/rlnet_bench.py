@@ -28,11 +28,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench_common import load_data  # noqa: E402
+
 from tfsafe._keras import keras  # noqa: E402
 from tfsafe.compress.dual_bn import with_inference_path  # noqa: E402
 from tfsafe.compress.linearization import mask_layers  # noqa: E402
 from tfsafe.compress.strip import strip  # noqa: E402
-from tfsafe.data import load_digits, load_mnist  # noqa: E402
 from tfsafe.io import atomic_write_json  # noqa: E402
 from tfsafe.methods.rlnet import (  # noqa: E402
     finetune_student,
@@ -41,7 +42,7 @@ from tfsafe.methods.rlnet import (  # noqa: E402
     train_robust_teacher,
 )
 from tfsafe.metrics import relu_count  # noqa: E402
-from tfsafe.models import accuracy  # noqa: E402
+from tfsafe.models import accuracy, compile_classifier  # noqa: E402
 from tfsafe.safety.adversarial import adversarial_accuracy, transfer_attack  # noqa: E402
 from tfsafe.safety.corruptions import corruption_accuracy  # noqa: E402
 
@@ -82,12 +83,8 @@ def parse_args(argv=None):
 
 
 def load(args):
-    if args.quick:
-        (x, y), (xt, yt) = load_digits()
-        name = "digits"
-    else:
-        (x, y), (xt, yt) = load_mnist(args.data_dir)
-        name = "mnist"
+    (x, y), (xt, yt) = load_data(args.quick, args.data_dir)
+    name = "digits" if args.quick else "mnist"
     rng = np.random.default_rng(args.seed)
     if args.train_size and args.train_size < len(x):
         idx = rng.choice(len(x), args.train_size, replace=False)
@@ -166,7 +163,7 @@ def main(argv=None):
 
     t = time.time()
     std = rlnet_cnn(x.shape[1:], 10, dual_bn=False, name="standard")
-    std.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    compile_classifier(std, 2e-3)
     std.fit(x, y, epochs=args.std_epochs, batch_size=args.batch_size, verbose=0, shuffle=True)
     std_time = time.time() - t
     std_relus = relu_count(std)

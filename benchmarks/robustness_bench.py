@@ -21,11 +21,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from bench_common import EpochTimer, load_data  # noqa: E402
 
-import tfsafe  # noqa: E402
 from tfsafe._keras import keras  # noqa: E402
 from tfsafe.io import atomic_write_json, save_model  # noqa: E402
-from tfsafe.models import accuracy, lenet, small_cnn  # noqa: E402
+from tfsafe.models import accuracy, compile_classifier, lenet, small_cnn  # noqa: E402
 from tfsafe.safety.adversarial import AdversarialModel, EpsilonRamp  # noqa: E402
 from tfsafe.safety.corruptions import corruption_accuracy  # noqa: E402
 from tfsafe.safety.tests import FGSMTest, PGDTest  # noqa: E402
@@ -55,29 +55,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each training epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def build(args, shape):
     return small_cnn(shape, 10) if args.quick else lenet(shape, 10)
 
 
 def train_standard(args, x, y):
     keras.utils.set_random_seed(args.seed)
-    model = build(args, x.shape[1:])
-    model.compile(optimizer=keras.optimizers.Adam(args.lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model = compile_classifier(build(args, x.shape[1:]), args.lr)
     timer = EpochTimer()
     model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=2, callbacks=[timer])
     return model, timer.seconds
@@ -124,13 +108,11 @@ def markdown(rows, eval_eps, ratio):
 
 def main(argv=None):
     args = parse_args(argv)
+    (x, y), (xt, yt) = load_data(args.quick, args.data_dir)
     if args.quick:
-        (x, y), (xt, yt) = tfsafe.load_digits()
         args.epochs, args.adv_epochs, args.eps = max(args.epochs, 12), max(args.adv_epochs, 12), 0.1
         args.train_steps, args.train_step_size, args.eval_eps = 5, 0.04, "0.05,0.1"
         args.eval_steps, args.lr, args.batch_size = 20, 3e-3, 32
-    else:
-        (x, y), (xt, yt) = tfsafe.load_mnist(args.data_dir)
     rng = np.random.default_rng(args.seed)
     train_idx = rng.permutation(len(x))[: args.train_size]
     eval_idx = rng.permutation(len(xt))[: args.eval_size]

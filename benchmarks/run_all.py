@@ -34,7 +34,7 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     failed = []
     for name in names:
-        script = os.path.join(HERE, f"{name}_bench.py")
+        script = os.path.join(HERE, "compare.py" if name == "compare" else f"{name}_bench.py")
         if not os.path.exists(script):
             print(f"== {name}: {script} missing", flush=True)
             failed.append(name)

@@ -44,6 +44,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from bench_common import StepTimer, load_data  # noqa: E402
 
 import tfsafe  # noqa: E402
 from tfsafe._keras import keras, tfmot  # noqa: E402
@@ -53,7 +54,7 @@ from tfsafe.compress.strip import strip  # noqa: E402
 from tfsafe.io import atomic_write_json  # noqa: E402
 from tfsafe.methods.safecompress import SafeCompress  # noqa: E402
 from tfsafe.metrics import sparsity  # noqa: E402
-from tfsafe.models import accuracy, small_cnn  # noqa: E402
+from tfsafe.models import accuracy, compile_classifier, copy_model, small_cnn  # noqa: E402
 from tfsafe.safety.membership import audit_membership  # noqa: E402
 
 QUICK = {"train_size": 400, "validation_size": 150, "nonmember_size": 400, "test_size": 400,
@@ -88,36 +89,6 @@ def parse_args(argv=None):
     return args
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Wall time of each compiled train step (between batch begin and end), callbacks excluded."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
-
-    def median_ms(self, skip=20):
-        times = self.times[skip:] if len(self.times) > 2 * skip else self.times
-        return 1000.0 * float(np.median(times))
-
-
-def compile_ce(model, lr):
-    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model
-
-
-def copy_model(model):
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def evaluate(name, model, splits, seconds, step_ms=None):
     plain = strip(model)
     members, nonmembers = splits.audit_sets(seed=0)
@@ -139,9 +110,9 @@ def step_times(dense, x, y, args):
     tfmot_model = tfmot.sparsity.keras.prune_low_magnitude(
         copy_model(dense), pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(args.sparsity, 0, frequency=100))
     runs = {
-        "dense": (compile_ce(copy_model(dense), args.lr), []),
-        "tfmot_wrapper": (compile_ce(tfmot_model, args.lr), [tfmot.sparsity.keras.UpdatePruningStep()]),
-        "prunable_safe": (compile_ce(prune_safe(dense, args.sparsity), args.lr), []),
+        "dense": (compile_classifier(copy_model(dense), args.lr), []),
+        "tfmot_wrapper": (compile_classifier(tfmot_model, args.lr), [tfmot.sparsity.keras.UpdatePruningStep()]),
+        "prunable_safe": (compile_classifier(prune_safe(dense, args.sparsity), args.lr), []),
     }
     best = {name: float("inf") for name in runs}
     for _ in range(args.timing_repeats):
@@ -153,10 +124,7 @@ def step_times(dense, x, y, args):
 
 
 def load_pool(args):
-    if args.quick:
-        (x, y), (xt, yt) = tfsafe.load_digits()
-    else:
-        (x, y), (xt, yt) = tfsafe.load_mnist(args.data_dir)
+    (x, y), (xt, yt) = load_data(args.quick, args.data_dir)
     return np.concatenate([x, xt]), np.concatenate([y, yt])
 
 
@@ -174,7 +142,7 @@ def main(argv=None):
 
     print(f"dense: {args.dense_epochs} epochs on {len(xtr)} members", flush=True)
     keras.utils.set_random_seed(args.seed)
-    dense = compile_ce(small_cnn(shape, 10, filters=(16, 32), dense=128), args.lr)
+    dense = compile_classifier(small_cnn(shape, 10, filters=(16, 32), dense=128), args.lr)
     start = time.perf_counter()
     dense.fit(xtr, ytr, epochs=args.dense_epochs, batch_size=args.batch_size, verbose=0)
     rows.append(evaluate("dense", dense, splits, time.perf_counter() - start))
@@ -183,9 +151,9 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed + 1)
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, args.sparsity, begin_step=0, end_step=int(0.5 * total_steps),
                                                     frequency=max(1, steps_per_epoch // 2))
-    tfmot_model = compile_ce(tfmot.sparsity.keras.prune_low_magnitude(copy_model(dense), pruning_schedule=schedule),
-                             args.lr)
-    timer = StepTimer()
+    tfmot_model = compile_classifier(
+        tfmot.sparsity.keras.prune_low_magnitude(copy_model(dense), pruning_schedule=schedule), args.lr)
+    timer = StepTimer(skip=20)
     start = time.perf_counter()
     tfmot_model.fit(xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, verbose=0,
                     callbacks=[timer, tfmot.sparsity.keras.UpdatePruningStep()])
@@ -193,8 +161,8 @@ def main(argv=None):
 
     print("dst: PrunableSafe + DynamicSparsity (no selection)", flush=True)
     keras.utils.set_random_seed(args.seed + 2)
-    dst = compile_ce(prune_safe(dense, args.sparsity, init="erk"), args.lr)
-    timer = StepTimer()
+    dst = compile_classifier(prune_safe(dense, args.sparsity, init="erk"), args.lr)
+    timer = StepTimer(skip=20)
     start = time.perf_counter()
     dst.fit(xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, verbose=0, callbacks=[
         timer, DynamicSparsity(update_every=args.update_every, drop_fraction=0.5, end_fraction=0.75, seed=args.seed)])
@@ -211,7 +179,7 @@ def main(argv=None):
         compressor = SafeCompress(target_sparsity=args.sparsity, num_candidates=k, update_every=args.update_every,
                                   drop_fraction=0.5, end_fraction=f, entropy_weight=args.entropy_weight,
                                   mia_weight=mia_weight, learning_rate=args.lr, seed=args.seed, verbose=1)
-        timer = StepTimer()
+        timer = StepTimer(skip=20)
         result = compressor.fit(dense, splits, epochs=sc_epochs, batch_size=args.batch_size, callbacks=[timer])
         row = evaluate(name, result.model, splits, result.train_seconds, timer.median_ms())
         row.update(rounds=len(result.history), selected=[r["selected"] for r in result.history],

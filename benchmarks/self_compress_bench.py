@@ -44,15 +44,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from bench_common import StepTimer, load_data  # noqa: E402
 
-import tfsafe  # noqa: E402
 from tfsafe import metrics  # noqa: E402
-from tfsafe._keras import keras, tf, tfmot  # noqa: E402
+from tfsafe._keras import keras, tfmot  # noqa: E402
 from tfsafe.compress import quantization as q  # noqa: E402
 from tfsafe.compress.exact_int8 import exact_int8_model, to_int8_tflite  # noqa: E402
 from tfsafe.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tfsafe.methods.self_compress import SelfCompressingModel, self_compress  # noqa: E402
-from tfsafe.models import accuracy, lenet, small_cnn  # noqa: E402
+from tfsafe.models import accuracy, compile_classifier, lenet, small_cnn  # noqa: E402
 from tfsafe.safety.adversarial import adversarial_accuracy  # noqa: E402
 from tfsafe.safety.safety_set import select_safety_set  # noqa: E402
 
@@ -90,30 +90,11 @@ def parse_args(argv=None):
     return args
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Wall time of every training step (the first ``skip`` steps, tracing included, are dropped)."""
-
-    def __init__(self, skip=10):
-        super().__init__()
-        self.skip, self.times, self._start = skip, [], None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
-
-    def median_ms(self):
-        times = self.times[self.skip:] or self.times
-        return float(np.median(times) * 1e3)
-
-
 def load(args):
+    (x, y), (xt, yt) = load_data(args.quick, args.data_dir)
     if args.quick:
-        (x, y), (xt, yt) = tfsafe.load_digits()
         model_fn = lambda: small_cnn((8, 8, 1), 10)  # noqa: E731
     else:
-        (x, y), (xt, yt) = tfsafe.load_mnist(args.data_dir)
         model_fn = lambda: lenet((28, 28, 1), 10)  # noqa: E731
     x = x.astype(np.float32)
     xt = xt.astype(np.float32)
@@ -121,28 +102,11 @@ def load(args):
     return (x[:n], y[:n]), (x[n:], y[n:]), (xt, yt), model_fn
 
 
-def compile_ce(model, lr=1e-3):
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    return model
-
-
 def to_tflite(model, path, calibration):
+    """Full-int8 file of ``model`` (a QAT model converts from its fake-quant graph); its bytes."""
     from tflite_export.convert import to_tflite as export  # noqa: PLC0415
 
     return export(model, path, "int8", calibration, num_calibration_samples=200).bytes
-
-
-def qat_tflite(model, path, calibration):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(200))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    data = converter.convert()
-    atomic_write_bytes(path, data)
-    return len(data)
 
 
 def latency_p50(path, x):
@@ -225,7 +189,7 @@ def main(argv=None):
     # long run on a shared checkout would otherwise break if tfsafe/safety is edited meanwhile.
     adversarial_accuracy(model_fn(), xt[:4], yt[:4], eps=0.1, steps=2, restarts=1, seed=0)
 
-    dense = compile_ce(model_fn())
+    dense = compile_classifier(model_fn())
     dense.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
     print(f"[{time.strftime('%H:%M:%S')}] float trained: test {accuracy(dense, xt, yt):.4f}", flush=True)
 
@@ -233,7 +197,7 @@ def main(argv=None):
     xs, ys = xv[indices], yv[indices]
     data = ((xt, yt), (xs, ys), x[:1000])
 
-    qat = compile_ce(tfmot.quantization.keras.quantize_model(dense), lr=1e-4 if not args.quick else 1e-3)
+    qat = compile_classifier(tfmot.quantization.keras.quantize_model(dense), 1e-4 if not args.quick else 1e-3)
     qat.fit(x, y, epochs=args.qat_epochs, batch_size=args.batch_size, verbose=0)
     print(f"[{time.strftime('%H:%M:%S')}] QAT trained: test {accuracy(qat, xt, yt):.4f}", flush=True)
 
@@ -262,7 +226,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(evaluate("float dense", dense, dense, data, args, tmp, to_tflite,
                              {"avg_bits": 32.0, "ideal_bytes": metrics.ideal_bytes(dense)}, steps["float"]))
-        rows.append(evaluate("TF-MOT QAT 8-bit", qat, qat, data, args, tmp, qat_tflite, kernel_stats(qat),
+        rows.append(evaluate("TF-MOT QAT 8-bit", qat, qat, data, args, tmp, to_tflite, kernel_stats(qat),
                              steps["qat"]))
         for label, _, _, _ in variants:
             run = runs[label]

@@ -30,6 +30,20 @@ def clone(model):
     return copy
 
 
+def run_cli(*args):
+    """Parse ``args`` as the tfsafe command line and run it in this process; returns the exit status."""
+    from absl import flags  # noqa: PLC0415
+
+    from tfsafe import cli  # noqa: PLC0415
+
+    flags.FLAGS.unparse_flags()
+    remaining = flags.FLAGS(["tfsafe", *args])
+    try:
+        return cli.main(remaining)
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
 def compile_classifier(model, lr=3e-3):
     model.compile(
         optimizer=keras.optimizers.Adam(lr),

@@ -4,20 +4,7 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
-
-from tfsafe import cli
-
-
-def run_cli(*args):
-    """Parse ``args`` as the tfsafe command line and run it in this process."""
-    argv = ["tfsafe", *args]
-    flags.FLAGS.unparse_flags()
-    remaining = flags.FLAGS(argv)
-    try:
-        return cli.main(remaining)
-    finally:
-        flags.FLAGS.unparse_flags()
+from conftest import run_cli
 
 
 def test_unknown_command_prints_usage(capsys):

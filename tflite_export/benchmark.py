@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
-from tflite_export.runtime import TFLiteModel, check_inputs
+from tflite_export.runtime import TFLiteModel
 from tfsafe.errors import InputError
 from tfsafe.io import atomic_write_json
+from tfsafe.validation import check_features
 
 __all__ = ["SCHEMA", "BenchmarkResult", "benchmark_tflite", "benchmark_grid", "latency_stats",
            "write_results", "read_results", "host_description"]
@@ -192,7 +193,7 @@ def benchmark_tflite(path, x=None, y=None, *, num_threads=1, use_xnnpack=True, w
     init_ms = (time.perf_counter() - start) * 1e3
     init_mb = probe.growth_mb()
     if x is not None:
-        x = check_inputs(x, model.input_shape)
+        x = check_features(x, "x", model.input_shape, dtype=None)
     batch = _timing_batch(model, x, int(batch_size), seed)
     interpreter, index = model.interpreter, model.input_details["index"]
     interpreter.set_tensor(index, batch)
@@ -214,8 +215,7 @@ def benchmark_tflite(path, x=None, y=None, *, num_threads=1, use_xnnpack=True, w
     if x is not None and y is not None:
         from tfsafe.validation import check_labels  # noqa: PLC0415
 
-        y = check_labels(y, None, "y", n=len(x))
-        accuracy = float(np.mean(model.predict(x).argmax(axis=1) == y))
+        accuracy = model.accuracy(x, check_labels(y, None, "y", n=len(x)))
         n_eval = int(len(x))
     with open(model.path, "rb") as f:
         data = f.read()

@@ -12,6 +12,7 @@ import numpy as np
 from tfsafe._keras import keras, tf
 from tfsafe.compress.strip import is_wrapped, strip
 from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.models import flat_layers
 from tfsafe.validation import check_features, check_model, model_input_shape
 
 __all__ = ["prepare_model", "calibration_array", "weight_sparsity"]
@@ -19,14 +20,6 @@ __all__ = ["prepare_model", "calibration_array", "weight_sparsity"]
 # TF-MOT quantization-aware-training wrappers are meant to go through the TFLite converter as
 # they are (the converter reads their fake-quant ranges), so they are not an error.
 _CONVERTER_NATIVE_WRAPPERS = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
 
 
 def _is_compression_wrapper(layer):
@@ -40,7 +33,7 @@ def _is_compression_wrapper(layer):
 def _strip_clustering(model):
     from tfsafe._keras import tfmot  # noqa: PLC0415
 
-    has_cluster = any(type(layer).__name__.startswith("ClusterWeights") for layer in _all_layers(model))
+    has_cluster = any(type(layer).__name__.startswith("ClusterWeights") for layer in flat_layers(model))
     return tfmot.clustering.keras.strip_clustering(model) if has_cluster else model
 
 
@@ -64,7 +57,7 @@ def prepare_model(model, name="model"):
     model = _strip_clustering(model)
     if is_wrapped(model):
         model = strip(model)
-    leftover = [layer for layer in _all_layers(model) if _is_compression_wrapper(layer)]
+    leftover = [layer for layer in flat_layers(model) if _is_compression_wrapper(layer)]
     if leftover:
         layer = leftover[0]
         raise UnsupportedModelError(

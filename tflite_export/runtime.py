@@ -3,8 +3,10 @@
 :class:`TFLiteModel` wraps LiteRT's interpreter (``ai_edge_litert``; ``tf.lite.Interpreter`` is
 deprecated): it quantizes float inputs with the input tensor's scale and zero point,
 dequantizes outputs, and feeds data in batches, so an int8 ``.tflite`` can be evaluated like a
-Keras model (accuracy, attacks by transfer, membership audits on its outputs).
-:class:`ONNXModel` does the same for ``.onnx`` files through onnxruntime, and
+Keras model (accuracy, attacks by transfer, membership audits on its outputs). It is the one
+``.tflite`` runner of the project: the parity checks, the host benchmark and the safety tests
+(:mod:`tfsafe.safety.tflite_model`, which treats ``.tflite`` paths as black-box targets) all
+use it. :class:`ONNXModel` does the same for ``.onnx`` files through onnxruntime, and
 :func:`load_exported` picks the right one for a path.
 """
 
@@ -13,8 +15,9 @@ import os
 import numpy as np
 
 from tfsafe.errors import InputError, MissingDependencyError, UnsupportedModelError
+from tfsafe.validation import check_features
 
-__all__ = ["TFLiteModel", "ONNXModel", "load_exported", "is_tflite_file", "check_inputs"]
+__all__ = ["TFLiteModel", "ONNXModel", "load_exported", "is_tflite_file"]
 
 
 def is_tflite_file(path):
@@ -38,24 +41,6 @@ def _short(err):
     return text[0][:300] if text else type(err).__name__
 
 
-def check_inputs(x, shape, name="x"):
-    """``x`` as a numeric array of shape ``(batch,) + shape`` (finite when float)."""
-    arr = np.asarray(x)
-    if arr.dtype == object or arr.dtype.kind not in "fiub":
-        raise InputError(f"{name} must be a numeric array, got dtype {arr.dtype}.")
-    expected = tuple(shape)
-    if arr.ndim != len(expected) + 1 or any(e is not None and e != g for e, g in zip(expected, arr.shape[1:])):
-        raise InputError(
-            f"{name} has shape {arr.shape}, but the model expects (batch,) + {expected}. "
-            "Reshape the data (e.g. add a channel axis with x[..., None])."
-        )
-    if len(arr) == 0:
-        raise InputError(f"{name} is empty; pass at least one example.")
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise InputError(f"{name} contains NaN or infinite values.")
-    return arr
-
-
 class TFLiteModel:
     """A ``.tflite`` file loaded with LiteRT, callable on float numpy arrays.
 
@@ -69,6 +54,9 @@ class TFLiteModel:
     Attributes:
         input_details, output_details: LiteRT's tensor details of the single input/output.
         input_shape: per-example input shape (``None`` for free dimensions).
+        num_classes: size of the output's last axis.
+        is_tflite: ``True``; how the safety tests tell a ``.tflite`` target (no gradients)
+            from a Keras model.
 
     Raises:
         InputError: a missing, empty or corrupt file.
@@ -80,8 +68,13 @@ class TFLiteModel:
         >>> probs_or_logits = m.predict(x_test)  # float32, like the Keras model  # doctest: +SKIP
     """
 
+    is_tflite = True
+
     def __init__(self, path, num_threads=None, use_xnnpack=True, batch_size=64):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
+        try:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
+        except ImportError as err:
+            raise MissingDependencyError("Running .tflite files needs LiteRT: pip install ai-edge-litert") from err
 
         self.path = _check_file(path, "TFLite")
         self.num_threads = num_threads
@@ -94,7 +87,7 @@ class TFLiteModel:
             self.interpreter = Interpreter(
                 model_path=self.path, num_threads=num_threads, experimental_op_resolver_type=resolver
             )
-        except ValueError as err:
+        except (ValueError, RuntimeError) as err:
             raise InputError(
                 f"'{self.path}' is not a valid .tflite model ({_short(err)}). The file may be "
                 "truncated or not a TFLite flatbuffer; export it again with tflite_export.to_tflite."
@@ -109,8 +102,12 @@ class TFLiteModel:
         self._dynamic_batch = int(signature[0]) == -1
         self._fixed_batch = None if self._dynamic_batch else int(signature[0])
         self.input_shape = tuple(None if d == -1 else int(d) for d in signature[1:])
+        self.num_classes = int(outputs[0]["shape"][-1])
         self._batch = None
         self.allocate(self._fixed_batch or 1)
+
+    def __repr__(self):
+        return f"TFLiteModel('{self.path}', input_shape={self.input_shape}, num_classes={self.num_classes})"
 
     def allocate(self, batch):
         """Size the input for `batch` examples (dynamic-batch models) and allocate tensors."""
@@ -176,7 +173,7 @@ class TFLiteModel:
 
     def predict(self, x, batch_size=None):
         """Float32 outputs for ``x`` (float inputs are quantized as the file requires)."""
-        x = check_inputs(x, self.input_shape)
+        x = check_features(x, "x", self.input_shape, dtype=None)
         q = self.quantize_input(x)
         step = self._fixed_batch or int(batch_size or self.batch_size)
         outputs = []
@@ -189,6 +186,10 @@ class TFLiteModel:
         return np.concatenate(outputs, axis=0)
 
     __call__ = predict
+
+    def accuracy(self, x, y, batch_size=None):
+        """Top-1 accuracy on ``(x, y)`` (integer labels)."""
+        return float(np.mean(self.predict(x, batch_size).argmax(axis=1) == np.asarray(y).reshape(-1)))
 
 
 class ONNXModel:
@@ -222,7 +223,7 @@ class ONNXModel:
 
     def predict(self, x, batch_size=None):
         """Float32 outputs for ``x``."""
-        x = check_inputs(x, self.input_shape).astype(np.float32)
+        x = check_features(x, "x", self.input_shape)
         step = int(batch_size or self.batch_size)
         outs = [self.session.run(None, {self.input_name: x[i:i + step]})[0] for i in range(0, len(x), step)]
         return np.concatenate(outs, axis=0).astype(np.float32)

@@ -1,10 +1,12 @@
 """The ``tfsafe`` command line (absl): ``tfsafe <command> [--flags]``.
 
 Commands:
-  demo    train, prune (TF-MOT), export int8 and audit on bundled digits; write a report
-  audit   membership audit of a .keras or .tflite model on member / non-member .npz files
-  export  .keras -> int8 / dynamic / float16 / float32 .tflite (+ .onnx), checked against Keras
-  bench   latency, size, memory and accuracy of .tflite files on this host or an Android device
+  demo      train, prune (TF-MOT), export int8 and audit on bundled digits; write a report
+  compress  compress a model with a method's recipe, export int8 .tflite, run the safety tests,
+            write a report; --resume continues a killed run from its finished stages
+  audit     membership audit of a .keras or .tflite model on member / non-member .npz files
+  export    .keras -> int8 / dynamic / float16 / float32 .tflite (+ .onnx), checked against Keras
+  bench     latency, size, memory and accuracy of .tflite files on this host or an Android device
 
 Every bad flag or file ends in a one-line ``tfsafe: error: ...`` and exit status 2.
 """
@@ -20,7 +22,8 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("epochs", 60, "demo: training epochs of the dense model.")
 flags.DEFINE_integer("prune_epochs", 15, "demo: fine-tuning epochs while pruning.")
 flags.DEFINE_float("target_sparsity", 0.8, "demo: TF-MOT pruning target.")
-flags.DEFINE_string("model", None, "audit: path of a .keras/.h5 model or a .tflite file.")
+flags.DEFINE_string("model", None, "audit: a .keras/.h5 model or a .tflite file; compress: a trained .keras "
+                    "model (default: train the recipe's dense model); export: a .keras model; bench: .tflite files.")
 flags.DEFINE_string("members", None, "audit: .npz with arrays x, y drawn from the training data.")
 flags.DEFINE_string("nonmembers", None, "audit: .npz with arrays x, y the model never saw.")
 flags.DEFINE_list("attacks", None, "Membership attacks (default: all for audit, the fast ones for demo).")
@@ -30,11 +33,19 @@ flags.DEFINE_string("shard", "0/1", "audit: train only reference models j with j
                     "every shard (on any workers sharing --reference_dir), then once more to merge.")
 flags.DEFINE_string("reference_dir", None, "audit: folder for reference-model scores (default OUT/reference_models).")
 flags.DEFINE_integer("reference_epochs", 20, "audit: training epochs of each reference model.")
+# compress (tfsafe.pipeline)
+flags.DEFINE_enum("method", None, ["safecompress", "atmc", "self_compress", "rlnet", "baseline"],
+                  "compress: the method (baseline = TF-MOT pruning, the unsafe baseline).")
+flags.DEFINE_enum("data", "digits", ["digits", "mnist", "fashion_mnist", "cifar10"], "compress: the dataset.")
+flags.DEFINE_string("config", None, "compress: JSON file overriding the method's recipe "
+                    "(tfsafe/recipes/<method>.json).")
+flags.DEFINE_boolean("resume", False, "compress: continue the run in --out from its finished stages.")
+flags.DEFINE_integer("verbose", 1, "compress: 1 shows Keras progress bars, 0 only stage lines.")
 # export / bench (tflite_export.commands)
 flags.DEFINE_list("modes", ["int8"], "export: TFLite modes to write (int8, dynamic, float16, float32).")
 flags.DEFINE_string("dataset", "digits", "export/bench: data for calibration, parity and accuracy "
                     "(digits, mnist, fashion_mnist, cifar10); bench uses it only when given.")
-flags.DEFINE_string("data_dir", None, "export/bench: folder holding the dataset files (offline).")
+flags.DEFINE_string("data_dir", None, "compress/export/bench: folder holding the dataset files (offline).")
 flags.DEFINE_integer("calibration_samples", 500, "export: int8 calibration examples from the training split.")
 flags.DEFINE_float("min_agreement", 0.99, "export: required top-1 agreement with Keras on the test split.")
 flags.DEFINE_boolean("onnx", False, "export: also write an .onnx file (tf2onnx, checked with onnxruntime).")
@@ -71,6 +82,18 @@ def _demo(argv):
 
     run_demo(FLAGS.out, epochs=FLAGS.epochs, prune_epochs=FLAGS.prune_epochs,
              target_sparsity=FLAGS.target_sparsity, attacks=FLAGS.attacks or FAST_ATTACKS, seed=FLAGS.seed)
+
+
+@command("compress", "compress with a method's recipe, export int8 .tflite, test safety, write report (--resume)")
+def _compress(argv):
+    from tfsafe.errors import InputError  # noqa: PLC0415
+    from tfsafe.pipeline import compress_model  # noqa: PLC0415
+
+    if not FLAGS.method:
+        raise InputError("--method is required: safecompress, atmc, self_compress, rlnet or baseline.")
+    out = FLAGS.out if FLAGS["out"].present else f"out/{FLAGS.method}"
+    compress_model(FLAGS.method, data=FLAGS.data, model=FLAGS.model, data_dir=FLAGS.data_dir, config=FLAGS.config,
+                   out_dir=out, resume=FLAGS.resume, verbose=FLAGS.verbose)
 
 
 def _load_npz_xy(path, flag):

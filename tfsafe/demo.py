@@ -16,7 +16,7 @@ import numpy as np
 from tfsafe._keras import keras, tfmot
 from tfsafe.data import load_digits, membership_split
 from tfsafe.metrics import model_size
-from tfsafe.models import accuracy, small_cnn
+from tfsafe.models import accuracy, compile_classifier, copy_model, small_cnn
 from tfsafe.report import SafetyReport
 from tfsafe.safety.membership import FAST_ATTACKS, audit_membership
 
@@ -41,19 +41,13 @@ class Progress:
             self._start = None
 
 
-def _compile(model, lr):
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    return model
-
-
 def _prune_tfmot(dense, x, y, target_sparsity, epochs, batch_size):
     steps = epochs * int(np.ceil(len(x) / batch_size))
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0,
         end_step=max(1, int(steps * 0.7)), frequency=max(1, steps // 20))
     pruned = tfmot.sparsity.keras.prune_low_magnitude(dense, pruning_schedule=schedule)
-    _compile(pruned, 1e-3).fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
+    compile_classifier(pruned, 1e-3).fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
                                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
@@ -97,12 +91,12 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
 
     progress(f"training the dense CNN ({epochs} epochs on {len(x_train)} members)")
     keras.utils.set_random_seed(seed)
-    dense = _compile(small_cnn((8, 8, 1), 10), 3e-3)
+    dense = compile_classifier(small_cnn((8, 8, 1), 10), 3e-3)
     dense.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0,
               validation_data=splits.validation)
 
     progress(f"pruning with TF-MOT prune_low_magnitude to {target_sparsity:.0%} ({prune_epochs} epochs)")
-    pruned = _prune_tfmot(dense_copy(dense), x_train, y_train, target_sparsity, prune_epochs, 32)
+    pruned = _prune_tfmot(copy_model(dense), x_train, y_train, target_sparsity, prune_epochs, 32)
 
     progress("converting the pruned model to int8 TFLite and checking parity")
     os.makedirs(out_dir, exist_ok=True)
@@ -140,10 +134,3 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
     log(report.to_markdown())
     log("wrote " + ", ".join(paths))
     return report.to_dict()
-
-
-def dense_copy(model):
-    """A copy of ``model`` with the same weights."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy

@@ -25,7 +25,7 @@ from tfsafe._keras import keras
 __all__ = [
     "WeightStat", "register_weight_stats", "register_relu_counter", "weight_stats", "count_params",
     "count_nonzero", "sparsity", "average_bits", "ideal_bytes", "dense_bytes", "compression_ratio",
-    "relu_count", "model_size",
+    "relu_count", "model_size", "short_name",
 ]
 
 _WEIGHT_STATS = {}
@@ -69,24 +69,25 @@ def _lookup(registry, layer):
     return None
 
 
-def _short_name(variable_name):
-    return variable_name.split("/")[-1].split(":")[0]
+def short_name(variable):
+    """The last part of a variable's name: ``"model/conv1/kernel:0"`` -> ``"kernel"``.
+
+    Args:
+        variable: a variable, or its name.
+    """
+    name = variable if isinstance(variable, str) else variable.name
+    return name.split("/")[-1].split(":")[0]
 
 
 def _plain_stats(layer):
-    return [WeightStat(layer.name, _short_name(w.name), w.numpy()) for w in layer.weights]
+    return [WeightStat(layer.name, short_name(w), w.numpy()) for w in layer.weights]
 
 
 def _prune_low_magnitude_stats(layer):
-    inner = layer.layer
-    masks = {id(weight): mask.numpy() for weight, mask, _ in layer.pruning_vars}
-    stats = []
-    for w in inner.weights:
-        values = w.numpy()
-        if id(w) in masks:
-            values = values * masks[id(w)]
-        stats.append(WeightStat(inner.name, _short_name(w.name), values))
-    return stats
+    from tfsafe.compress.strip import masked_weights  # noqa: PLC0415
+
+    masks = [(weight, mask) for weight, mask, _ in layer.pruning_vars]
+    return [WeightStat(layer.layer.name, short_name(w), value) for w, value, _ in masked_weights(layer.layer, masks)]
 
 
 def _register_builtin():

@@ -11,8 +11,8 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 
-__all__ = ["small_cnn", "lenet", "mlp", "logits_model", "ends_with_softmax",
-           "predict_logits", "predict_proba", "accuracy"]
+__all__ = ["small_cnn", "lenet", "mlp", "logits_model", "ends_with_softmax", "compiled_logits",
+           "predict_logits", "predict_proba", "accuracy", "copy_model", "compile_classifier", "flat_layers"]
 
 
 def small_cnn(input_shape=(8, 8, 1), num_classes=10, filters=(16, 32), dense=64, name="small_cnn"):
@@ -103,27 +103,34 @@ class _WithoutActivation(keras.layers.Layer):
             self.layer.activation = saved
 
 
-def _batched_predict(fn, x, batch_size):
-    outs = [np.asarray(fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs, axis=0)
+_COMPILED_LOGITS = weakref.WeakKeyDictionary()
 
 
-_PREDICT_FNS = weakref.WeakKeyDictionary()
+def compiled_logits(model):
+    """A cached ``tf.function`` computing a Keras model's logits in inference mode.
 
-
-def _predict_fn(model):
-    """One compiled inference function per model (a new tf.function per call would retrace)."""
-    fn = _PREDICT_FNS.get(model)
+    One compiled function per model (a new ``tf.function`` per call would retrace every time).
+    Anything that is not a Keras model (a callable returning logits) is returned as it is.
+    """
+    if not isinstance(model, keras.Model):
+        return model
+    fn = _COMPILED_LOGITS.get(model)
     if fn is None:
         lm = logits_model(model)
         fn = tf.function(lambda t: lm(t, training=False), reduce_retracing=True)
-        _PREDICT_FNS[model] = fn
+        _COMPILED_LOGITS[model] = fn
     return fn
 
 
 def predict_logits(model, x, batch_size=512):
-    """Logits of ``model`` on ``x`` (inference mode), as a float32 numpy array."""
-    return _batched_predict(_predict_fn(model), np.asarray(x, np.float32), batch_size).astype(np.float32)
+    """Logits of ``model`` (a Keras model or a callable returning logits) on ``x``, as float32 numpy.
+
+    Keras models run in inference mode through :func:`compiled_logits`.
+    """
+    fn = compiled_logits(model)
+    x = np.asarray(x, np.float32)
+    outs = [np.asarray(fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs, axis=0).astype(np.float32)
 
 
 def predict_proba(model, x, batch_size=512):
@@ -136,3 +143,40 @@ def accuracy(model, x, y, batch_size=512):
     """Top-1 accuracy of ``model`` on ``(x, y)`` with integer labels."""
     logits = predict_logits(model, x, batch_size)
     return float(np.mean(logits.argmax(axis=1) == np.asarray(y).reshape(-1)))
+
+
+def copy_model(model):
+    """A clone of ``model`` (same architecture, new variables) holding the same weights.
+
+    Example:
+        >>> original = small_cnn()
+        >>> copy = copy_model(original)
+        >>> copy is not original and all((a == b).all() for a, b in zip(copy.get_weights(), original.get_weights()))
+        True
+    """
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def compile_classifier(model, learning_rate=1e-3):
+    """Compile ``model`` for plain training: Adam, cross-entropy (on logits, or on the
+    probabilities of a model that ends with a softmax) and accuracy.
+
+    Example:
+        >>> compile_classifier(small_cnn()).optimizer.__class__.__name__
+        'Adam'
+    """
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_with_softmax(model)),
+                  metrics=["accuracy"])
+    return model
+
+
+def flat_layers(model):
+    """The layers of ``model`` in order, with nested models expanded into their own layers."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from flat_layers(layer)
+        else:
+            yield layer

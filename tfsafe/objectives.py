@@ -8,7 +8,8 @@ from tfsafe._keras import keras, tf
 __all__ = ["entropy", "softmax_cross_entropy", "admm_penalty",
            "distillation_loss", "attention_map", "attention_transfer_loss",
            "entropy_regularized_loss", "EntropyRegularizedLoss", "membership_attack_loss",
-           "adversarial_regularization", "size_penalty", "safety_loss"]
+           "adversarial_regularization", "size_penalty", "safety_loss", "weighted_mean",
+           "weighted_softmax_cross_entropy"]
 
 
 def softmax_cross_entropy(y_true, logits):
@@ -196,3 +197,27 @@ def safety_loss(y_safe, logits_safe):
     what it is used for.
     """
     return softmax_cross_entropy(y_safe, logits_safe)
+
+
+def weighted_mean(values, sample_weight=None):
+    """``sum(w * v) / sum(w)`` over a batch of per-example ``values`` (the plain mean without weights).
+
+    Example:
+        >>> float(weighted_mean(tf.constant([1.0, 3.0]), tf.constant([1.0, 0.0])))
+        1.0
+    """
+    values = tf.reshape(values, [-1])
+    if sample_weight is None:
+        return tf.reduce_mean(values)
+    weight = tf.cast(tf.reshape(sample_weight, [-1]), values.dtype)
+    return tf.reduce_sum(weight * values) / tf.reduce_sum(weight)
+
+
+def weighted_softmax_cross_entropy(y_true, logits, sample_weight=None):
+    """Softmax cross-entropy of integer labels against logits, averaged with Keras sample weights.
+
+    What the adversarial training steps (:class:`~tfsafe.safety.adversarial.AdversarialModel`,
+    :class:`~tfsafe.methods.atmc.ATMCModel`) use for their clean and adversarial terms.
+    """
+    labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+    return weighted_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits), sample_weight)

@@ -28,6 +28,12 @@ def _png(fig):
     return buf.getvalue()
 
 
+def _named(models, read):
+    """``[(model name, read(entry))]`` for the entries where ``read`` finds data."""
+    rows = [(m["name"], read(m)) for m in models]
+    return [(name, value) for name, value in rows if value]
+
+
 def _worst_curve(entry):
     attacks = (entry.get("membership") or {}).get("attacks") or []
     curves = [a for a in attacks if a.get("fpr") and a.get("tpr")]
@@ -36,8 +42,7 @@ def _worst_curve(entry):
 
 def membership_roc(models):
     """ROC of each model's strongest membership attack, on log axes (where low FPR matters)."""
-    rows = [(m["name"], _worst_curve(m)) for m in models]
-    rows = [(name, c) for name, c in rows if c is not None]
+    rows = _named(models, _worst_curve)
     if not rows:
         return None
     plt = _pyplot()
@@ -75,8 +80,7 @@ def privacy_roc(entry):
 
 def robustness_curve(models):
     """PGD accuracy against the attack radius eps, one line per model."""
-    rows = [(m["name"], (m.get("robustness") or {}).get("pgd")) for m in models]
-    rows = [(name, pgd) for name, pgd in rows if pgd]
+    rows = _named(models, lambda m: (m.get("robustness") or {}).get("pgd"))
     if not rows:
         return None
     plt = _pyplot()
@@ -95,8 +99,7 @@ def robustness_curve(models):
 
 def corruption_heatmap(models):
     """Accuracy per corruption (rows) and severity (columns), one panel per model."""
-    rows = [(m["name"], (m.get("corruptions") or {}).get("table")) for m in models]
-    rows = [(name, t) for name, t in rows if t]
+    rows = _named(models, lambda m: (m.get("corruptions") or {}).get("table"))
     if not rows:
         return None
     plt = _pyplot()

@@ -4,25 +4,34 @@ import numpy as np
 
 from tfsafe.errors import InputError, UnsupportedModelError
 
-__all__ = ["check_features", "check_labels", "check_xy", "check_model", "check_fraction"]
+__all__ = ["check_features", "check_labels", "check_xy", "check_model", "check_fraction", "model_input_shape",
+           "model_num_classes"]
 
 
-def check_features(x, name="x", expected_shape=None):
-    """Return ``x`` as a float32 array after checking it is finite and of the right shape.
+def check_features(x, name="x", expected_shape=None, dtype=np.float32):
+    """Return ``x`` as an array after checking it is numeric, finite and of the right shape.
 
     Args:
         x: Array-like of inputs.
         name: Name used in error messages.
         expected_shape: Per-example shape (without the batch axis) the model expects; ``None``
             entries match any size.
+        dtype: The dtype to return (default float32); ``None`` keeps the numeric dtype of ``x``
+            (e.g. int8 inputs already quantized for a ``.tflite`` file).
+
+    Example:
+        >>> check_features([[0.0, 1.0]], expected_shape=(2,)).dtype
+        dtype('float32')
     """
     try:
-        arr = np.asarray(x, dtype=np.float32)
+        arr = np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as err:
         raise InputError(f"{name} must be a numeric array: {err}") from err
+    if arr.dtype == object or arr.dtype.kind not in "fiub":
+        raise InputError(f"{name} must be a numeric array, got dtype {arr.dtype}.")
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise InputError(f"{name} is empty (shape {arr.shape}); pass at least one example.")
-    if not np.all(np.isfinite(arr)):
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise InputError(f"{name} contains {bad} NaN or infinite values; clean or impute them.")
     if expected_shape is not None:
@@ -30,7 +39,7 @@ def check_features(x, name="x", expected_shape=None):
         got = arr.shape[1:]
         if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
             raise InputError(
-                f"{name} has per-example shape {got}, but the model expects {expected}. "
+                f"{name} has per-example shape {got}, but the model expects (batch,) + {expected}. "
                 "Reshape the data (e.g. add a channel axis with x[..., None])."
             )
     return arr

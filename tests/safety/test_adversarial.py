@@ -107,7 +107,7 @@ def test_transfer_attack_on_int8_tflite(trained_cnn, test_set, tmp_path, digits)
     x, y = test_set
     path = int8_tflite(trained_cnn, digits[0][0], tmp_path / "cnn_int8.tflite")
     target = TFLiteModel(path)
-    assert target._input["dtype"] == np.int8 and target._output["dtype"] == np.int8
+    assert target.input_details["dtype"] == np.int8 and target.output_details["dtype"] == np.int8
     keras_pred = trained_cnn.predict(x, verbose=0).argmax(1)
     assert np.mean(target.predict(x).argmax(1) == keras_pred) > 0.95
     result = transfer_attack(trained_cnn, path, x, y, 0.2)

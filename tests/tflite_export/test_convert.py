@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import clone
+from conftest import clone, compile_classifier
 
 from tflite_export import ParityError, TFLiteModel, to_tflite
 from tflite_export.flatbuffer import float_ops, list_ops
@@ -119,6 +119,16 @@ def test_int8_sparse_encoding_forced(pruned_cnn, digits, tmp_path):
     out = TFLiteModel(r.path, use_xnnpack=s["runs_with_xnnpack"]).predict(xt)
     agreement = np.mean(out.argmax(1) == pruned_cnn.predict(xt, verbose=0).argmax(1))
     assert agreement >= 0.97
+
+
+def test_tfmot_qat_model_converts_from_its_fake_quant_graph(trained_cnn, digits, tmp_path):
+    # TF-MOT's QAT wrappers go through the converter as they are (strip() copies them).
+    (x, y), (xt, yt) = digits
+    qat = compile_classifier(tfmot.quantization.keras.quantize_model(clone(trained_cnn)), 1e-4)
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0)  # sets the fake-quant ranges
+    r = to_tflite(qat, tmp_path / "qat_int8.tflite", "int8", x, verify=(xt, yt), min_agreement=0.9)
+    assert r.input["dtype"] == "int8" and not float_ops(open(r.path, "rb").read())
+    assert r.parity.exported_accuracy > 0.85
 
 
 def test_not_a_model_or_unstrippable_wrapper(tmp_path):

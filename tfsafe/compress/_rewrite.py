@@ -1,6 +1,10 @@
-"""Config-level model surgery: replace one layer by a chain of layers, keep all other weights.
+"""Model surgery shared by the compression modules.
 
-``keras.models.clone_model`` maps each layer to exactly one new layer. Linearization needs more:
+:func:`clone_with_weights` maps every layer to one new layer with given weights, through
+``keras.models.clone_model`` (what ``strip()``, ``factorize()``, ``low_rank()`` and channel
+removal do).
+
+Cloning maps each layer to exactly one new layer. Linearization needs more:
 a ``Conv2D(activation="relu")`` becomes the convolution plus a separate mask layer (and maybe a
 batch norm in between). :func:`rebuild` edits the model config instead: the first layer of a chain
 takes the replaced layer's inputs, downstream references are redirected to the last layer of the
@@ -13,7 +17,45 @@ import copy
 from tfsafe._keras import keras
 from tfsafe.errors import UnsupportedModelError
 
-__all__ = ["rebuild", "copy_layer_weights", "layer_entry"]
+__all__ = ["clone_with_weights", "rebuild", "copy_layer_weights", "layer_entry"]
+
+
+def clone_with_weights(model, clone_fn, what="clone"):
+    """``keras.models.clone_model`` where each layer may come back replaced, with its weights.
+
+    Args:
+        model: a Sequential or Functional ``tf_keras`` model (not modified).
+        clone_fn: ``fn(layer) -> (new_unbuilt_layer, weights)``, or ``None`` to copy the layer
+            as it is (same config, same weights).
+        what: the public function doing the cloning, for error messages.
+
+    Returns:
+        The new model, each layer holding the weights ``clone_fn`` gave it.
+
+    Raises:
+        UnsupportedModelError: the model cannot be cloned (e.g. a subclassed model).
+    """
+    pending = {}
+
+    def clone_layer(layer):
+        result = clone_fn(layer)
+        if result is None:
+            result = layer.__class__.from_config(layer.get_config()), layer.get_weights()
+        new_layer, weights = result
+        pending[new_layer.name] = weights
+        return new_layer
+
+    try:
+        new_model = keras.models.clone_model(model, clone_function=clone_layer)
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise UnsupportedModelError(
+            f"{what}() could not rebuild '{model.name}' ({err}). Only Sequential and Functional models "
+            "can be rebuilt: express a subclassed model as one of them."
+        ) from err
+    for layer in new_model.layers:
+        if pending.get(layer.name):
+            layer.set_weights(pending[layer.name])
+    return new_model
 
 
 def layer_entry(layer_or_class, config, weights=None):

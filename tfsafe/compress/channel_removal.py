@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from tfsafe._keras import keras, tf
+from tfsafe.compress._rewrite import clone_with_weights
 
 __all__ = ["RemovalPlan", "removal_plan", "remove_channels"]
 
@@ -242,7 +243,6 @@ def remove_channels(stripped, original):
     plan = removal_plan(original)
     if not plan.input_keep and not any((~k).any() for k in plan.output_keep.values()):
         return stripped
-    new_weights = {}
 
     def rebuild(layer):
         config = layer.get_config()
@@ -271,12 +271,6 @@ def remove_channels(stripped, original):
             weights = [kernel, bias] if config.get("use_bias", True) else [kernel]
         elif isinstance(layer, keras.layers.BatchNormalization) and in_keep is not None:
             weights = [w[in_keep] for w in weights]
-        new_layer = layer.__class__.from_config(config)
-        new_weights[new_layer.name] = weights
-        return new_layer
+        return layer.__class__.from_config(config), weights
 
-    smaller = keras.models.clone_model(stripped, clone_function=rebuild)
-    for layer in smaller.layers:
-        if new_weights.get(layer.name):
-            layer.set_weights(new_weights[layer.name])
-    return smaller
+    return clone_with_weights(stripped, rebuild, "strip")

@@ -16,7 +16,7 @@ from tfsafe._keras import keras, tf
 from tfsafe.compress._rewrite import layer_entry, rebuild
 from tfsafe.compress.strip import register_stripper
 from tfsafe.errors import InputError, UnsupportedModelError
-from tfsafe.metrics import WeightStat, register_weight_stats
+from tfsafe.metrics import WeightStat, register_weight_stats, short_name
 
 __all__ = ["DualBatchNormalization", "BN_PATHS", "set_bn_route", "bn_route", "dual_bn_layers",
            "dual_batchnorm", "with_inference_path"]
@@ -203,7 +203,7 @@ def _strip_dual_bn(layer):
 def _dual_bn_weight_stats(layer):
     """Only the deployed path's weights count; the other path and the route are training state."""
     bn = layer.path(layer.inference_path)
-    return [WeightStat(layer.name, f"{layer.inference_path}/{w.name.split('/')[-1].split(':')[0]}", w.numpy())
+    return [WeightStat(layer.name, f"{layer.inference_path}/{short_name(w)}", w.numpy())
             for w in bn.weights]
 
 

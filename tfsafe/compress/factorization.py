@@ -27,8 +27,10 @@ import contextlib
 import numpy as np
 
 from tfsafe._keras import keras, tf
+from tfsafe.compress._rewrite import clone_with_weights
 from tfsafe.compress.strip import register_stripper
 from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.metrics import WeightStat, register_weight_stats
 
 __all__ = [
     "FactorizedDense", "FactorizedConv2D", "LowRankDense", "LowRankConv2D",
@@ -403,32 +405,6 @@ def _select(model, layers, what):
     return model, chosen
 
 
-def _rebuild(model, replace, what):
-    """Clone ``model`` with ``replace(layer) -> (new_layer, weights) or None`` per layer."""
-    pending = {}
-
-    def clone_layer(layer):
-        result = replace(layer)
-        if result is None:
-            new_layer = layer.__class__.from_config(layer.get_config())
-            weights = layer.get_weights()
-        else:
-            new_layer, weights = result
-        pending[new_layer.name] = weights
-        return new_layer
-
-    try:
-        new_model = keras.models.clone_model(model, clone_function=clone_layer)
-    except (TypeError, ValueError, NotImplementedError) as err:
-        raise UnsupportedModelError(
-            f"{what}() could not rebuild model '{model.name}' ({err}); subclassed models cannot be "
-            "cloned: express the model as Sequential or Functional.") from err
-    for layer in new_model.layers:
-        if pending.get(layer.name):
-            layer.set_weights(pending[layer.name])
-    return new_model
-
-
 def _layer_matrix(layer):
     kernel = layer.kernel.numpy()
     return kernel.reshape(-1, kernel.shape[-1]).T
@@ -485,7 +461,7 @@ def factorize(model, layers=None, bits=32):
         weights = [matrix, np.zeros((out, out), np.float32), np.zeros_like(matrix)] + layer.get_weights()[1:]
         return cls(bits=bits, **geometry), weights
 
-    return _rebuild(model, replace, "factorize")
+    return clone_with_weights(model, replace, "factorize")
 
 
 def low_rank(model, ranks, layers=None):
@@ -528,7 +504,7 @@ def low_rank(model, ranks, layers=None):
         weights = [(u[:, :rank] * root).astype(np.float32), (root[:, None] * vt[:rank]).astype(np.float32)]
         return cls(rank=rank, **geometry), weights + layer.get_weights()[1:]
 
-    return _rebuild(model, replace, "low_rank")
+    return clone_with_weights(model, replace, "low_rank")
 
 
 def low_rank_ranks_for_budget(model, budget, layers=None):
@@ -616,8 +592,6 @@ def factor_bits(values, bits):
 
 
 def _weight_stats(layer):
-    from tfsafe.metrics import WeightStat  # noqa: PLC0415
-
     def encode(named_values):
         stats, total = [], 0.0
         for name, values in named_values:
@@ -640,12 +614,4 @@ def _weight_stats(layer):
     return stats
 
 
-def _register_weight_stats():
-    try:
-        from tfsafe.metrics import register_weight_stats  # noqa: PLC0415
-    except ImportError:  # the metrics module is optional for this module
-        return
-    register_weight_stats(_MatrixLayer, _weight_stats)
-
-
-_register_weight_stats()
+register_weight_stats(_MatrixLayer, _weight_stats)

@@ -19,8 +19,9 @@ import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
 
 from tfsafe._keras import keras, tf
-from tfsafe.compress.strip import register_stripper
+from tfsafe.compress.strip import masked_weights, register_stripper
 from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.metrics import WeightStat, register_weight_stats, short_name
 from tfsafe.validation import check_fraction, check_model
 
 __all__ = ["PrunableSafe", "prune_safe", "is_prunable", "prunable_wrappers", "layer_densities",
@@ -72,10 +73,6 @@ def _swapped(targets, values):
     finally:
         for owner, attr, old in reversed(saved):
             object.__setattr__(owner, attr, old)
-
-
-def _short_name(variable):
-    return variable.name.split("/")[-1].split(":")[0]
 
 
 def _keep_count(size, sparsity):
@@ -141,7 +138,7 @@ class PrunableSafe(keras.layers.Wrapper):
         masks = []
         for weight in self.pruned_weights:
             masks.append(self.add_weight(
-                name=f"{_short_name(weight)}_mask", shape=weight.shape, dtype=weight.dtype,
+                name=f"{short_name(weight)}_mask", shape=weight.shape, dtype=weight.dtype,
                 initializer="ones", trainable=False,
             ))
         self._set_untracked("masks", masks)
@@ -220,41 +217,24 @@ class PrunableSafe(keras.layers.Wrapper):
         return config
 
 
+def _masked(layer):
+    return masked_weights(layer.layer, list(zip(layer.pruned_weights, layer.masks)))
+
+
 def _strip_prunable_safe(layer):
     inner = layer.layer
-    masks = {id(w): m.numpy() for w, m in zip(layer.pruned_weights, layer.masks)}
-    weights = []
-    for w in inner.weights:
-        value = w.numpy()
-        weights.append(value * masks[id(w)].astype(value.dtype) if id(w) in masks else value)
-    return inner.__class__.from_config(inner.get_config()), weights
+    return inner.__class__.from_config(inner.get_config()), [value for _, value, _ in _masked(layer)]
 
 
 register_stripper(PrunableSafe, _strip_prunable_safe)
 
 
 def _prunable_safe_stats(layer):
-    from tfsafe.metrics import WeightStat  # noqa: PLC0415
-
-    inner = layer.layer
-    masks = {id(w): m.numpy() for w, m in zip(layer.pruned_weights, layer.masks)}
-    stats = []
-    for w in inner.weights:
-        values = w.numpy()
-        if id(w) in masks:
-            stats.append(WeightStat(inner.name, _short_name(w), shape=values.shape, params=values.size,
-                                    nonzeros=int(np.count_nonzero(values * masks[id(w)])), kind="kernel"))
-        else:
-            stats.append(WeightStat(inner.name, _short_name(w), values))
-    return stats
+    return [WeightStat(layer.layer.name, short_name(w), value, kind="kernel" if pruned else None)
+            for w, value, pruned in _masked(layer)]
 
 
-try:
-    from tfsafe.metrics import register_weight_stats
-except ImportError:  # metrics is optional for pruning itself
-    register_weight_stats = None
-if register_weight_stats is not None:
-    register_weight_stats(PrunableSafe, _prunable_safe_stats)
+register_weight_stats(PrunableSafe, _prunable_safe_stats)
 
 
 def prunable_wrappers(model):

@@ -35,7 +35,9 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 )
 
 from tfsafe._keras import keras, tf, tfmot
+from tfsafe.compress._rewrite import clone_with_weights
 from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.metrics import WeightStat, register_weight_stats, short_name
 
 __all__ = [
     "LearnableBitQuant", "ChannelGate", "BitRange", "LearnableBitQuantizeConfig", "WeightOnlyScheme",
@@ -600,35 +602,19 @@ def bake_weights(model):
     Like :func:`tfsafe.compress.strip.strip` without the channel removal pass: the same
     function and the same shapes, for comparing a stripped model with its unstripped twin.
     """
-    weights = {}
-
-    def clone(layer):
-        if is_learnable_layer(layer):
-            new_layer, values = _strip_wrapper(layer)
-        else:
-            new_layer, values = layer.__class__.from_config(layer.get_config()), layer.get_weights()
-        weights[new_layer.name] = values
-        return new_layer
-
-    baked = keras.models.clone_model(model, clone_function=clone)
-    for layer in baked.layers:
-        if weights.get(layer.name):
-            layer.set_weights(weights[layer.name])
-    return baked
+    return clone_with_weights(model, lambda layer: _strip_wrapper(layer) if is_learnable_layer(layer) else None,
+                              "bake_weights")
 
 
 def _wrapper_stats(layer):
     """Weight statistics of a TF-MOT quantize wrapper as deployed (see tfsafe.metrics)."""
-    from tfsafe.metrics import WeightStat  # noqa: PLC0415
-
     inner = layer.layer
-    short = lambda w: w.name.split("/")[-1].split(":")[0]  # noqa: E731
     if not is_learnable_layer(layer):
         # TF-MOT's own schemes: quantized weights at the quantizer's bit width, ranges as codebooks.
         quantized = {id(w): getattr(q, "num_bits", 32) for w, q, _ in layer._weight_vars}
         stats = []
         for w in layer.weights:
-            name = short(w)
+            name = short_name(w)
             if id(w) in quantized:
                 stats.append(WeightStat(inner.name, name, w.numpy(), bits=quantized[id(w)]))
             elif name == "optimizer_step" or not w.dtype.is_floating:
@@ -643,7 +629,7 @@ def _wrapper_stats(layer):
     per_channel = kernel.reshape(-1, b.size)
     nonzeros = np.count_nonzero(per_channel, axis=0)
     bits = float((nonzeros * b).sum() / nonzeros.sum()) if nonzeros.sum() else 0.0
-    stats = [WeightStat(inner.name, short(_kernel(layer)), kernel, bits=bits, kind="kernel")]
+    stats = [WeightStat(inner.name, short_name(_kernel(layer)), kernel, bits=bits, kind="kernel")]
     bias = quantized_bias(layer)
     if bias is not None:
         stats.append(WeightStat(inner.name, "bias", bias, kind="other"))
@@ -658,10 +644,6 @@ def _register():
 
     register_stripper(QuantizeWrapper, _strip_wrapper)
     register_model_pass(remove_channels)
-    try:
-        from tfsafe.metrics import register_weight_stats  # noqa: PLC0415
-    except ImportError:  # metrics is optional for the quantizer itself
-        return
     register_weight_stats(QuantizeWrapper, _wrapper_stats)
 
 

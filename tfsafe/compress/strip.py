@@ -13,12 +13,15 @@ and run after the layer-wise strip.
 TF-MOT's ``PruneLowMagnitude`` wrapper is handled out of the box, like ``strip_pruning``.
 """
 
+import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
-from tfsafe._keras import keras
+from tfsafe._keras import keras, tfmot
+from tfsafe.compress._rewrite import clone_with_weights
 from tfsafe.errors import UnsupportedModelError
+from tfsafe.models import flat_layers
 
-__all__ = ["strip", "register_stripper", "register_model_pass", "is_wrapped"]
+__all__ = ["strip", "register_stripper", "register_model_pass", "is_wrapped", "masked_weights"]
 
 _STRIPPERS = {}
 _MODEL_PASSES = []
@@ -44,32 +47,40 @@ def _stripper_for(layer):
 
 def is_wrapped(model):
     """True when any layer of ``model`` needs stripping before export."""
-    return any(_stripper_for(layer) is not None for layer in _all_layers(model))
+    return any(_stripper_for(layer) is not None for layer in flat_layers(model))
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
+def masked_weights(layer, masks):
+    """Every weight of ``layer`` with its pruning mask multiplied in.
+
+    Shared by the strippers and the size statistics of pruning wrappers (TF-MOT's
+    ``PruneLowMagnitude`` and :class:`~tfsafe.compress.pruning.PrunableSafe`).
+
+    Args:
+        layer: the wrapped (inner) layer.
+        masks: ``[(weight variable, mask variable), ...]`` for the pruned weights.
+
+    Returns:
+        ``[(variable, masked numpy value, is_pruned), ...]`` in ``layer.weights`` order.
+    """
+    by_id = {id(weight): mask for weight, mask in masks}
+    out = []
+    for weight in layer.weights:
+        value = weight.numpy()
+        mask = by_id.get(id(weight))
+        if mask is not None:
+            value = value * np.asarray(mask.numpy(), value.dtype)
+        out.append((weight, value, mask is not None))
+    return out
 
 
 def _strip_prune_low_magnitude(layer):
-    import numpy as np  # noqa: PLC0415
-
     inner = layer.layer
-    weights = [w.numpy() for w in inner.weights]
-    for weight, mask, _ in layer.pruning_vars:
-        for i, w in enumerate(inner.weights):
-            if w is weight:
-                weights[i] = weights[i] * np.asarray(mask.numpy(), weights[i].dtype)
+    weights = [value for _, value, _ in masked_weights(inner, [(w, m) for w, m, _ in layer.pruning_vars])]
     return inner.__class__.from_config(inner.get_config()), weights
 
 
-register_stripper(
-    PruneLowMagnitude, _strip_prune_low_magnitude
-)
+register_stripper(PruneLowMagnitude, _strip_prune_low_magnitude)
 
 
 def strip(model):
@@ -93,29 +104,13 @@ def strip(model):
     """
     if not isinstance(model, keras.Model):
         raise UnsupportedModelError(f"strip() needs a tf_keras model, got {type(model).__name__}.")
-    pending = {}
 
     def clone_layer(layer):
         stripper = _stripper_for(layer)
-        if stripper is None:
-            new_layer = layer.__class__.from_config(layer.get_config())
-            weights = [w.numpy() for w in layer.weights]
-        else:
-            new_layer, weights = stripper(layer)
-        pending[new_layer.name] = weights
-        return new_layer
+        return None if stripper is None else stripper(layer)
 
-    try:
-        stripped = keras.models.clone_model(model, clone_function=clone_layer)
-    except (TypeError, ValueError) as err:
-        raise UnsupportedModelError(
-            f"strip() could not rebuild '{model.name}': {err}. Subclassed models must be "
-            "stripped layer by layer."
-        ) from err
-    for layer in stripped.layers:
-        weights = pending.get(layer.name)
-        if weights:
-            layer.set_weights(weights)
+    with tfmot.quantization.keras.quantize_scope():  # TF-MOT layers left as they are (QAT) deserialize
+        stripped = clone_with_weights(model, clone_layer, "strip")
     for model_pass in _MODEL_PASSES:
         stripped = model_pass(stripped, model)
     return stripped

@@ -28,8 +28,7 @@ import numpy as np
 from tfsafe._keras import keras, tf
 from tfsafe.compress.factorization import check_bits, factorize, frozen_kernels, matrix_layers
 from tfsafe.errors import InputError, UnsupportedModelError
-from tfsafe.models import ends_with_softmax, logits_model
-from tfsafe.objectives import admm_penalty
+from tfsafe.objectives import admm_penalty, weighted_softmax_cross_entropy
 from tfsafe.safety.adversarial import AdversarialModel, EpsilonRamp, adversarial_accuracy, pgd_perturb
 
 __all__ = [
@@ -321,15 +320,13 @@ class ATMCModel(AdversarialModel):
         self.Z = [tf.Variable(v, trainable=False, name=f"Z_{i}") for i, v in enumerate(quantized)]
         self.U = [tf.Variable(tf.zeros_like(v), trainable=False, name=f"U_{i}") for i, v in enumerate(quantized)]
         self.codebooks = [None] * len(self.variables_)
-        self._net = logits_model(model)
-        self._outputs_softmax = ends_with_softmax(model)
-        self._tracked = {name: keras.metrics.Mean(name=name)
-                         for name in ("loss", "clean_loss", "adv_loss", "admm_penalty")}
-        self._adv_acc = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
+        # The logits view, softmax flag, loss trackers and adversarial accuracy come from
+        # AdversarialModel (its test_step is used as is); ATMC adds the ADMM penalty.
+        self._trackers["admm_penalty"] = keras.metrics.Mean(name="admm_penalty")
 
     @property
     def metrics(self):
-        return list(self._tracked.values()) + [self._adv_acc] + self.compiled_metrics.metrics
+        return list(self._trackers.values()) + [self._adv_accuracy] + self.compiled_metrics.metrics
 
     # -- projection ---------------------------------------------------------------------------
 
@@ -432,20 +429,18 @@ class ATMCModel(AdversarialModel):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        weight = tf.ones_like(y, tf.float32) if sample_weight is None else tf.cast(
-            tf.reshape(sample_weight, [-1]), tf.float32)
         adversarial = self.adv_weight > 0
         if adversarial:
             step = self.step_size if self.step_size is not None else 1.25 * self.current_eps / self.steps
             with frozen_kernels(self.model):
-                x_adv = tf.stop_gradient(pgd_perturb(self._net, x, y, self.current_eps, self.steps, step,
+                x_adv = tf.stop_gradient(pgd_perturb(self._logits, x, y, self.current_eps, self.steps, step,
                                                      clip=self.clip))
         with tf.GradientTape() as tape:
-            clean_logits = self._net(x, training=True)
-            clean_loss = _weighted_ce(y, clean_logits, weight)
+            clean_logits = self._logits(x, training=True)
+            clean_loss = weighted_softmax_cross_entropy(y, clean_logits, sample_weight)
             if adversarial:
-                adv_logits = self._net(x_adv, training=True)
-                adv_loss = _weighted_ce(y, adv_logits, weight)
+                adv_logits = self._logits(x_adv, training=True)
+                adv_loss = weighted_softmax_cross_entropy(y, adv_logits, sample_weight)
             else:
                 adv_logits, adv_loss = clean_logits, clean_loss
             penalty = self.penalty()
@@ -457,20 +452,11 @@ class ATMCModel(AdversarialModel):
         self.project()
         for name, value in (("loss", loss), ("clean_loss", clean_loss), ("adv_loss", adv_loss),
                             ("admm_penalty", penalty)):
-            self._tracked[name].update_state(value)
-        self._adv_acc.update_state(y, adv_logits, sample_weight)
-        self.compiled_metrics.update_state(y, tf.nn.softmax(clean_logits) if self._outputs_softmax else clean_logits,
+            self._trackers[name].update_state(value)
+        self._adv_accuracy.update_state(y, adv_logits, sample_weight)
+        self.compiled_metrics.update_state(y, tf.nn.softmax(clean_logits) if self._softmax_out else clean_logits,
                                            sample_weight)
         return {m.name: m.result() for m in self.metrics}
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        logits = self._net(x, training=False)
-        self._tracked["clean_loss"].update_state(tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)))
-        self.compiled_metrics.update_state(y, tf.nn.softmax(logits) if self._outputs_softmax else logits, sample_weight)
-        return {m.name: m.result() for m in [self._tracked["clean_loss"]] + self.compiled_metrics.metrics}
 
     def get_config(self):
         config = super().get_config()
@@ -479,11 +465,6 @@ class ATMCModel(AdversarialModel):
         for key in ("loss", "norm", "trades_beta"):
             config.pop(key, None)
         return config
-
-
-def _weighted_ce(y, logits, weight):
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-    return tf.reduce_sum(weight * per_example) / tf.reduce_sum(weight)
 
 
 def _check_budget(budget):

@@ -14,18 +14,11 @@ Example:
     >>> ap = adversarial_pruning(da.model, x, y, budget=20000, eps=0.3, epochs=2)  # doctest: +SKIP
 """
 
-from tfsafe._keras import keras
 from tfsafe.compress.factorization import low_rank, low_rank_ranks_for_budget
 from tfsafe.methods.atmc import atmc_compress
+from tfsafe.models import copy_model
 
 __all__ = ["dense_training", "nap", "adversarial_pruning", "adversarial_low_rank", "atmc", "copy_model"]
-
-
-def copy_model(model):
-    """A clone of ``model`` with the same weights."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def dense_training(model, x, y, eps=0.3, adversarial=True, **kwargs):

@@ -32,7 +32,7 @@ from tfsafe.compress.linearization import (
     search_relu_mask,
 )
 from tfsafe.errors import InputError, UnsupportedModelError
-from tfsafe.models import logits_model
+from tfsafe.models import copy_model, logits_model
 from tfsafe.objectives import attention_transfer_loss, distillation_loss, softmax_cross_entropy
 from tfsafe.safety.adversarial import pgd_perturb
 from tfsafe.validation import check_model, check_xy
@@ -272,12 +272,6 @@ class EpsRamp(keras.callbacks.Callback):
         self.loss_fn.eps_var.assign(self.loss_fn.eps)
 
 
-def _copy(model):
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def _fit(model, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose,
          ramp_epochs=0.0):
     trainer = RLNetTrainer(model, loss_fn)
@@ -315,7 +309,7 @@ def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning
     """
     model = check_model(model)
     x, y = check_xy(model, x, y)
-    teacher = _copy(model) if dual_bn_layers(model) else dual_batchnorm(model, inference_path=inference_path)
+    teacher = copy_model(model) if dual_bn_layers(model) else dual_batchnorm(model, inference_path=inference_path)
     loss_fn = RobustLoss(eps, pgd_steps, adv_weight=adv_weight, augment=augment)
     _fit(teacher, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose, ramp_epochs)
     return teacher

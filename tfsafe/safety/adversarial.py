@@ -28,7 +28,7 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError, UnsupportedModelError
-from tfsafe.models import logits_model
+from tfsafe.models import compiled_logits, logits_model
 from tfsafe.safety._hooks import patched_calls
 from tfsafe.validation import check_features, check_labels, model_input_shape, model_num_classes
 
@@ -345,8 +345,6 @@ def _validated(model, x, y, targeted):
 
 
 def _margins_numpy(model, x, y, targeted, batch_size, training=False):
-    from tfsafe.safety.tflite_model import compiled_logits  # noqa: PLC0415
-
     fn = compiled_logits(model) if not training else _logits_fn(model, True, None)
     out = []
     for i in range(0, len(x), batch_size):
@@ -481,7 +479,7 @@ def transfer_attack(source, target, x, y, eps, attack="pgd", steps=20, restarts=
 
     Args:
         source: Differentiable Keras model (or callable returning logits) to craft on.
-        target: Keras model, ``.tflite`` path or :class:`tfsafe.safety.tflite_model.TFLiteModel`.
+        target: Keras model, ``.tflite`` path or :class:`tflite_export.runtime.TFLiteModel`.
         x, y: Inputs and integer labels.
         eps: Attack radius.
         attack, steps, restarts, **kwargs: As in :func:`adversarial_accuracy`.

@@ -12,6 +12,7 @@ import warnings
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
 from tfsafe.models import ends_with_softmax, logits_model
+from tfsafe.objectives import softmax_cross_entropy, weighted_mean, weighted_softmax_cross_entropy
 
 __all__ = ["AdversarialModel", "EpsilonRamp"]
 
@@ -104,14 +105,9 @@ class AdversarialModel(keras.Model):
         delta = tf.clip_by_value(x_adv - x, -self.current_eps, self.current_eps) if self.norm == "linf" else x_adv - x
         return x + delta if self.clip is None else tf.clip_by_value(x + delta, *self.clip)
 
-    def _per_example_ce(self, y, logits):
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        weight = tf.ones_like(y, tf.float32) if sample_weight is None else tf.cast(tf.reshape(sample_weight, [-1]),
-                                                                                    tf.float32)
         x_adv = tf.stop_gradient(self._craft(x, y))
         pure_adversarial = self.loss_type == "madry" and self.adv_weight == 1.0
         if pure_adversarial:  # the clean pass only feeds the metrics: keep it off the tape
@@ -120,14 +116,14 @@ class AdversarialModel(keras.Model):
             if not pure_adversarial:
                 clean_logits = self._logits(x, training=True)
             adv_logits = self._logits(x_adv, training=True)
-            clean_loss = tf.reduce_sum(weight * self._per_example_ce(y, clean_logits)) / tf.reduce_sum(weight)
+            clean_loss = weighted_softmax_cross_entropy(y, clean_logits, sample_weight)
             if self.loss_type == "madry":
-                adv_loss = tf.reduce_sum(weight * self._per_example_ce(y, adv_logits)) / tf.reduce_sum(weight)
+                adv_loss = weighted_softmax_cross_entropy(y, adv_logits, sample_weight)
                 loss = (1.0 - self.adv_weight) * clean_loss + self.adv_weight * adv_loss
             else:
                 p = tf.nn.softmax(clean_logits)
                 kl = tf.reduce_sum(p * (tf.nn.log_softmax(clean_logits) - tf.nn.log_softmax(adv_logits)), -1)
-                adv_loss = tf.reduce_sum(weight * kl) / tf.reduce_sum(weight)
+                adv_loss = weighted_mean(kl, sample_weight)
                 loss = clean_loss + self.trades_beta * adv_loss
             if self.model.losses:
                 loss += tf.add_n(self.model.losses)
@@ -146,7 +142,7 @@ class AdversarialModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         logits = self._logits(x, training=False)
-        self._trackers["clean_loss"].update_state(tf.reduce_mean(self._per_example_ce(y, logits)))
+        self._trackers["clean_loss"].update_state(softmax_cross_entropy(y, logits))
         outputs = tf.nn.softmax(logits) if self._softmax_out else logits
         self.compiled_metrics.update_state(y, outputs, sample_weight)
         return {m.name: m.result() for m in [self._trackers["clean_loss"]] + self.compiled_metrics.metrics}

@@ -69,12 +69,10 @@ def _build(template_or_fn):
     from tfsafe._keras import keras  # noqa: PLC0415
 
     if isinstance(template_or_fn, keras.Model):
-        model = keras.models.clone_model(template_or_fn)  # same architecture, fresh weights
-        from tfsafe.models import ends_with_softmax  # noqa: PLC0415
+        from tfsafe.models import compile_classifier  # noqa: PLC0415
 
-        model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_with_softmax(model)))
-        return model
+        # Same architecture, fresh weights.
+        return compile_classifier(keras.models.clone_model(template_or_fn), learning_rate=1e-3)
     if callable(template_or_fn):
         return template_or_fn()
     raise InputError("build_fn must be a Keras model (its architecture is reused) or a function returning a "

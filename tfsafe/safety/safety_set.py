@@ -23,7 +23,7 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
-from tfsafe.models import logits_model
+from tfsafe.models import flat_layers, logits_model
 from tfsafe.safety._hooks import patched_calls
 from tfsafe.validation import check_xy
 
@@ -36,15 +36,6 @@ _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, ke
 def _is_conv(layer):
     inner = getattr(layer, "layer", None)  # wrappers such as TF-MOT's PruneLowMagnitude
     return isinstance(layer, _CONV_TYPES) or isinstance(inner, _CONV_TYPES)
-
-
-def _flat_layers(model):
-    """Layers in call order, nested models expanded."""
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.Model):
-            yield from _flat_layers(layer)
-        else:
-            yield layer
 
 
 @contextlib.contextmanager
@@ -71,7 +62,7 @@ def _capture(layers):
 
 
 def _target_layers(lm, layer_name):
-    layers = list(_flat_layers(lm))
+    layers = list(flat_layers(lm))
     if layer_name is not None:
         conv = next((layer for layer in layers if layer.name == layer_name), None)
         if conv is None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
+from tfsafe.models import predict_logits
 from tfsafe.objectives import membership_attack_loss
 
 __all__ = ["nasr_attacker", "attack_features", "SimulatedAttacker"]
@@ -120,17 +121,6 @@ class SimulatedAttacker:
         self._rng = rng
         self._accepted = None
         self._pending = []
-        self._logits_fns = {}
-
-    def _logits(self, model, x):
-        from tfsafe.models import logits_model  # noqa: PLC0415
-
-        key = id(model)
-        if key not in self._logits_fns:
-            lm = logits_model(model)
-            self._logits_fns[key] = (model, tf.function(lambda t: lm(t, training=False), reduce_retracing=True))
-        fn = self._logits_fns[key][1]
-        return np.concatenate([fn(tf.constant(x[i:i + 512], tf.float32)).numpy() for i in range(0, len(x), 512)])
 
     def _features(self, logits, y):
         features = attack_features(logits).numpy()
@@ -161,8 +151,8 @@ class SimulatedAttacker:
             dict: ``nasr_accuracy``, ``threshold_accuracy``, ``attack_accuracy`` (the larger)
             and ``advantage`` = ``2 * max(0, attack_accuracy - 0.5)``.
         """
-        pm, om, lm = self._features(self._logits(model, self.members[0]), self.members[1])
-        pr, orf, lr = self._features(self._logits(model, self.reference[0]), self.reference[1])
+        pm, om, lm = self._features(predict_logits(model, self.members[0]), self.members[1])
+        pr, orf, lr = self._features(predict_logits(model, self.reference[0]), self.reference[1])
         (tm, em), (tr, er) = self.split_members, self.split_reference
         if self._accepted is None:
             epochs = 3 * self.epochs

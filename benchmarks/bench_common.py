@@ -1,0 +1,53 @@
+"""Helpers the benchmark scripts share (imported as ``bench_common``: each script runs with
+``benchmarks/`` first on ``sys.path`` and puts the repository root after it)."""
+
+import time
+
+import numpy as np
+
+import tfsafe
+from tfsafe._keras import keras
+
+__all__ = ["load_data", "StepTimer", "EpochTimer"]
+
+
+def load_data(quick, data_dir=None):
+    """``(x, y), (x_test, y_test)``: bundled digits with ``quick``, else MNIST from ``data_dir``."""
+    return tfsafe.load_digits() if quick else tfsafe.load_mnist(data_dir)
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of every training step (batch begin to batch end, so callbacks are excluded).
+
+    Args:
+        skip: steps left out of :meth:`median_ms` (the first ones trace the graph), when
+            more than twice as many were timed.
+    """
+
+    def __init__(self, skip=10):
+        super().__init__()
+        self.skip, self.times, self._start = skip, [], None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+    def median_ms(self):
+        times = self.times[self.skip:] if len(self.times) > 2 * self.skip else self.times
+        return 1000.0 * float(np.median(times))
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each training epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)

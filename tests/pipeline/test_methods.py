@@ -1,0 +1,24 @@
+import pytest
+from pipeline_helpers import tiny_config
+
+from tfsafe.pipeline import compress_model
+
+
+@pytest.mark.parametrize("method", ["safecompress", "atmc", "self_compress"])
+def test_each_method_runs_from_its_recipe(method, tmp_path):
+    report = compress_model(method, "digits", config=tiny_config(method), out_dir=tmp_path, verbose=0,
+                            log=lambda message: None)
+    dense, compressed, deployed = report["models"]
+    assert (compressed["name"], compressed["role"], deployed["role"]) == (method, "compressed", "deployed")
+    assert compressed["size"]["ideal_bytes"] < 0.6 * dense["size"]["ideal_bytes"]
+    assert deployed["file"]["bytes"] > 0 and deployed["parity"]["top1_agreement"] >= 0.9
+    info = compressed["method_info"]
+    if method == "safecompress":
+        assert compressed["size"]["sparsity"] == pytest.approx(0.9, abs=0.02) and info["rounds"] >= 1
+    elif method == "atmc":
+        assert 0 < compressed["size"]["nonzeros"] and info["budget"] > 0
+    else:
+        assert compressed["size"]["average_bits"] < 8.5 and info["safety_source"] == "validation"
+    for entry in report["models"]:
+        assert set(entry["robustness"]["pgd"]) == {"0.1", "0.2", "0.3"}
+        assert entry["membership"]["worst"]["attack"]
