@@ -58,6 +58,16 @@ def _config(method, args):
     return config or None
 
 
+def _method_seconds(run_dir):
+    """Seconds of the method's own stages (not dense training, export or evaluation), from run.json."""
+    from tfsafe.pipeline.run_state import RUN_FILE  # noqa: PLC0415
+
+    with open(os.path.join(run_dir, RUN_FILE), encoding="utf-8") as f:
+        stages = json.load(f)["stages"]
+    shared = ("dense", "export")
+    return sum(v["seconds"] for k, v in stages.items() if k not in shared and not k.startswith("evaluate_"))
+
+
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -75,12 +85,20 @@ def _row(name, entry, dense, seconds):
     }
 
 
+def _smallest_eps(pgd):
+    """``(eps, accuracy)`` at the smallest eps (the largest usually leaves nothing to compare)."""
+    if not pgd:
+        return None
+    eps = min(pgd, key=float)
+    return eps, pgd[eps]
+
+
 def _deployed_row(name, entry):
     rob = entry.get("robustness") or {}
     mia = (entry.get("membership") or {}).get("worst") or {}
     return {"model": name, "bytes": entry["file"]["bytes"], "gzip_bytes": entry["file"]["gzip_bytes"],
             "accuracy": entry["accuracy"], "agreement": entry["parity"]["top1_agreement"],
-            "pgd_transfer": rob.get("pgd_accuracy"), "corruption": rob.get("corruption_mean_accuracy"),
+            "pgd_transfer": _smallest_eps(rob.get("pgd") or {}), "corruption": rob.get("corruption_mean_accuracy"),
             "mia_auc": mia.get("auc"), "tpr_1pct": mia.get("tpr_at_1pct_fpr")}
 
 
@@ -88,7 +106,7 @@ def tables(rows, deployed):
     """The Markdown tables of the Keras models and of the deployed ``.tflite`` files."""
     eps = sorted({e for r in rows for e in r["pgd"]}, key=float)
     head = (["model", "acc"] + [f"PGD {e}" for e in eps] + ["FGSM", "corr. acc", "mCE", "safety set", "MIA AUC",
-            "MIA adv.", "TPR@1%", "TPR@0.1%", "ideal bytes", "x dense", "avg bits", "sparsity", "ReLUs", "time s"])
+            "MIA adv.", "TPR@1%", "TPR@0.1%", "ideal bytes", "x dense", "avg bits", "sparsity", "ReLUs", "method s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = ([r["model"], _fmt(r["accuracy"], ".4f")] + [_fmt(r["pgd"].get(e), ".4f") for e in eps] +
@@ -99,12 +117,14 @@ def tables(rows, deployed):
                   _fmt(r["relus"], ","), _fmt(r["seconds"], ".0f")])
         lines.append("| " + " | ".join(cells) + " |")
     base = next((d["bytes"] for d in deployed if d["model"].startswith("baseline")), None)
-    lines += ["", "| int8 .tflite | bytes | x baseline | gzip bytes | acc | agreement | PGD (transfer) | corr. acc | "
-              "MIA AUC | TPR@1% |", "|" + "---|" * 10]
+    transfer_eps = next((d["pgd_transfer"][0] for d in deployed if d["pgd_transfer"]), "")
+    lines += ["", f"| int8 .tflite | bytes | x baseline | gzip bytes | acc | agreement | PGD {transfer_eps} "
+              "(transfer) | corr. acc | MIA AUC | TPR@1% |", "|" + "---|" * 10]
     for d in deployed:
+        transfer = d["pgd_transfer"][1] if d["pgd_transfer"] else None
         lines.append(f"| {d['model']} | {d['bytes']:,} | {_fmt(d['bytes'] / base if base else None, '.2f')} | "
                      f"{d['gzip_bytes']:,} | {d['accuracy']:.4f} | {d['agreement']:.4f} | "
-                     f"{_fmt(d['pgd_transfer'], '.4f')} | {_fmt(d['corruption'], '.4f')} | "
+                     f"{_fmt(transfer, '.4f')} | {_fmt(d['corruption'], '.4f')} | "
                      f"{_fmt(d['mia_auc'], '.3f')} | {_fmt(d['tpr_1pct'], '.3f')} |")
     return "\n".join(lines)
 
@@ -138,7 +158,8 @@ def main(argv=None):
         report = compress_model(method, data, model=shared, data_dir=args.data_dir, config=_config(method, args),
                                 out_dir=out, resume=args.resume, verbose=args.verbose,
                                 log=lambda m: print(m, flush=True) if m.startswith("[") else None)
-        seconds = time.perf_counter() - started
+        print(f"== {method}: {time.perf_counter() - started:.0f} s with evaluations", flush=True)
+        seconds = _method_seconds(out)
         dense, compressed, tflite = report["models"]
         if method != "rlnet" and dense_path is None:
             dense_path = os.path.join(out, "dense.keras")

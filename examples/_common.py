@@ -22,7 +22,7 @@ from tfsafe.errors import InputError  # noqa: E402
 from tfsafe.metrics import model_size  # noqa: E402
 from tfsafe.models import small_cnn  # noqa: E402
 from tfsafe.report import SafetyReport  # noqa: E402
-from tfsafe.safety.evaluate import evaluate_safety  # noqa: E402
+from tfsafe.safety.evaluate import DATASET_EPS, evaluate_safety  # noqa: E402
 from tfsafe.safety.membership import DEFAULT_ATTACKS, FAST_ATTACKS  # noqa: E402
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
@@ -30,7 +30,6 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 # attacker's reference data). Digits has 1,797 images in all; the others are subsampled.
 DIGITS_SPLITS = {"train_size": 600, "validation_size": 200, "nonmember_size": 400, "test_size": 400,
                  "reference_size": 197}
-DEFAULT_EPS = {"digits": 0.1, "mnist": 0.3, "fashion_mnist": 0.1, "cifar10": 8 / 255}
 
 
 def data_parser(name, doc, dense_epochs=30):
@@ -78,7 +77,7 @@ def parse(p, argv):
         if args.eval_size < 1:
             p.error("--eval_size must be >= 1")
         if args.eps is None:
-            args.eps = DEFAULT_EPS[args.data]
+            args.eps = DATASET_EPS[args.data]
         if args.attacks == "fast":
             args.attacks = FAST_ATTACKS
         elif args.attacks == "all":

@@ -20,9 +20,9 @@ def test_overrides_merge_deeply_from_a_dict_or_a_file(tmp_path):
     recipe = load_recipe("safecompress", {"params": {"target_sparsity": 0.7}})
     assert recipe["params"]["target_sparsity"] == 0.7 and recipe["params"]["mia_weight"] == 1.0
     path = tmp_path / "my.json"
-    path.write_text(json.dumps({"method": "atmc", "params": {"bits": 4}, "evaluation": {"steps": 40}}))
+    path.write_text(json.dumps({"method": "atmc", "params": {"bits": 8}, "evaluation": {"steps": 40}}))
     recipe = load_recipe("atmc", str(path))
-    assert recipe["params"]["bits"] == 4 and recipe["params"]["ratio"] == 0.05
+    assert recipe["params"]["bits"] == 8 and recipe["params"]["ratio"] == load_recipe("atmc")["params"]["ratio"]
     assert recipe["evaluation"]["steps"] == 40
 
 

@@ -49,10 +49,12 @@ class StageRunner:
         seed: the run's seed (methods read it from here).
         verbose: Keras verbosity (1 = progress bars).
         log: where one-line progress messages go.
+        data: the dataset's name (methods read its default training eps from here).
     """
 
-    def __init__(self, state, seed=0, verbose=1, log=print):
+    def __init__(self, state, seed=0, verbose=1, log=print, data="digits"):
         self.state = state
+        self.data = data
         self.seed = int(seed)
         self.verbose = int(verbose)
         self.log = log
@@ -209,7 +211,7 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
                 "recipe": recipe}
     state = RunState(out_dir, settings, resume=resume)
     seed = int(recipe["seed"])
-    stages = StageRunner(state, seed=seed, verbose=verbose, log=log)
+    stages = StageRunner(state, seed=seed, verbose=verbose, log=log, data=data)
     splits = load_splits(data, data_dir, recipe["data"], seed)
     log(f"data: {data} {splits.sizes()}")
     _write_audit_sets(splits, stages, seed)

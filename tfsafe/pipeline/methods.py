@@ -19,10 +19,11 @@ from tfsafe.models import compile_classifier, copy_model
 __all__ = ["RUNNERS", "check_params"]
 
 
-def _eps(value, model):
-    from tfsafe.safety.evaluate import default_eps  # noqa: PLC0415
+def _eps(value, data):
+    """The training radius: ``value``, or the dataset's usual one (:data:`DATASET_EPS`)."""
+    from tfsafe.safety.evaluate import DATASET_EPS  # noqa: PLC0415
 
-    return float(max(default_eps(model))) if value is None else float(value)
+    return float(DATASET_EPS[data]) if value is None else float(value)
 
 
 def _split(params, *names):
@@ -59,7 +60,7 @@ def run_atmc(dense, splits, params, stages):
         if budget < 1:
             raise InputError(f"params.ratio={ratio} leaves no room for non-zeros at {bits} bits (biases and "
                              "uncompressed layers already exceed it); raise the ratio or the bits.")
-        result = atmc_compress(factorized, *splits.train, budget=budget, bits=int(bits), eps=_eps(eps, dense),
+        result = atmc_compress(factorized, *splits.train, budget=budget, bits=int(bits), eps=_eps(eps, stages.data),
                                validation_data=splits.validation, verbose=stages.verbose, **rest)
         return result.model, {"budget": int(budget), "best": result.best}
 
@@ -89,7 +90,7 @@ def run_rlnet(dense, splits, params, stages):
     from tfsafe.methods.rlnet import finetune_student, search_robust_mask, train_robust_teacher  # noqa: PLC0415
 
     p = dict(params)
-    eps = _eps(p.pop("eps"), dense)
+    eps = _eps(p.pop("eps"), stages.data)
     fraction = float(p.pop("relu_fraction"))
     common = {"eps": eps, "batch_size": int(p.pop("batch_size")), "pgd_steps": int(p.pop("pgd_steps"))}
     teacher_epochs, search_epochs, finetune_epochs = (int(p.pop(k)) for k in

@@ -25,9 +25,12 @@ from tfsafe.safety.tests import (
 from tfsafe.safety.tflite_model import as_target, is_tflite_path
 from tfsafe.validation import check_model
 
-__all__ = ["evaluate_safety", "default_eps", "default_tests", "TEST_NAMES"]
+__all__ = ["evaluate_safety", "default_eps", "default_tests", "TEST_NAMES", "DATASET_EPS"]
 
 TEST_NAMES = ("clean", "pgd", "fgsm", "corruptions", "membership", "safety_set")
+
+# The usual Linf training / headline radius per dataset (8x8 digits are coarse: 0.3 erases them).
+DATASET_EPS = {"digits": 0.1, "mnist": 0.3, "fashion_mnist": 0.1, "cifar10": 8 / 255}
 
 
 def default_eps(model_or_shape):
@@ -60,13 +63,17 @@ def default_tests(names=TEST_NAMES, eps=(0.1, 0.2, 0.3), steps=20, restarts=1, m
 
 def _summary(results):
     by_name = {r["name"]: r for r in results}
-    pgd = {r["eps"]: r["accuracy"] for r in results if r["name"].startswith("pgd_") and r.get("accuracy") is not None}
+    pgd_results = {r["eps"]: r for r in results if r["name"].startswith("pgd_") and r.get("accuracy") is not None}
+    pgd = {e: r["accuracy"] for e, r in pgd_results.items()}
     fgsm = [r["accuracy"] for r in results if r["name"].startswith("fgsm_") and r.get("accuracy") is not None]
     corruption = by_name.get("corruptions", {})
     robustness = {
         "pgd": {f"{e:g}": a for e, a in sorted(pgd.items())},
         "pgd_eps": max(pgd) if pgd else None,
         "pgd_accuracy": pgd[max(pgd)] if pgd else None,
+        # PGD runs on a subset (max_examples); its clean accuracy is the bound the PGD numbers sit under.
+        "pgd_clean_accuracy": pgd_results[max(pgd)]["clean_accuracy"] if pgd else None,
+        "pgd_examples": pgd_results[max(pgd)]["n"] if pgd else None,
         "fgsm_accuracy": min(fgsm) if fgsm else None,
         "corruption_mean_accuracy": corruption.get("mean_accuracy"),
         "corruption_mce": corruption.get("mce"),
