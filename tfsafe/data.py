@@ -109,10 +109,14 @@ def _from_npz(path):
         raise InputError(f"'{path}' is not a readable .npz file: {err}") from err
 
 
-def _finish(train, test):
+def _finish(train, test, raw=False):
+    """Labels as int64 ids, images with a channel axis; float32 in [0, 1] unless ``raw`` (as stored)."""
+    def images(x):
+        x = np.asarray(x)
+        return (x[..., None] if x.ndim == 3 else x) if raw else _images_to_float(x)
+
     (x, y), (xt, yt) = train, test
-    return (_images_to_float(x), np.asarray(y, np.int64).reshape(-1)), (
-        _images_to_float(xt), np.asarray(yt, np.int64).reshape(-1))
+    return (images(x), np.asarray(y, np.int64).reshape(-1)), (images(xt), np.asarray(yt, np.int64).reshape(-1))
 
 
 def _check_path(name, data_dir):
@@ -130,7 +134,7 @@ def _offline_error(name, files, err):
 def _npz_file(name, data_dir, files):
     if not data_dir.endswith(".npz"):
         raise InputError(f"data_dir '{data_dir}' for {name} is a file but not an .npz; pass {files}.")
-    return _finish(*_from_npz(data_dir)), [data_dir]
+    return _from_npz(data_dir), [data_dir]
 
 
 def _load_idx_dataset(name, data_dir, keras_loader):
@@ -138,7 +142,7 @@ def _load_idx_dataset(name, data_dir, keras_loader):
             "t10k-labels-idx1-ubyte.gz (or a keras-format .npz)"
     if data_dir is None:
         try:
-            return _finish(*keras_loader()), [f"keras.datasets ({name})"]
+            return keras_loader(), [f"keras.datasets ({name})"]
         except Exception as err:  # noqa: BLE001 - any download failure means "use data_dir"
             raise _offline_error(name, files, err) from err
     _check_path(name, data_dir)
@@ -155,12 +159,11 @@ def _load_idx_dataset(name, data_dir, keras_loader):
         _refuse_several(name, data_dir, [parts["x_train"], *npzs])
     if all(parts.values()):
         arrays = {k: read_idx(p) for k, p in parts.items()}
-        return _finish((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])), \
-            list(parts.values())
+        return ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])), list(parts.values())
     if len(npzs) > 1:
         _refuse_several(name, data_dir, npzs)
     if npzs:
-        return _finish(*_from_npz(npzs[0])), npzs
+        return _from_npz(npzs[0]), npzs
     raise InputError(f"No {name} files in '{data_dir}': expected {files}.")
 
 
@@ -197,7 +200,7 @@ def _load_cifar10(data_dir, keras_loader):
     files = "a .npz with x_train/y_train/x_test/y_test, or the cifar-10-batches-py pickles"
     if data_dir is None:
         try:
-            return _finish(*keras_loader()), ["keras.datasets (CIFAR-10)"]
+            return keras_loader(), ["keras.datasets (CIFAR-10)"]
         except Exception as err:  # noqa: BLE001
             raise _offline_error(name, files, err) from err
     _check_path(name, data_dir)
@@ -209,9 +212,9 @@ def _load_cifar10(data_dir, keras_loader):
     if len(candidates) + len(pickles) > 1:
         _refuse_several(name, data_dir, candidates + [os.path.dirname(p[1][0]) for p in pickles])
     if candidates:
-        return _finish(*_from_npz(candidates[0])), candidates
+        return _from_npz(candidates[0]), candidates
     if pickles:
-        return _finish(*pickles[0][0]), pickles[0][1]
+        return pickles[0]
     raise InputError(f"No {name} files in '{data_dir}': expected {files}.")
 
 
@@ -234,8 +237,14 @@ DATASETS = {
 }
 
 
-def load_builtin(name, data_dir=None):
+def load_builtin(name, data_dir=None, raw=False):
     """A built-in dataset and the files it was read from.
+
+    Args:
+        name: ``digits``, ``mnist``, ``fashion_mnist`` or ``cifar10``.
+        data_dir: the file, or a folder with exactly one set of files; None downloads.
+        raw: keep images as stored (``uint8`` pixels; digits stay float in [0, 1]) instead of
+            float32 in [0, 1], for :mod:`tfsafe.preprocessing` to decide.
 
     Returns:
         ``((x_train, y_train), (x_test, y_test), files)``: ``files`` lists the paths read (or
@@ -251,11 +260,11 @@ def load_builtin(name, data_dir=None):
     if data_dir is not None:
         data_dir = os.fspath(data_dir)
     if name == "cifar10":
-        (train, test), files = _load_cifar10(data_dir, lambda: _keras_loader("cifar10")())
+        parts, files = _load_cifar10(data_dir, lambda: _keras_loader("cifar10")())
     else:
         label = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[name]
-        (train, test), files = _load_idx_dataset(label, data_dir, lambda: _keras_loader(name)())
-    return train, test, files
+        parts, files = _load_idx_dataset(label, data_dir, lambda: _keras_loader(name)())
+    return (*_finish(*parts, raw=raw), files)
 
 
 def load_dataset(name, data_dir=None):
