@@ -88,8 +88,7 @@ class MembershipSplits:
         x, y = part
         if like is not None and len(x) == 0:
             return _empty_like(like)
-        shape = None if like is None else tuple(np.shape(like)[1:])
-        x = _features(x, f"{name} x", shape)
+        x = _features(x, f"{name} x")
         return x, check_labels(y, name=f"{name} y", n=len(x))
 
     @classmethod
@@ -115,8 +114,14 @@ class MembershipSplits:
             >>> s.sizes()["reference"], s.reference[0].shape[1:]
             (0, (8, 8, 1))
         """
-        return cls(train=train, validation=validation, nonmembers=nonmembers, test=test, reference=reference,
-                   provenance=provenance)
+        parts = {"validation": validation, "nonmembers": nonmembers, "test": test, "reference": reference}
+        expected = np.shape(train[0])[1:] if isinstance(train, (tuple, list)) and len(train) == 2 else None
+        for name, part in parts.items():
+            if expected is not None and isinstance(part, (tuple, list)) and len(part) == 2 and len(part[0]):
+                if np.shape(part[0])[1:] != expected:
+                    raise InputError(f"{name} x has examples shaped {np.shape(part[0])[1:]} but train x has "
+                                     f"{expected}; every split must have the same per-example shape.")
+        return cls(train=train, provenance=provenance, **parts)
 
     def audit_sets(self, size=None, seed=0):
         """Balanced ``(members, nonmembers)`` for a membership audit.
