@@ -76,6 +76,14 @@ def test_pool_npz_is_one_pool_whose_members_are_unknown(tmp_path):
     assert not data.has_split and data.provenance["counts"] == {"pool": 20} and data.class_names == ["a", "b"]
     splits = data.splits(seed=0)
     assert not splits.provenance["members_known"] and "(one pool)" in splits.provenance["train"]["from"]
+    capped = data.splits(seed=0, pool_size=10, train_size=4, validation_size=0, nonmember_size=3, test_size=3)
+    assert "10 random rows of 20" in capped.provenance["train"]["from"] and capped.sizes()["train"] == 4
+    gray = tmp_path / "gray.npz"
+    np.savez(gray, x=_rgb(8)[..., 0], y=np.arange(8) % 2)
+    loaded = load_user_data(str(gray))
+    assert loaded.x_train.shape == (8, 32, 32, 1) and "added a channel axis" in loaded.provenance["notes"][0]
+    with pytest.raises(InputError, match="pool_size applies to data without a train/test split"):
+        load_user_data("digits").splits(pool_size=100)
 
 
 def test_csv_with_label_column_and_split_column(binary_csv):

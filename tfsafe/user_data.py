@@ -91,7 +91,7 @@ class UserData:
         """The :class:`~tfsafe.preprocessing.Preprocessing` for feeding this data to ``model``."""
         return decide_preprocessing(self.x_train, self.normalization, model=model, kind=self.kind)
 
-    def splits(self, seed=0, preprocessing=None, **sizes):
+    def splits(self, seed=0, preprocessing=None, pool_size=None, **sizes):
         """The protocol's splits of the preprocessed data.
 
         With a train/test split, :func:`~tfsafe.splits.membership_split_from_train_test`
@@ -103,7 +103,12 @@ class UserData:
         Args:
             seed: seeds the permutations.
             preprocessing: default :attr:`preprocessing`; pass ``preprocessing_for(model)``.
-            **sizes: the split function's size arguments (``validation_size``, ...).
+            pool_size: pool data only: split a seeded random subset of this many rows (as
+                ``tfsafe compress`` recipes do); refused for data with a split.
+            **sizes: the split function's size arguments: ``validation_size``,
+                ``nonmember_size``, ``test_size``, ``reference_size``, ``train_size`` (with a
+                split, fractions are of ``x_train`` for train / validation and of ``x_test`` for
+                the rest; the defaults use all rows).
 
         Returns:
             :class:`~tfsafe.splits.MembershipSplits` (arrays as the model takes them) whose
@@ -111,14 +116,21 @@ class UserData:
             and ``members_known``.
         """
         pre = preprocessing if preprocessing is not None else self.preprocessing
+        if self.has_split and pool_size is not None:
+            raise InputError(f"pool_size applies to data without a train/test split; {self.name} has one, so every "
+                             "x_train row is a member candidate: pass validation_size / train_size instead.")
         if self.has_split:
             splits = membership_split_from_train_test(
                 pre.apply(self.x_train, name=f"{self.name} training part"), self.y_train,
                 pre.apply(self.x_test, name=f"{self.name} test part"), self.y_test, seed=seed, source=self.name,
                 **sizes)
         else:
-            splits = membership_split(pre.apply(self.x_train, name=self.name), self.y_train, seed=seed,
-                                      source=f"{self.name} (one pool)", **sizes)
+            x, y, source = self.x_train, self.y_train, f"{self.name} (one pool)"
+            if pool_size is not None and int(pool_size) < len(x):
+                keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:int(pool_size)])
+                source = f"{self.name} (one pool, {len(keep)} random rows of {len(x)})"
+                x, y = x[keep], y[keep]
+            splits = membership_split(pre.apply(x, name=self.name), y, seed=seed, source=source, **sizes)
         splits.provenance.update(data=dict(self.provenance), preprocessing=pre.to_dict(),
                                  members_known=self.has_split)
         return splits
