@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -221,6 +222,10 @@ def test_check_data_matches_model(tiny_rgb_model):
         check_data_matches_model(tiny_rgb_model, nan, y, name="photos.npz")
     with pytest.warns(InputRangeWarning, match=r"photos.npz inputs \(8-bit pixel values.*\[0, 255\]"):
         check_data_matches_model(tiny_rgb_model, (x * 255).round(), y, name="photos.npz")
+    rescaling = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                                  keras.layers.Dense(3)])
+    with pytest.warns(InputRangeWarning, match=r"rescales its inputs itself.*only \[0, 1\] of the expected \[0, 255\]"):
+        check_data_matches_model(rescaling, x, y, name="photos.npz")
     tabular = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
     with pytest.raises(InputError, match="6 feature columns and the model takes 5: check label_column"):
         check_data_matches_model(tabular, np.zeros((2, 6), np.float32), name="rows.csv")
@@ -252,3 +257,17 @@ def test_audit_is_the_same_for_uint8_and_float_npz(tmp_path, tiny_rgb_model):
                                                              validation_size=0)
     wrong = audit_membership(model, *raw.audit_sets(seed=0), attacks=["threshold", "entropy"])
     assert wrong.worst["auc"] != audits[0].worst["auc"]
+
+
+def test_tflite_inputs_are_checked_against_the_calibration_range(int8_tflite, digits):
+    from tflite_export.runtime import TFLiteModel
+
+    _, (xt, yt) = digits
+    model = TFLiteModel(int8_tflite.path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_data_matches_model(model, xt[:8], yt[:8], name="digits")
+    with pytest.warns(InputRangeWarning, match=r"calibrated on \[0.0, 1.0\].*span \[0, 255\]"):
+        check_data_matches_model(model, (xt[:8] * 255).round(), yt[:8], name="digits")
+    with pytest.raises(InputError, match="has label 10 but the model"):
+        check_data_matches_model(model, xt[:2], [0, 10], name="digits")

@@ -22,6 +22,7 @@ import pickle
 
 import numpy as np
 
+from tfsafe._keras import keras
 from tfsafe.errors import InputError
 from tfsafe.splits import MembershipSplits, membership_split, membership_split_from_train_test
 
@@ -224,8 +225,6 @@ def load_cifar10(data_dir=None):
 
 
 def _keras_loader(name):
-    from tfsafe._keras import keras  # noqa: PLC0415 - TensorFlow only when a download is needed
-
     return getattr(keras.datasets, name).load_data
 
 
@@ -260,10 +259,10 @@ def load_builtin(name, data_dir=None, raw=False):
     if data_dir is not None:
         data_dir = os.fspath(data_dir)
     if name == "cifar10":
-        parts, files = _load_cifar10(data_dir, lambda: _keras_loader("cifar10")())
+        parts, files = _load_cifar10(data_dir, _keras_loader("cifar10"))
     else:
         label = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[name]
-        parts, files = _load_idx_dataset(label, data_dir, lambda: _keras_loader(name)())
+        parts, files = _load_idx_dataset(label, data_dir, _keras_loader(name))
     return (*_finish(*parts, raw=raw), files)
 
 

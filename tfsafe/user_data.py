@@ -422,9 +422,10 @@ def check_data_matches_model(model, x, y=None, name="data", expected_range=None)
     """Check data (as fed to the model) against a model; one line naming the fix when it does not fit.
 
     Checks the per-example shape, NaN / infinite values, that labels are class ids the model
-    has, and the value range: ``expected_range`` when given, else a ``.tflite`` file's
-    side-car calibration ``value_range``, else 8-bit pixel values fed to an image model without its
-    own ``Rescaling`` layer warn (:class:`~tfsafe.preprocessing.InputRangeWarning`).
+    has, and the value range (:class:`~tfsafe.preprocessing.InputRangeWarning`): against
+    ``expected_range`` when given, else a ``.tflite`` file's side-car calibration
+    ``value_range``, else the raw range a model's own ``Rescaling`` layer expects (data scaled
+    twice), else [0, 1] for 8-bit pixel values fed to an image model without such a layer.
 
     Args:
         model: Keras model (tf_keras or Keras 3), or a loaded ``.tflite`` model
@@ -457,15 +458,21 @@ def check_data_matches_model(model, x, y=None, name="data", expected_range=None)
             hint = "they look 1-based: subtract 1" if y.min() == 1 and y.max() == classes else "map them to class ids"
             raise InputError(f"{name} has label {int(y.max())} but the model '{model_name}' has {classes} outputs "
                              f"(classes 0..{classes - 1}); {hint}.")
+    label = f"{name} inputs"
     side = os.fspath(getattr(model, "path", "")) + ".json"
     if expected_range is None and not keras_model and os.path.isfile(side):
         with open(side) as f:
             expected_range = json.load(f).get("input", {}).get("value_range")
-    if expected_range is not None:
-        check_range(x, expected_range, name=f"{name} inputs", stacklevel=3)
-    elif kind == "image" and keras_model and model_preprocessing(model) is None and x.size:
+            label += f" (the .tflite was calibrated on {expected_range})"
+    own = model_preprocessing(model) if keras_model and expected_range is None else None
+    if own is not None:
+        expected_range = own.expected_range
+        label += " (the model rescales its inputs itself)"
+    elif expected_range is None and kind == "image" and keras_model and x.size:
         lo, hi = float(x.min()), float(x.max())
         if lo >= 0 and 2 < hi <= 255:
-            check_range(x, (0.0, 1.0), name=f"{name} inputs (8-bit pixel values into a model without a Rescaling "
-                                            "layer)", stacklevel=3)
+            expected_range = (0.0, 1.0)
+            label += " (8-bit pixel values into a model without a Rescaling layer)"
+    if expected_range is not None and x.size:
+        check_range(x, expected_range, name=label, stacklevel=3)
     return x, y
