@@ -104,8 +104,9 @@ class Preprocessing:
             InputError: non-numeric data, or per-channel parameters that do not match the last axis.
         """
         x = np.asarray(x)
-        if x.dtype.kind not in "fiub":
-            raise InputError(f"{name} must be numeric to preprocess, got dtype {x.dtype}.")
+        if x.dtype.kind not in "fiub" or x.ndim == 0:
+            raise InputError(f"{name} must be a numeric array of examples to preprocess, got dtype {x.dtype}, "
+                             f"shape {x.shape}.")
         for value, what in ((self.scale, "scale"), (self.offset, "offset")):
             if isinstance(value, tuple) and (x.ndim < 2 or x.shape[-1] != len(value)):
                 raise InputError(f"{name} has last axis {x.shape[-1:]} but the preprocessing has {len(value)} "
@@ -277,8 +278,8 @@ def _explicit(x, normalization, kind):
         return Preprocessing(normalization, scale=scale, offset=offset, expected_range=(t0, t1), source="argument",
                              reason=f"normalization='{normalization}': {src} mapped{per} to [{t0:g}, {t1:g}]")
     axes = tuple(range(x.ndim - 1))
-    mean = np.asarray(x, np.float64).mean(axis=axes)
-    std = np.asarray(x, np.float64).std(axis=axes)
+    mean = x.mean(axis=axes, dtype=np.float64)
+    std = x.std(axis=axes, dtype=np.float64)
     std = np.where(std > 0, std, 1.0)
     what = "channel" if kind == "image" else "feature"
     return Preprocessing("mean_std", scale=1 / std, offset=-mean / std, source="argument",
