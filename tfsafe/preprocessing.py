@@ -33,11 +33,18 @@ __all__ = ["Preprocessing", "decide_preprocessing", "model_preprocessing", "chec
 SCHEMA = "tfsafe.preprocessing/1"
 NORMALIZATIONS = ("auto", "0-1", "-1-1", "none", "mean_std")
 _TARGETS = {"0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}
-_CHUNK = 4096  # rows converted at a time (float64 intermediate)
 
 
 class InputRangeWarning(UserWarning):
     """Inputs far outside (or in a tiny part of) the range the model expects."""
+
+
+def _divisor(scale):
+    """``d`` when a scalar ``scale`` is ``1/d`` for a whole or half-whole ``d`` (255, 127.5), else None."""
+    if isinstance(scale, tuple) or scale == 0:
+        return None
+    d = 1.0 / scale
+    return round(d * 2) / 2 if abs(d * 2 - round(d * 2)) < 1e-9 * abs(d) else None
 
 
 def _params(value, name):
@@ -91,8 +98,9 @@ class Preprocessing:
     def apply(self, x, check=True, name="data"):
         """``x`` as the model takes it: float32 ``x * scale + offset`` (integer tokens kept with ``keep_dtype``).
 
-        The arithmetic runs in float64 and is rounded once, so ``uint8`` pixels and the same
-        pixels stored as float give identical arrays.
+        The arithmetic is float32 on the cast input, and a scale of ``1/d`` for a whole ``d``
+        (1/255, 1/127.5 -> d = 255, 127.5) divides by ``d``: ``uint8`` pixels, the same pixels
+        stored as whole-number floats, and pixels stored as ``x / 255`` give identical arrays.
 
         Args:
             x: array (N, ...); per-channel / per-feature parameters act on the last axis.
@@ -114,11 +122,14 @@ class Preprocessing:
         if self.is_identity:
             out = x if self.keep_dtype and x.dtype.kind in "iu" else x.astype(np.float32, copy=False)
         else:
-            scale, offset = np.asarray(self.scale), np.asarray(self.offset)
-            out = np.empty(x.shape, np.float32)
-            for start in range(0, max(len(x), 1), _CHUNK):
-                chunk = x[start:start + _CHUNK].astype(np.float64)
-                out[start:start + _CHUNK] = chunk * scale + offset
+            out = x.astype(np.float32)  # a copy: the user's array is never changed
+            divisor = _divisor(self.scale)
+            if divisor is not None:
+                out /= np.float32(divisor)
+            else:
+                out *= np.asarray(self.scale, np.float32)
+            if np.any(np.asarray(self.offset) != 0):
+                out += np.asarray(self.offset, np.float32)
         if check and self.expected_range is not None and out.size:
             check_range(out, self.expected_range, name=name, stacklevel=3)
         return out
