@@ -145,6 +145,8 @@ def test_builtin_names_still_load(tmp_path):
     ("nan_feature", r"'.*bad.csv' column 'f0' has 1 missing values \(first on line 4\); impute"),
     ("npz_keys", r"'.*bad.npz' has keys \['images', 'labels'\]; expected x and y .* np.savez"),
     ("npz_partial", r"'.*bad.npz' has \['x_train', 'y_train'\] but not \['x_test', 'y_test'\]"),
+    ("npz_junk", r"'.*bad.npz' is not a readable .npz file .*np.savez"),
+    ("npz_class_names", r"'.*bad.npz' key 'y' has label 2 but the class names list only 2 classes"),
     ("npz_nan", r"'.*bad.npz' key 'x' contains 1 NaN or infinite values; clean or impute them"),
     ("one_class", r"image folder '.*one' has one class sub-folder \('cat'\); .* at least two"),
     ("wrong_flag", r"label_column applies to .csv files"),
@@ -174,6 +176,12 @@ def test_bad_input_is_one_line_naming_file_and_fix(tmp_path, binary_csv, case, m
         call = lambda: load_user_data(str(bad_npz))  # noqa: E731
     elif case == "npz_partial":
         np.savez(bad_npz, x_train=np.zeros((2, 3)), y_train=np.zeros(2))
+        call = lambda: load_user_data(str(bad_npz))  # noqa: E731
+    elif case == "npz_junk":
+        bad_npz.write_text("not a zip")
+        call = lambda: load_user_data(str(bad_npz))  # noqa: E731
+    elif case == "npz_class_names":
+        np.savez(bad_npz, x=np.zeros((3, 2)), y=np.arange(3), class_names=np.array(["a", "b"]))
         call = lambda: load_user_data(str(bad_npz))  # noqa: E731
     elif case == "npz_nan":
         x = np.zeros((2, 3))

@@ -155,7 +155,7 @@ def _labels(ys, names, classes=None):
     return [check_labels(a, name=n) for a, n in zip(arrays, names)], classes
 
 
-def _features(x, name, kind=None):
+def _features(x, name):
     x = check_features(x, name, dtype=None)
     if x.dtype == np.bool_:
         x = x.astype(np.uint8)
@@ -175,6 +175,9 @@ def _finish(source, fmt, parts, names, kind, normalization, files, keys, notes=(
     for xs, ys_, n in zip((x, xt), ys, names[1::2]):
         if len(ys_) != len(xs):
             raise InputError(f"{n} has {len(ys_)} labels but there are {len(xs)} examples.")
+    if classes and max(int(a.max()) for a in ys) >= len(classes):
+        raise InputError(f"{names[1]} has label {max(int(a.max()) for a in ys)} but the class names list only "
+                         f"{len(classes)} classes; give one name per class id.")
     if kind is not None and kind not in DATA_KINDS:
         raise InputError(f"Unknown data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}.")
     kind = kind or data_kind(x)
@@ -218,7 +221,9 @@ def _load_npz(path, kind, normalization):
                 except ValueError as err:
                     raise InputError(f"'{path}' key '{key}' cannot be read without pickle ({err}); store it as a "
                                      "numeric array.") from err
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
+    except InputError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise InputError(f"'{path}' is not a readable .npz file ({err}); write it with np.savez.") from err
     names = [f"'{path}' key '{k}'" for k in (_SPLIT_KEYS if present else ("x", "y", "x", "y"))]
     parts = [(arrays[wanted[0]], arrays[wanted[1]])]
