@@ -321,7 +321,10 @@ def _load_folder(path, image_size, color_mode, kind, normalization):
     roots = [os.path.join(path, "train"), os.path.join(path, "test")] if subfolders == ["test", "train"] else [path]
     notes = []
     first = _first_image(path)
-    shape = tf.io.decode_image(tf.io.read_file(first), expand_animations=False).shape
+    try:
+        shape = tf.io.decode_image(tf.io.read_file(first), expand_animations=False).shape
+    except tf.errors.OpError as err:
+        raise InputError(f"image '{first}' cannot be decoded ({type(err).__name__}); replace or remove it.") from err
     if image_size is None:
         image_size = (int(shape[0]), int(shape[1]))
         notes.append(f"image_size {image_size} from the first image ({os.path.relpath(first, path)})")
