@@ -1,3 +1,4 @@
+import json
 import os
 import warnings
 
@@ -61,6 +62,7 @@ def test_split_npz_keeps_the_split_and_says_where_it_came_from(split_npz):
     assert data.preprocessing.mode == "0-1" and data.preprocessing.source == "data"
     splits = data.splits(seed=0, validation_size=4)
     assert splits.provenance["members_known"] and splits.provenance["preprocessing"]["scale"] == 1 / 255
+    assert json.loads(json.dumps(splits.provenance))["data"]["counts"] == {"train": 24, "test": 16}
     assert splits.train[0].dtype == np.float32 and splits.train[0].max() <= 1.0
     # members are rows of x_train; non-members and test rows of x_test only
     np.testing.assert_array_equal(splits.train[0], x[:24][splits.indices["train"]] / np.float32(255))

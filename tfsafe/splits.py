@@ -47,8 +47,9 @@ class MembershipSplits:
             non-members).
         indices: row indices of each split in the array it came from (see ``provenance``);
             only the splits the protocol drew have an entry.
-        provenance: per split, ``{"from": source array, "count": rows, ...}``, so a report can
-            say where each split came from.
+        provenance: JSON-able; per split, ``{"from": source array, "count": rows, ...}``, so a
+            report can say where each split came from (:meth:`tfsafe.user_data.UserData.splits`
+            adds ``data``, ``preprocessing`` and ``members_known``).
 
     Every optional part defaults to an empty ``(x, y)`` with ``train``'s per-example shape
     (``()`` and ``None`` mean empty too), so code can always call ``len(splits.reference[0])``.
