@@ -329,7 +329,8 @@ def quantize_low_bit(plain, mode, calibration, num_threads=1):
             qt.add_static_config("^" + re.escape(ops[name][2]) + ";$", op_enum(entry["op"]), 8, 4)
 
     signature = "serving_default"
-    with contextlib.redirect_stderr(io.StringIO()):  # the calibrator's progress bar
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():  # progress bar, debug-mode notice
+        warnings.simplefilter("ignore")
         input_name = Interpreter(model_content=bytes(float_bytes)).get_signature_list()[signature]["inputs"][0]
         qsvs = qt.calibrate({signature: [{input_name: calibration[i:i + 1]} for i in range(len(calibration))]},
                             num_threads=num_threads)
