@@ -253,14 +253,18 @@ def stored_kernels(model_bytes, names):
         name = tensor.Name().decode(errors="replace")
         if name not in names or tensor.Type() not in (schema.TensorType.INT4, schema.TensorType.INT8):
             continue
-        raw = model.Buffers(tensor.Buffer()).DataAsNumpy()
+        buffer = model.Buffers(tensor.Buffer())
+        if buffer.DataLength():
+            raw = buffer.DataAsNumpy()
+        else:  # large files keep buffers after the flatbuffer, addressed by offset and size
+            raw = np.frombuffer(bytes(model_bytes[buffer.Offset(): buffer.Offset() + buffer.Size()]), np.uint8)
         shape = tuple(int(d) for d in tensor.ShapeAsNumpy())
         if tensor.Type() == schema.TensorType.INT4:
             packed = np.asarray(raw, np.uint8)
             nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[: int(np.prod(shape))]
             q, bits = np.where(nibbles > 7, nibbles.astype(np.int16) - 16, nibbles).astype(np.float64), 4
         else:
-            q, bits = np.asarray(raw).view(np.int8).astype(np.float64), 8
+            q, bits = np.asarray(raw, np.uint8).view(np.int8).astype(np.float64), 8
         quant = tensor.Quantization()
         scale = quant.ScaleAsNumpy().astype(np.float64)
         zero = quant.ZeroPointAsNumpy().astype(np.float64)
