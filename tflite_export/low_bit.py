@@ -36,7 +36,10 @@ The side-car's ``layer_bits`` (:attr:`LowBitExport.layers`) gives, per layer: ``
 ``storage_bits`` (what the file holds), ``needed_bits`` (the widest channel's grid, ``None``
 when the weights are not on a grid of at most 8 bits), ``learned_bits`` (the mean storage
 bits ``strip()`` recorded, when known), ``codebook_levels``, ``exact`` and
-``max_weight_error`` (largest ``|stored - Keras|`` over the kernel, read back from the file).
+``max_weight_error`` (largest ``|stored - float32|`` over the kernel: the file's dequantized
+weights read back against the float32 conversion of the same Keras model, which has any
+BatchNormalization folded in; the weight range given to the quantizer is read off that float
+file too, so a learned grid stays exact through the folding).
 """
 
 import contextlib
@@ -64,6 +67,7 @@ RECIPE = "static: int4 (CONV_2D, FULLY_CONNECTED) / int8 weights per channel, in
 INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")
 _WEIGHT_OPS = ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "BATCH_MATMUL")
 _INT4_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
+_STORED_TYPES = (schema.TensorType.INT4, schema.TensorType.INT8, schema.TensorType.FLOAT32)
 # Relative tolerance when deciding that weights sit on an integer grid.
 _GRID_TOL = 1e-3
 
@@ -160,11 +164,10 @@ def int4_reference(plain):
     ai-edge-quantizer's symmetric INT4 uses. Other layers keep their weights.
 
     Returns:
-        ``(model, {layer name: step array})``.
+        The new model.
     """
     reference = keras.models.clone_model(plain)
     reference.set_weights(plain.get_weights())
-    steps = {}
     for layer in flat_layers(reference):
         kernel = _kernel_of(layer)
         if type(layer) not in _INT4_LAYERS or kernel is None:
@@ -174,8 +177,7 @@ def int4_reference(plain):
         s = np.abs(flat).max(axis=0) / 7.0
         s = np.where(s > 0, s, 1.0)
         kernel.assign((np.clip(np.round(flat / s), -8, 7) * s).reshape(value.shape).astype(np.float32))
-        steps[layer.name] = s
-    return reference, steps
+    return reference
 
 
 def plan_bits(plain, mode):
@@ -197,14 +199,14 @@ def plan_bits(plain, mode):
                 f"ai-edge-quantizer writes INT4 weights only for {' and '.join(INT4_OPS)} (Conv2D and Dense "
                 "layers). Export with mode='learned' (keeps such layers at 8 bits) or mode='int8'.")
         flat = _channels_last(layer, kernel.numpy())
-        bits, step = channel_grid(flat)
+        bits, _ = channel_grid(flat)
         record = records.get(layer.name, {})
         needed = int(bits.max()) if bits.max() <= 8 else None
         nonzero = flat[flat != 0]
         levels = int(np.unique(nonzero).size) if record.get("codebook") and needed is None else None
         entry = {"op": None, "storage_bits": 8, "needed_bits": needed,
                  "learned_bits": record.get("bits"), "codebook_levels": levels, "exact": False,
-                 "max_weight_error": None, "reason": "", "_step": step if needed is not None else None}
+                 "max_weight_error": None, "reason": ""}
         if mode == "int4":
             entry.update(storage_bits=4, reason="mode='int4'")
         elif needed is not None and needed <= 4:
@@ -239,11 +241,11 @@ def _quant_range(flat_shape_ops, step, bits):
 
 
 def stored_kernels(model_bytes, names):
-    """Dequantized values of the INT4 / INT8 weight tensors ``names`` of a ``.tflite`` file.
+    """Dequantized values of the INT4 / INT8 / FLOAT32 weight tensors ``names`` of a ``.tflite`` file.
 
     Returns:
         ``{tensor name: (bits, float array in the file's layout)}`` for the names found with
-        an integer type.
+        one of those types (32 bits for float32 tensors).
     """
     model = schema.Model.GetRootAs(bytearray(model_bytes), 0)
     graph = model.Subgraphs(0)
@@ -251,7 +253,7 @@ def stored_kernels(model_bytes, names):
     for i in range(graph.TensorsLength()):
         tensor = graph.Tensors(i)
         name = tensor.Name().decode(errors="replace")
-        if name not in names or tensor.Type() not in (schema.TensorType.INT4, schema.TensorType.INT8):
+        if name not in names or tensor.Type() not in _STORED_TYPES:
             continue
         buffer = model.Buffers(tensor.Buffer())
         if buffer.DataLength():
@@ -259,7 +261,10 @@ def stored_kernels(model_bytes, names):
         else:  # large files keep buffers after the flatbuffer, addressed by offset and size
             raw = np.frombuffer(bytes(model_bytes[buffer.Offset(): buffer.Offset() + buffer.Size()]), np.uint8)
         shape = tuple(int(d) for d in tensor.ShapeAsNumpy())
-        if tensor.Type() == schema.TensorType.INT4:
+        if tensor.Type() == schema.TensorType.FLOAT32:
+            out[name] = (32, np.asarray(raw, np.uint8).view(np.float32).reshape(shape))
+            continue
+        if tensor.Type() == schema.TensorType.INT4:  # two values per byte, low nibble first
             packed = np.asarray(raw, np.uint8)
             nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[: int(np.prod(shape))]
             q, bits = np.where(nibbles > 7, nibbles.astype(np.int16) - 16, nibbles).astype(np.float64), 4
@@ -276,15 +281,12 @@ def stored_kernels(model_bytes, names):
     return out
 
 
-def _tflite_layout(op, kernel):
-    """The Keras kernel in the file's layout: FC (out, in), conv (out, h, w, in), depthwise (1, h, w, c)."""
-    if op == "FULLY_CONNECTED":
-        return kernel.T
-    if op == "CONV_2D":
-        return np.transpose(kernel, (3, 0, 1, 2))
+def _per_channel(op, values):
+    """A weight tensor of the file as ``(weights per channel, channels)``: FC (out, in), conv
+    (out, h, w, in) and depthwise (1, h, w, channels) layouts."""
     if op == "DEPTHWISE_CONV_2D":
-        return kernel.reshape((1,) + kernel.shape[:2] + (-1,))
-    return None
+        return values.reshape(-1, values.shape[-1])
+    return values.reshape(values.shape[0], -1).T
 
 
 def quantize_low_bit(plain, mode, calibration, num_threads=1):
@@ -311,7 +313,7 @@ def quantize_low_bit(plain, mode, calibration, num_threads=1):
                                      "pip install ai-edge-quantizer==0.10.0") from err
 
     plan = plan_bits(plain, mode)
-    reference, steps = int4_reference(plain) if mode == "int4" else (plain, {})
+    reference = int4_reference(plain) if mode == "int4" else plain
     float_bytes = _float_tflite(reference)
     ops = _weight_ops(float_bytes, list(plan))
     missing = [name for name in plan if name not in ops]
@@ -338,19 +340,20 @@ def quantize_low_bit(plain, mode, calibration, num_threads=1):
         input_name = Interpreter(model_content=bytes(float_bytes)).get_signature_list()[signature]["inputs"][0]
         qsvs = qt.calibrate({signature: [{input_name: calibration[i:i + 1]} for i in range(len(calibration))]},
                             num_threads=num_threads)
+    # The weight range of each kernel comes from the float file itself, so a grid survives the
+    # converter's folding (a BatchNormalization scales each channel's grid, it stays a grid).
+    converted = stored_kernels(float_bytes, {ops[name][1] for name in plan if name in ops})
     for name, entry in plan.items():
-        step = steps.get(name, entry.pop("_step"))
-        if name not in ops or step is None:
+        if name not in ops or ops[name][1] not in converted:
             continue
-        if entry["storage_bits"] == 8 and (entry["needed_bits"] or 32) > 8:
-            continue
-        step = np.where(np.asarray(step) > 0, step, 1e-12)
-        shape = (1, 1, 1, -1) if entry["op"] == "DEPTHWISE_CONV_2D" else (-1,) + (1,) * (
-            3 if entry["op"] == "CONV_2D" else 1)
+        values = converted[ops[name][1]][1]
+        bits, step = channel_grid(_per_channel(entry["op"], values))
+        if bits.max() > entry["storage_bits"]:
+            continue  # not on a grid that fits: ai-edge-quantizer's min/max
+        step = np.where(step > 0, step, 1e-12)
+        shape = (1, 1, 1, -1) if entry["op"] == "DEPTHWISE_CONV_2D" else (-1,) + (1,) * (values.ndim - 1)
         bound = _quant_range(shape, step, entry["storage_bits"])
         qsvs[ops[name][1]] = {"min": -bound, "max": bound}
-    for entry in plan.values():
-        entry.pop("_step", None)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -358,19 +361,18 @@ def quantize_low_bit(plain, mode, calibration, num_threads=1):
     except (ValueError, RuntimeError) as err:
         raise UnsupportedModelError(f"ai-edge-quantizer could not quantize '{plain.name}' in mode='{mode}': "
                                     f"{' '.join(str(err).split())[:300]}") from err
-    _check_storage(model_bytes, reference, plan, ops, mode)
+    _check_storage(model_bytes, converted, plan, ops, mode)
     return LowBitExport(model_bytes=model_bytes, reference=reference, layers=plan)
 
 
-def _check_storage(model_bytes, reference, plan, ops, mode):
-    """Read every kernel back from the file: storage bits as planned, error against Keras."""
+def _check_storage(model_bytes, converted, plan, ops, mode):
+    """Read every kernel back from the file: storage bits as planned, error against the float file."""
     stored = stored_kernels(model_bytes, {ops[name][1] for name in plan if name in ops})
-    layers = {layer.name: layer for layer in flat_layers(reference)}
     for name, entry in plan.items():
         if name not in ops:
             continue
         bits, values = stored.get(ops[name][1], (None, None))
-        if bits is None:
+        if bits is None or bits == 32:
             raise UnsupportedModelError(f"mode='{mode}': layer '{name}' ({entry['op']}) was left unquantized by "
                                         "ai-edge-quantizer; no file was written. Use mode='int8' or 'dynamic'.")
         if bits != entry["storage_bits"]:
@@ -379,8 +381,7 @@ def _check_storage(model_bytes, reference, plan, ops, mode):
                     f"mode='int4': ai-edge-quantizer stored layer '{name}' ({entry['op']}) at {bits} bits, not 4 "
                     "(no INT4 kernel for it); no file was written. Use mode='learned' or mode='int8'.")
             entry.update(storage_bits=bits, reason=entry["reason"] + f"; the quantizer stored it at {bits} bits")
-        kernel = _tflite_layout(entry["op"], _kernel_of(layers[name]).numpy())
-        if kernel is not None and kernel.size == values.size:
-            error = float(np.abs(values - kernel.reshape(values.shape)).max())
-            scale = float(np.abs(kernel).max()) or 1.0
-            entry.update(max_weight_error=error, exact=error <= 1e-5 * scale)
+        reference = converted.get(ops[name][1], (None, None))[1]
+        if reference is not None and reference.size == values.size:
+            error = float(np.abs(values - reference.reshape(values.shape)).max())
+            entry.update(max_weight_error=error, exact=error <= 1e-5 * (float(np.abs(reference).max()) or 1.0))

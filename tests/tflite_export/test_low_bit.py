@@ -120,3 +120,23 @@ def test_channel_grid_reads_bits_and_refuses_float_weights():
     floats = np.random.default_rng(0).standard_normal((25, 3))
     assert channel_grid(floats)[0].tolist() == [32, 32, 32]
     assert channel_grid(np.zeros((4, 1)))[0].tolist() == [0]
+
+
+def test_learned_grid_stays_exact_through_batchnorm_folding(digits, tmp_path):
+    (x, _), _ = digits
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU()(keras.layers.MaxPooling2D(2)(h))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
+    rng = np.random.default_rng(0)
+    bn = model.get_layer("bn")
+    bn.set_weights([rng.uniform(0.5, 2, 8), rng.normal(0, 0.1, 8), rng.normal(0, 0.1, 8), rng.uniform(0.5, 2, 8)])
+    kernel = model.get_layer("conv").kernel
+    step = rng.uniform(0.01, 0.05, 8).astype(np.float32)
+    kernel.assign(np.clip(np.round(kernel.numpy() / step), -4, 3) * step)  # a 3-bit grid per channel
+    result = to_tflite(model, tmp_path / "bn.tflite", "learned", x[:50])
+    entry = result.layer_bits["conv"]
+    assert entry["storage_bits"] == 4 and entry["needed_bits"] == 3
+    assert entry["exact"] and entry["max_weight_error"] < 1e-6
