@@ -69,6 +69,9 @@ def _args():
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--atmc_ratio", type=float, default=0.05, help="ATMC size budget / dense float32 size")
     p.add_argument("--atmc_eps", type=float, default=None, help="ATMC PGD radius (default: the dataset's)")
+    p.add_argument("--sc_gamma", type=float, default=0.05, help="self-compression size weight")
+    p.add_argument("--sc_bits_lr", type=float, default=0.1,
+                   help="self-compression learning rate of the bits (large: the run is short)")
     p.add_argument("--calibration", type=int, default=300)
     p.add_argument("--num_runs", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
@@ -129,7 +132,8 @@ def _models(args, dense, x, y):
     t = time.time()
     n_val = min(500, len(x) // 5)
     result = self_compress(dense, x[:-n_val], y[:-n_val], (x[-n_val:], y[-n_val:]), safety_size=100,
-                           epochs=args.finetune_epochs, batch_size=64, gamma=0.05, seed=args.seed)
+                           epochs=args.finetune_epochs, batch_size=64, gamma=args.sc_gamma,
+                           bits_learning_rate=args.sc_bits_lr, seed=args.seed)
     rows.append(("self-compression", result.model, ""))
     print(f"  self-compression {time.time() - t:.0f}s", flush=True)
 

@@ -68,8 +68,8 @@ INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")
 _WEIGHT_OPS = ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "BATCH_MATMUL")
 _INT4_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
 _STORED_TYPES = (schema.TensorType.INT4, schema.TensorType.INT8, schema.TensorType.FLOAT32)
-# Relative tolerance when deciding that weights sit on an integer grid.
-_GRID_TOL = 1e-3
+# How far from an integer a grid code may be (float32 rounding of k * step, k <= 128, is ~1e-5).
+_GRID_TOL = 1e-4
 
 
 @dataclasses.dataclass
@@ -110,8 +110,9 @@ def channel_grid(flat):
     """The per-channel integer grid the values of ``flat`` (weights x channels) sit on.
 
     A channel sits on a grid when every value is ``k * step`` for integers ``k`` in
-    ``[-128, 127]`` (within a relative 1e-3); the step tried first is the smallest non-zero
-    magnitude, then its halves, thirds ... down to an eighth.
+    ``[-128, 127]`` (within ``1e-4`` of an integer): the step is the smallest non-zero
+    magnitude divided by the smallest ``d`` in 1..128 that makes every ``value / step`` whole.
+    Float weights are on no such grid (their ratios are not integer multiples).
 
     Returns:
         ``(bits, step)``, arrays over channels: the two's complement bits ``k`` needs (0 for an
@@ -121,24 +122,25 @@ def channel_grid(flat):
     flat = np.asarray(flat, np.float64)
     bits = np.full(flat.shape[-1], 32, np.int64)
     step = np.zeros(flat.shape[-1])
+    divisors = np.arange(1, 129, dtype=np.float64)[:, None]
     for c in range(flat.shape[-1]):
         values = flat[:, c]
-        magnitudes = np.abs(values[values != 0])
-        if magnitudes.size == 0:
-            bits[c], step[c] = 0, 0.0
+        nonzero = values[values != 0]
+        if nonzero.size == 0:
+            bits[c] = 0
             continue
-        for divisor in range(1, 9):
-            s = magnitudes.min() / divisor
-            codes = values / s
-            if np.abs(codes - np.round(codes)).max() > _GRID_TOL or np.abs(codes).max() > 128.5:
-                continue
-            k = np.round(codes)
-            span = max(-k.min(), k.max() + 1)
-            if k.max() > 127:
-                break
-            bits[c] = int(np.ceil(np.log2(span))) + 1 if span > 1 else 1
-            step[c] = s
-            break
+        smallest = np.abs(nonzero).min()
+        codes = divisors * (nonzero / smallest)[None, :]  # (divisor, value)
+        fits = (np.abs(codes - np.round(codes)).max(axis=1) <= _GRID_TOL) & (np.abs(codes).max(axis=1) <= 128.5)
+        if not fits.any():
+            continue
+        d = int(np.argmax(fits))
+        k = np.round(codes[d])
+        if k.max() > 127:
+            continue
+        span = max(-k.min(), k.max() + 1, 1.0)
+        bits[c] = int(np.ceil(np.log2(span))) + 1
+        step[c] = smallest / divisors[d, 0]
     return bits, step
 
 
