@@ -24,8 +24,10 @@ The two modes differ in the plan:
 - ``"learned"``: each kernel at the storage its learned quantization needs. The per-channel
   grid the weights sit on is read off the values (self-compression's ``2^e * k`` with integer
   ``k``): a layer whose every channel needs at most 4 bits (``k`` in ``[-8, 7]``) is stored at 4
-  bits, exactly (range ``+-7 * step``); a layer on a wider grid at 8 bits, exactly when ``k`` fits
-  ``[-128, 127]``; an ATMC layer whose k-means codebook has at most 16 non-zero levels (known
+  bits, exactly (range ``+-7 * step``; INT4 uses all of ``[-8, 7]``); a layer on a wider grid at 8
+  bits, exactly when ``k`` fits ``[-127, 127]`` (ai-edge-quantizer stores int8 weights in the
+  narrow range TFLite's int8 kernels assume, so a channel that uses ``-128`` has that level
+  clipped by one step: ``exact`` is then false and ``max_weight_error`` says by how much); an ATMC layer whose k-means codebook has at most 16 non-zero levels (known
   from the bits ``strip()`` recorded, :data:`tfsafe.metrics.DEPLOY_BITS_ATTR`) at 4 bits, by
   uniform per-channel min/max (not exact: the codebook is not uniform); anything else
   (float weights) at 8 bits by min/max, as the int8 mode does. A layer planned at 4 bits whose
