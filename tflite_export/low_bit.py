@@ -27,9 +27,10 @@ The two modes differ in the plan:
   bits, exactly (range ``+-7 * step``; INT4 uses all of ``[-8, 7]``); a layer on a wider grid at 8
   bits, exactly when ``k`` fits ``[-127, 127]`` (ai-edge-quantizer stores int8 weights in the
   narrow range TFLite's int8 kernels assume, so a channel that uses ``-128`` has that level
-  clipped by one step: ``exact`` is then false and ``max_weight_error`` says by how much); an ATMC layer whose k-means codebook has at most 16 non-zero levels (known
-  from the bits ``strip()`` recorded, :data:`tfsafe.metrics.DEPLOY_BITS_ATTR`) at 4 bits, by
-  uniform per-channel min/max (not exact: the codebook is not uniform); anything else
+  clipped by one step: ``exact`` is then false and ``max_weight_error`` says by how much); an
+  ATMC layer whose k-means codebook has at most 16 non-zero levels (known from the bits
+  ``strip()`` recorded, :data:`tfsafe.metrics.DEPLOY_BITS_ATTR`) at 4 bits, by uniform
+  per-channel min/max (not exact: the codebook is not uniform); anything else
   (float weights) at 8 bits by min/max, as the int8 mode does. A layer planned at 4 bits whose
   op has no INT4 kernel falls back to 8 bits and says so (``reason``). Parity is checked
   against the stripped model itself.
