@@ -109,7 +109,7 @@ def _models(args, dense, x, y):
     """``[(row name, model, note)]``: the compressed models, each in its own (wrapped) form."""
     rows = []
     t = time.time()
-    schedule = tfmot.sparsity.keras.ConstantSparsity(args.sparsity, 0, frequency=10)
+    schedule = tfmot.sparsity.keras.ConstantSparsity(args.sparsity, 0, frequency=1)
     tfmot_model = tfmot.sparsity.keras.prune_low_magnitude(_clone(dense), pruning_schedule=schedule)
     _fit(tfmot_model, x, y, args.finetune_epochs, [tfmot.sparsity.keras.UpdatePruningStep()])
     rows.append((f"TF-MOT {args.sparsity:.0%}", tfmot.sparsity.keras.strip_pruning(tfmot_model), ""))
