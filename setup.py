@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     "onnx>=1.17",
     "onnxruntime>=1.20",
     "ai-edge-litert>=2.0",
+    "ai-edge-quantizer==0.10.0",  # int4 / learned-bit .tflite (tflite_export.low_bit)
     "absl-py>=1.2",
     "numpy>=1.26",
     "scikit-learn>=1.4,<1.7",

@@ -93,10 +93,12 @@ def _smallest_eps(pgd):
     return eps, pgd[eps]
 
 
-def _deployed_row(name, entry):
+def _deployed_row(name, entry, compressed):
     rob = entry.get("robustness") or {}
     mia = (entry.get("membership") or {}).get("worst") or {}
+    ideal = compressed["size"]["ideal_bytes"]  # the compressed model as it ships (metrics.model_size)
     return {"model": name, "bytes": entry["file"]["bytes"], "gzip_bytes": entry["file"]["gzip_bytes"],
+            "ideal_bytes": ideal, "over_ideal": entry["file"]["bytes"] / ideal if ideal else None,
             "accuracy": entry["accuracy"], "agreement": entry["parity"]["top1_agreement"],
             "pgd_transfer": _smallest_eps(rob.get("pgd") or {}), "corruption": rob.get("corruption_mean_accuracy"),
             "mia_auc": mia.get("auc"), "tpr_1pct": mia.get("tpr_at_1pct_fpr")}
@@ -118,11 +120,12 @@ def tables(rows, deployed):
         lines.append("| " + " | ".join(cells) + " |")
     base = next((d["bytes"] for d in deployed if d["model"].startswith("baseline")), None)
     transfer_eps = next((d["pgd_transfer"][0] for d in deployed if d["pgd_transfer"]), "")
-    lines += ["", f"| int8 .tflite | bytes | x baseline | gzip bytes | acc | agreement | PGD {transfer_eps} "
-              "(transfer) | corr. acc | MIA AUC | TPR@1% |", "|" + "---|" * 10]
+    lines += ["", f"| int8 .tflite | ideal bytes | .tflite bytes | .tflite / ideal | x baseline | gzip bytes | acc "
+              f"| agreement | PGD {transfer_eps} (transfer) | corr. acc | MIA AUC | TPR@1% |", "|" + "---|" * 12]
     for d in deployed:
         transfer = d["pgd_transfer"][1] if d["pgd_transfer"] else None
-        lines.append(f"| {d['model']} | {d['bytes']:,} | {_fmt(d['bytes'] / base if base else None, '.2f')} | "
+        lines.append(f"| {d['model']} | {_fmt(d.get('ideal_bytes'), ',.0f')} | {d['bytes']:,} | "
+                     f"{_fmt(d.get('over_ideal'), '.2f')} | {_fmt(d['bytes'] / base if base else None, '.2f')} | "
                      f"{d['gzip_bytes']:,} | {d['accuracy']:.4f} | {d['agreement']:.4f} | "
                      f"{_fmt(transfer, '.4f')} | {_fmt(d['corruption'], '.4f')} | "
                      f"{_fmt(d['mia_auc'], '.3f')} | {_fmt(d['tpr_1pct'], '.3f')} |")
@@ -168,7 +171,7 @@ def main(argv=None):
             rows.append(_row("dense rlnet_cnn (BN)", dense, dense, None))
         rows.append(_row("TF-MOT pruning (unsafe baseline)" if method == "baseline" else method, compressed,
                          dense, seconds))
-        deployed.append(_deployed_row(f"{method}", tflite))
+        deployed.append(_deployed_row(f"{method}", tflite, compressed))
         reports[method] = report
     text = tables(rows, deployed)
     print(f"\n## {data}: dense vs unsafe baseline vs methods (same splits, same tests)\n\n{text}\n", flush=True)

@@ -82,3 +82,64 @@ def test_tfmot_pruned_model_reports_mask_sparsity(trained_cnn, digits):
     assert size["compression_ratio"] < 0.3
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     assert metrics.count_nonzero(stripped) == size["nonzeros"]
+
+
+def _learned_bits_model(trained_cnn, layer_bits, dead=()):
+    from tfsafe.compress.quantization import channel_bits, learnable_layers, quantize_learnable, restore_channels
+
+    qmodel = quantize_learnable(trained_cnn, init_bits=8)
+    for layer, bits in zip(learnable_layers(qmodel), layer_bits):
+        restore_channels(layer, np.arange(channel_bits(layer).size), bits=float(bits))
+        if layer.name in dict(dead):
+            variable = next(v for v in layer.weights if v.name.endswith("kernel_bits:0"))
+            values = variable.numpy()
+            values[: dict(dead)[layer.name]] = 0.0
+            variable.assign(values)
+    return qmodel
+
+
+def test_stripped_self_compressed_model_reports_the_bits_it_ships_with(trained_cnn):
+    from tfsafe import strip
+
+    wrapped = _learned_bits_model(trained_cnn, [3, 5, 4, 8])
+    stripped = strip(wrapped)
+    size, shipped = metrics.model_size(wrapped), metrics.model_size(stripped)
+    assert shipped["average_bits"] == pytest.approx(size["average_bits"], rel=1e-6)
+    assert shipped["ideal_bytes"] == pytest.approx(size["ideal_bytes"], rel=1e-6)
+    assert shipped["params"] == size["params"] and shipped["nonzeros"] == size["nonzeros"]
+    assert size["average_bits"] < 8
+    records = getattr(stripped, metrics.DEPLOY_BITS_ATTR)
+    assert {name: r["bits"] for name, r in records.items()} == {"conv1": 3, "conv2": 5, "fc1": 4, "logits": 8}
+    # Zero-bit channels are removed: the stripped model ships fewer weights, at the same per-layer bits.
+    pruned = strip(_learned_bits_model(trained_cnn, [3, 5, 4, 8], dead=[("quant_conv2", 8)]))
+    assert metrics.model_size(pruned)["params"] < shipped["params"]
+    kernels = {s["layer"]: s["bits"] for s in metrics.deployed_stats(pruned) if s["kind"] == "kernel"}
+    assert kernels == {"conv1": 3, "conv2": 5, "fc1": 4, "logits": 8}
+    # A plain model keeps 32 bits.
+    assert metrics.model_size(trained_cnn)["average_bits"] == 32
+
+
+def test_factorized_model_reports_the_merged_params_it_deploys(trained_cnn):
+    from tfsafe import strip
+    from tfsafe.compress.factorization import factorize
+
+    model = factorize(trained_cnn, bits=4)
+    for layer in model.layers:
+        if hasattr(layer, "A"):  # an ATMC-like projection: 15 non-zero k-means levels
+            a = layer.A.numpy()
+            table = np.quantile(a, np.linspace(0, 1, 15)).astype("float32")
+            layer.A.assign(table[np.abs(a[..., None] - table).argmin(-1)])
+    size = metrics.model_size(model, reference=trained_cnn)
+    assert size["params"] == trained_cnn.count_params()
+    assert size["stored_params"] > 2 * trained_cnn.count_params()  # A, B, C
+    kernels = [s for s in metrics.deployed_stats(model) if s["kind"] == "kernel"]
+    assert all(s["bits"] == 4 for s in kernels)
+    shipped = metrics.model_size(strip(model), reference=trained_cnn)
+    for key in ("params", "nonzeros", "average_bits", "ideal_bytes", "compression_ratio"):
+        assert shipped[key] == pytest.approx(size[key], rel=1e-6), key
+    # A dense B moves the merged kernel off the codebook: 32 bits, still the merged params.
+    layer = model.get_layer("fc1")
+    layer.B.assign(np.random.default_rng(0).standard_normal(layer.B.shape).astype("float32"))
+    fc1 = [s for s in metrics.deployed_stats(model) if s["layer"] == "fc1" and s["kind"] == "kernel"]
+    assert [s["bits"] for s in fc1] == [32]
+    assert metrics.model_size(model)["params"] == trained_cnn.count_params()

@@ -13,6 +13,10 @@ Modes:
 - ``dynamic``: int8 weights, float activations (no data needed).
 - ``float16``: float16 weights, float32 compute on CPU.
 - ``float32``: no quantization.
+- ``int4`` / ``learned``: 4-bit (and 8-bit) weights with int8 activations and int8 I/O, written
+  by ai-edge-quantizer (:mod:`tflite_export.low_bit` says which combination and which layers);
+  parity is checked against the Keras model that holds the stored weights, and the side-car
+  lists every layer's storage bits under ``layer_bits``.
 """
 
 import dataclasses
@@ -23,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from tflite_export import flatbuffer
+from tflite_export import flatbuffer, low_bit
 from tflite_export.parity import ParityError, ParityReport, check_parity
 from tflite_export.prepare import calibration_array, input_shape_of, prepare_model, weight_sparsity
 from tflite_export.sidecar import build_sidecar, check_labels_list, check_normalization, sidecar_path, tensor_info
@@ -35,7 +39,7 @@ from tfsafe.validation import check_features, check_fraction, check_labels, chec
 
 __all__ = ["MODES", "ExportResult", "to_tflite", "gzip_size", "SPARSITY_THRESHOLD"]
 
-MODES = ("int8", "dynamic", "float16", "float32")
+MODES = ("int8", "dynamic", "float16", "float32") + low_bit.MODES
 # Weight sparsity from which sparsity="auto" tries TFLite's sparse encoding.
 SPARSITY_THRESHOLD = 0.1
 
@@ -54,6 +58,8 @@ class ExportResult:
         ops: ``{op_name: count}`` of the TFLite graph (None for ONNX).
         sparsity: what the sparse encoding attempt found (None when not tried).
         parity: the :class:`~tflite_export.parity.ParityReport` when ``verify`` was given.
+        layer_bits: ``int4`` / ``learned`` only: per-layer storage bits (see
+            :mod:`tflite_export.low_bit`).
     """
 
     path: str
@@ -67,6 +73,7 @@ class ExportResult:
     ops: dict = None
     sparsity: dict = None
     parity: ParityReport = None
+    layer_bits: dict = None
 
     def to_dict(self):
         out = dataclasses.asdict(self)
@@ -223,9 +230,13 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
     Args:
         model: a ``tf_keras`` (or Keras 3) model; tfsafe / TF-MOT wrappers are stripped first.
         path: output file, ending in ``.tflite``.
-        mode: ``"int8"`` (full-integer), ``"dynamic"``, ``"float16"`` or ``"float32"``.
-        representative_data: calibration inputs for ``int8`` (float array, ``tf.data.Dataset``
-            or generator function); ignored by the other modes.
+        mode: ``"int8"`` (full-integer), ``"dynamic"``, ``"float16"``, ``"float32"``, or
+            ``"int4"`` / ``"learned"`` (4/8-bit weights, int8 activations: see
+            :mod:`tflite_export.low_bit`; ``verify`` then compares with the Keras model that
+            holds the stored weights: the int4-gridded copy for ``int4``, the stripped model
+            for ``learned``).
+        representative_data: calibration inputs for ``int8``, ``int4`` and ``learned`` (float
+            array, ``tf.data.Dataset`` or generator function); ignored by the other modes.
         num_calibration_samples: at most this many examples are used for calibration.
         integer_io: int8 mode only: int8 input/output tensors (default) or float32 ones.
         verify: ``(x, y)`` (``y`` may be None): run the written file against the Keras model
@@ -269,12 +280,19 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
     labels = check_labels_list(labels, model_num_classes(plain))
     normalization = check_normalization(normalization)
     calibration = None
-    if mode == "int8":
+    if mode == "int8" or mode in low_bit.MODES:
         calibration = calibration_array(representative_data, input_shape_of(plain), num_calibration_samples)
     checked = check_verify(verify, plain)
 
-    model_bytes = _convert(plain, mode, calibration, integer_io)
-    if mode == "int8" and not allow_float_ops:
+    low = None
+    if mode in low_bit.MODES:  # ai-edge-quantizer; parity against the model holding the stored weights
+        if not integer_io:
+            raise InputError(f"mode='{mode}' writes int8 input/output tensors; integer_io=False is not supported.")
+        low = low_bit.quantize_low_bit(plain, mode, calibration)
+        model_bytes, keras_model, sparsity = low.model_bytes, low.reference, False
+    else:
+        model_bytes = _convert(plain, mode, calibration, integer_io)
+    if (mode == "int8" or low is not None) and not allow_float_ops:
         _check_integer_only(model_bytes, {layer.name for layer in plain.layers})
     model_bytes, sparsity_info = _try_sparsity(plain, mode, calibration, integer_io, model_bytes, sparsity)
     # A sparse int8/dynamic file that XNNPack cannot run is only kept with sparsity=True.
@@ -302,7 +320,7 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
             path=path, format="tflite", mode=mode, bytes=len(model_bytes), gzip_bytes=gzip_size(model_bytes),
             input=_tensor(runner.input_details, "input"), output=_tensor(runner.output_details, "output"),
             metadata_path=sidecar_path(path), ops=flatbuffer.op_counts(model_bytes),
-            sparsity=sparsity_info, parity=parity,
+            sparsity=sparsity_info, parity=parity, layer_bits=None if low is None else low.layers,
         )
         value_range = None if calibration is None else (calibration.min(), calibration.max())
         sidecar = build_sidecar(result, plain.name, "probabilities" if ends_with_softmax(plain) else "logits",

@@ -87,4 +87,6 @@ def build_sidecar(result, model_name, output_kind, labels=None, normalization=No
         "labels": labels,
         "sparsity": result.sparsity,
         "parity": None if result.parity is None else result.parity.to_dict(),
+        # int4 / learned modes: {layer: {"storage_bits", "needed_bits", "learned_bits", ...}}.
+        "layer_bits": getattr(result, "layer_bits", None),
     }

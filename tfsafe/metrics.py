@@ -16,6 +16,21 @@ Size definitions (say which one a headline uses):
   sparse + quantized encoding, ignoring index overhead.
 - ``dense_bytes``: ``params * 4`` (float32).
 - ``compression_ratio``: ``ideal_bytes / dense_bytes`` of the reference (smaller is better).
+
+Stored form and deployed form: :func:`weight_stats` (and :func:`count_params`,
+:func:`ideal_bytes`, ...) describe the tensors a model *stores* (a factorized layer's factors
+``A``, ``B``, ``C``). :func:`deployed_stats` and :func:`model_size` describe what
+:func:`~tfsafe.compress.strip.strip` ships:
+
+- a layer with a ``merged_weights()`` method (factorized / low-rank layers) counts its merged
+  kernel, at the layer's ``bits`` when the merged values fit a codebook of ``2^bits`` entries
+  (the codebook added), else at 32 bits;
+- a stripped model carries what ``strip()`` knew about the bits in the attribute
+  ``DEPLOY_BITS_ATTR`` (``{layer name: {"bits", "codebook"}}``, written by
+  :func:`record_deploy_bits`): its plain kernels count at those bits plus the codebook
+  (scales or k-means table), and its non-zeros are counted from the shipped values (removed
+  channels are gone). The attribute lives on the Python object only: a stripped model saved
+  and loaded again counts 32 bits, so measure a saved model in its wrapped form.
 """
 
 import numpy as np
@@ -25,8 +40,12 @@ from tfsafe._keras import keras
 __all__ = [
     "WeightStat", "register_weight_stats", "register_relu_counter", "weight_stats", "count_params",
     "count_nonzero", "sparsity", "average_bits", "ideal_bytes", "dense_bytes", "compression_ratio",
-    "relu_count", "model_size", "short_name",
+    "relu_count", "model_size", "short_name", "deployed_stats", "record_deploy_bits", "codebook_bits",
+    "DEPLOY_BITS_ATTR",
 ]
+
+# Attribute of a stripped model holding {layer name: {"bits": ..., "codebook": ...}} (see deployed_stats).
+DEPLOY_BITS_ATTR = "tfsafe_deploy_bits"
 
 _WEIGHT_STATS = {}
 _RELU_COUNTERS = {}
@@ -237,13 +256,113 @@ def relu_count(model):
     return int(sum(_layer_relu_count(layer, model) for layer in model.layers))
 
 
+def codebook_bits(values, bits):
+    """``(bits per non-zero, codebook entries)`` of a tensor quantized to a ``2^bits`` codebook.
+
+    The tensor counts at ``bits`` only when its distinct non-zero values fit ``2^bits`` entries
+    (then the float32 codebook of that many entries is added); otherwise at 32 bits. The same
+    rule as :func:`tfsafe.compress.factorization.factor_bits`.
+    """
+    if bits is None or bits >= 32:
+        return 32, 0
+    values = np.asarray(values)
+    distinct = np.unique(values[values != 0]).size
+    return (int(bits), int(distinct)) if distinct <= 2 ** int(bits) else (32, 0)
+
+
+def _merged_stats(layer):
+    """A factorized / low-rank layer as strip() ships it: one merged kernel (+ codebook) and a bias."""
+    weights = layer.merged_weights()
+    bits, entries = codebook_bits(weights[0], getattr(layer, "bits", 32))
+    stats = [WeightStat(layer.name, "kernel", weights[0], bits=bits, kind="kernel")]
+    if entries:
+        stats.append(WeightStat(layer.name, "kernel_codebook", shape=(entries,), params=entries, nonzeros=entries,
+                                kind="codebook"))
+    stats.extend(WeightStat(layer.name, "bias", w) for w in weights[1:])
+    return stats
+
+
+def _recorded_stats(layer, record):
+    """A plain layer of a stripped model whose kernel ships at the bits strip() recorded."""
+    stats = []
+    for w in layer.weights:
+        value = w.numpy()
+        if value.ndim >= 2:
+            stats.append(WeightStat(layer.name, short_name(w), value, bits=record["bits"], kind="kernel"))
+        else:
+            stats.append(WeightStat(layer.name, short_name(w), value))
+    entries = int(record.get("codebook", 0))
+    if entries:
+        stats.append(WeightStat(layer.name, "codebook", shape=(entries,), params=entries, nonzeros=entries,
+                                kind="codebook"))
+    return stats
+
+
+def deployed_stats(model):
+    """Per-weight statistics of ``model`` as :func:`~tfsafe.compress.strip.strip` ships it.
+
+    Like :func:`weight_stats`, except that factorized / low-rank layers (anything with a
+    ``merged_weights()`` method) count their merged kernel, and the plain layers of a stripped
+    model count at the bits recorded by :func:`record_deploy_bits` (see the module docstring).
+    """
+    records = getattr(model, DEPLOY_BITS_ATTR, None) or {}
+    stats = []
+    for layer in _iter_layers(model):
+        if callable(getattr(layer, "merged_weights", None)):
+            stats.extend(_merged_stats(layer))
+        elif layer.name in records and _lookup(_WEIGHT_STATS, layer) is None:
+            stats.extend(_recorded_stats(layer, records[layer.name]))
+        else:
+            fn = _lookup(_WEIGHT_STATS, layer)
+            if fn is not None:
+                stats.extend(fn(layer))
+            elif isinstance(layer, keras.layers.Wrapper) and not isinstance(layer, keras.layers.Bidirectional):
+                stats.extend(_plain_stats(layer.layer))
+            else:
+                stats.extend(_plain_stats(layer))
+    return stats
+
+
+def record_deploy_bits(stripped, original):
+    """Store on ``stripped`` the bits each of its kernels ships with, read off ``original``.
+
+    Called by :func:`~tfsafe.compress.strip.strip`. A layer is recorded when ``original``'s
+    deployed statistics give it exactly one kernel at fewer than 32 bits (a learnable-bit
+    layer: the non-zero-weighted mean of its channels' storage bits and one scale per live
+    channel; an ATMC layer: its codebook bits and entries); the record is
+    ``{"bits": float, "codebook": entries}`` under :data:`DEPLOY_BITS_ATTR`.
+
+    Returns:
+        ``stripped`` (the same object).
+    """
+    by_layer = {}
+    for stat in deployed_stats(original):
+        by_layer.setdefault(stat["layer"], []).append(stat)
+    records = {}
+    for name, stats in by_layer.items():
+        kernels = [s for s in stats if s["kind"] == "kernel"]
+        if len(kernels) == 1 and kernels[0]["bits"] < 32:
+            codebook = sum(s["params"] for s in stats if s["kind"] == "codebook")
+            records[name] = {"bits": kernels[0]["bits"], "codebook": int(codebook)}
+    # Straight into __dict__: Keras would track a dict attribute as a DictWrapper of the model.
+    stripped.__dict__[DEPLOY_BITS_ATTR] = records
+    return stripped
+
+
 def model_size(model, reference=None):
-    """One summary dict of every size metric (see the module docstring for definitions)."""
-    stats = weight_stats(model)
-    ref_stats = weight_stats(reference) if reference is not None else stats
+    """One summary dict of every size metric, of the model as it ships (:func:`deployed_stats`).
+
+    ``params`` is what the deployed model stores (a factorized layer counts its merged kernel,
+    not its factors; ``stored_params`` keeps the factor count), ``average_bits`` and
+    ``ideal_bytes`` the bits it ships with (for a stripped model, the bits ``strip()``
+    recorded). See the module docstring for the definitions.
+    """
+    stats = deployed_stats(model)
+    ref_stats = deployed_stats(reference) if reference is not None else stats
     dense = count_params(ref_stats) * 4.0
     return {
         "params": count_params(stats),
+        "stored_params": count_params(weight_stats(model)),
         "nonzeros": count_nonzero(stats),
         "sparsity": sparsity(stats),
         "average_bits": average_bits(stats),

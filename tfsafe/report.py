@@ -36,6 +36,7 @@ _COLUMNS = [
     ("ReLUs", ("size", "relu_count"), "{:,}"),
     (".tflite bytes", ("file", "bytes"), "{:,}"),
     ("gzip bytes", ("file", "gzip_bytes"), "{:,}"),
+    (".tflite / ideal", ("file", "tflite_over_ideal"), "{:.2f}"),
     ("MIA AUC (worst)", ("membership", "worst", "auc"), "{:.3f}"),
     ("MIA advantage", ("membership", "worst", "advantage"), "{:.3f}"),
     ("TPR@1%FPR", ("membership", "worst", "tpr_at_1pct_fpr"), "{:.3f}"),

@@ -206,7 +206,7 @@ def test_bad_representative_data(trained_cnn, digits, tmp_path):
 
 def test_bad_arguments(trained_cnn, tmp_path):
     with pytest.raises(InputError, match="mode must be one of"):
-        to_tflite(trained_cnn, tmp_path / "m.tflite", "int4")
+        to_tflite(trained_cnn, tmp_path / "m.tflite", "int3")
     with pytest.raises(InputError, match=r"must end in \.tflite"):
         to_tflite(trained_cnn, tmp_path / "m.bin", "float32")
     with pytest.raises(InputError, match="min_agreement"):

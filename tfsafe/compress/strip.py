@@ -19,6 +19,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
 from tfsafe._keras import keras, tfmot
 from tfsafe.compress._rewrite import clone_with_weights
 from tfsafe.errors import UnsupportedModelError
+from tfsafe.metrics import record_deploy_bits
 from tfsafe.models import flat_layers
 
 __all__ = ["strip", "register_stripper", "register_model_pass", "is_wrapped", "masked_weights"]
@@ -88,7 +89,8 @@ def strip(model):
 
     Masks are multiplied into the weights, quantized weights land on their grid, factorized
     layers are merged back, and registered model passes run (e.g. zero-bit channel removal).
-    The input model is not modified.
+    The input model is not modified. The learned bits of each kernel are recorded on the
+    result (:func:`tfsafe.metrics.record_deploy_bits`) so that ``model_size`` reports them.
 
     Args:
         model: a ``tf_keras`` model that may contain tfsafe or TF-MOT wrappers.
@@ -113,4 +115,4 @@ def strip(model):
         stripped = clone_with_weights(model, clone_layer, "strip")
     for model_pass in _MODEL_PASSES:
         stripped = model_pass(stripped, model)
-    return stripped
+    return record_deploy_bits(stripped, model)  # the bits the kernels ship with, for model_size

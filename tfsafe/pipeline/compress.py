@@ -244,11 +244,15 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
                                    "non-members for membership; worst case over attacks")
     report.add_evaluation("dense", "dense", results["dense"], size=model_size(dense))
     role = "unsafe baseline" if method == "baseline" else "compressed"
-    report.add_evaluation(method, role, results["compressed"], size=model_size(compressed, reference=dense),
+    size = model_size(compressed, reference=dense)
+    over_ideal = export["bytes"] / size["ideal_bytes"] if size["ideal_bytes"] else None
+    report.add_evaluation(method, role, results["compressed"], size=size,
                           method_info=info, path=relative(compressed_path, state.out_dir))
     report.add_evaluation(f"{method} {recipe['export']['mode']} .tflite", "deployed", results["tflite"],
                           file={"path": relative(tflite_path, state.out_dir), "bytes": export["bytes"],
-                                "gzip_bytes": export["gzip_bytes"], "sparse_encoding": export["sparsity"]},
+                                "gzip_bytes": export["gzip_bytes"], "sparse_encoding": export["sparsity"],
+                                "ideal_bytes": size["ideal_bytes"],
+                                "tflite_over_ideal": over_ideal},
                           parity=export["parity"])
     report.meta["seconds"] = round(sum(s["seconds"] for s in state.stages.values()), 1)
     paths = report.save(state.out_dir)
