@@ -45,7 +45,7 @@ QUICK_PRESET = {
 
 def demo(fv):
     run_demo(fv.out, epochs=fv.epochs, prune_epochs=fv.prune_epochs, target_sparsity=fv.target_sparsity,
-             attacks=fv.attacks or FAST_ATTACKS, seed=fv.seed, verbose=fv.verbose)
+             attacks=fv.attacks or FAST_ATTACKS, seed=fv.seed, verbose=min(fv.verbose, 1))
 
 
 def _deep_merge(base, overrides):

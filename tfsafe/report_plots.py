@@ -62,8 +62,8 @@ def membership_roc(models):
     return _png(fig)
 
 
-def privacy_roc(entry):
-    """tensorflow-privacy's own ROC plot of one model's strongest attack."""
+def privacy_roc_figure(entry):
+    """tensorflow-privacy's own ROC plot of one model's strongest attack, as a Figure (or None)."""
     curve = _worst_curve(entry)
     if curve is None:
         return None
@@ -78,7 +78,13 @@ def privacy_roc(entry):
     fig = plotting.plot_roc_curve(roc)
     fig.set_size_inches(4.2, 3.6)
     fig.axes[0].set_title(f"{entry['name']} - {attack_label(curve['attack'])} attack")
-    return _png(fig)
+    return fig
+
+
+def privacy_roc(entry):
+    """:func:`privacy_roc_figure` as PNG bytes (or None)."""
+    fig = privacy_roc_figure(entry)
+    return None if fig is None else _png(fig)
 
 
 def robustness_curve(models):

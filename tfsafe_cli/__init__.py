@@ -95,7 +95,7 @@ def main(argv=None):
     command, fv = parse(argv)
     if command is None:
         return fv
-    with quiet(fv.verbose) as diverted:
+    with quiet(fv.verbose):
         # The command implementations import TensorFlow: loaded only now that the flags parsed
         # (the heavy part is loaded only when a command really runs; nothing cyclic here).
         implementation = importlib.import_module("tfsafe.cli")

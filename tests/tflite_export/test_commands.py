@@ -2,20 +2,11 @@ import json
 import os
 
 import pytest
-from absl import flags
+from conftest import run_cli
 
 from tflite_export.commands import bench_command, export_command
-from tfsafe import cli
 from tfsafe.errors import InputError
 from tfsafe.io import save_model
-
-
-def run_cli(*args):
-    flags.FLAGS.unparse_flags()
-    try:
-        return cli.main(flags.FLAGS(["tfsafe", *args]))
-    finally:
-        flags.FLAGS.unparse_flags()
 
 
 def test_export_command_writes_files_and_prints_a_table(trained_cnn, tmp_path):
