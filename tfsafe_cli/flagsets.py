@@ -98,8 +98,11 @@ def _parity(fv):
 def define_export(fv):
     flags.DEFINE_string("model", None, "A .keras/.h5 model to export. Required.", flag_values=fv)
     _required(fv, "model", "--model is required: a .keras/.h5 model to export.")
-    flags.DEFINE_multi_enum("modes", ["int8"], TFLITE_MODES, "TFLite modes to write; each is written or refused "
-                            "on its own (repeat the flag or separate with commas).", flag_values=fv)
+    flags.DEFINE_list("modes", ["int8"], "TFLite modes to write, comma-separated (" + ", ".join(TFLITE_MODES)
+                      + "); each is written or refused on its own.", flag_values=fv)
+    flags.register_validator("modes", lambda v: bool(v) and set(v) <= set(TFLITE_MODES),
+                             message="--modes takes a comma-separated subset of " + ", ".join(TFLITE_MODES) + ".",
+                             flag_values=fv)
     flags.DEFINE_enum("dataset", "digits", DATASETS, "Data for calibration (train split) and parity (test split).",
                       flag_values=fv)
     flags.DEFINE_string("data_dir", None, "Folder holding the dataset files (offline).", flag_values=fv)
