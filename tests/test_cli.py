@@ -148,3 +148,21 @@ def test_audit_with_reference_models_in_two_shards(tmp_path, trained_cnn, digits
     assert run_cli("audit", *common, "--shard=1/2") == 0
     out = capsys.readouterr().out
     assert "LiRA" in out and "offset" in out and os.path.exists(tmp_path / "audit.html")
+
+
+QUIET = """
+import os, sys, warnings
+from tfsafe_cli.quiet import quiet
+with quiet(int(sys.argv[1])):
+    os.write(2, b"C-LEVEL LINE\\n")  # what TensorFlow's C++ logging does
+    print("tfsafe: PYTHON LINE", file=sys.stderr)
+print("after", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("verbose, c_level_shown", [(0, False), (1, False), (2, True)])
+def test_quiet_diverts_fd2_but_keeps_python_stderr(verbose, c_level_shown):
+    proc = _python(QUIET, str(verbose))
+    assert proc.returncode == 0
+    assert ("C-LEVEL LINE" in proc.stderr) == c_level_shown
+    assert "tfsafe: PYTHON LINE" in proc.stderr and proc.stderr.rstrip().endswith("after")

@@ -45,11 +45,26 @@ def set_log_env(verbose):
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
+_LOGGERS = ("tensorflow", "absl", "h5py", "matplotlib", "tf2onnx")
+
+
+@contextlib.contextmanager
 def _python_loggers_quiet():
+    """Python-side logs and warnings at ERROR for the body, restored afterwards (the CLI may
+    run inside another program, e.g. a test session)."""
+    levels = {name: logging.getLogger(name).level for name in _LOGGERS}
+    verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)
-    for name in ("tensorflow", "absl", "h5py", "matplotlib", "tf2onnx"):
+    for name in _LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
@@ -64,7 +79,12 @@ def quiet(verbose, log_dir=None):
     if verbose >= 2:
         yield DivertedLog(None)
         return
-    _python_loggers_quiet()
+    with _python_loggers_quiet(), _divert_fd2(log_dir) as diverted:
+        yield diverted
+
+
+@contextlib.contextmanager
+def _divert_fd2(log_dir=None):
     try:
         terminal_is_fd2 = sys.stderr is not None and sys.stderr.fileno() == 2
     except (AttributeError, OSError, ValueError):  # e.g. pytest's capture object
