@@ -88,6 +88,14 @@ def test_verdict_flags_a_compressed_model_easier_to_attack_than_dense():
     assert report.to_dict()["verdicts"][0]["worse"] == ["membership"]
     report.models[1]["membership"]["worst"]["auc"] = 0.605  # within the tolerance: same, no flag
     assert report.verdicts()[0]["worse"] == [] and "⚠" not in report.to_markdown()
+    # A .tflite file is sized against the dense model's float32 bytes, not against another
+    # model's ideal bytes (no like-for-like basis: no ratio).
+    report.models[1]["role"] = "unsafe baseline"
+    report.add_model("pruned int8", "deployed", accuracy=0.965, file={"bytes": 8000})
+    against_dense, against_baseline = report.verdicts()[1:]
+    assert against_dense["smaller"] == pytest.approx(5.0) and against_dense["size_basis"] == (
+        "ideal bytes -> .tflite file")
+    assert against_baseline["against"] == "pruned" and against_baseline["smaller"] is None
 
 
 def test_corruption_heatmap_labels_cannot_overlap():

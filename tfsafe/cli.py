@@ -76,9 +76,11 @@ def compress(fv):
                             out_dir=out, resume=fv.resume, verbose=min(fv.verbose, 1))
     if fv.quick:
         restated = SafetyReport.from_dict(report)
-        restated.meta["preset"] = ("quick (--quick): a first look, not a final audit; recipe overrides "
-                                   + json.dumps(QUICK_PRESET, sort_keys=True))
-        print("wrote " + ", ".join(restated.save(out)))
+        restated.meta["preset"] = "quick (--quick): a first look with a shrunken evaluation, not a final audit"
+        restated.meta["quick overrides"] = {f"{section}.{key}": value for section, values in QUICK_PRESET.items()
+                                            for key, value in values.items()}
+        restated.save(out)
+        print(f"the report in {out} states the --quick preset")
 
 
 def _load_npz_xy(path, flag):
