@@ -55,7 +55,7 @@ def test_cli_export_and_bench(trained_cnn, int8_tflite, tmp_path, capsys):
     assert run_cli("export", f"--model={model_path}", "--modes=float32", f"--out={tmp_path}") == 0
     assert os.path.isfile(tmp_path / "m_float32.tflite")
     code = run_cli("bench", f"--model={int8_tflite.path}", "--num_runs=5", "--warmup_runs=1",
-                   "--xnnpack=on,off", "--threads=1", f"--out={tmp_path}")
+                   "--xnnpack=on,off", "--threads=1", "--noisolate", f"--out={tmp_path}")
     assert code == 0 and len(json.load(open(tmp_path / "bench.json"))["results"]) == 2
     assert run_cli("bench", f"--model={int8_tflite.path}", "--xnnpack=maybe") == 2
     assert "tfsafe: error: --xnnpack takes on and/or off" in capsys.readouterr().err
