@@ -69,9 +69,12 @@ def parse(argv):
 
     Returns ``(None, exit_status)`` when help was printed or the arguments are wrong.
     """
-    if len(argv) < 2 or argv[1] in HELP_ARGS:
+    if len(argv) < 2:
+        print(f"tfsafe: error: no command given.\n{usage()}", file=sys.stderr)
+        return None, 2
+    if argv[1] in HELP_ARGS:
         print(usage())
-        return None, 0 if len(argv) >= 2 else 2
+        return None, 0
     command, args = argv[1], argv[2:]
     if command not in COMMANDS:
         print(f"tfsafe: error: unknown command '{command}'.\n{usage()}", file=sys.stderr)
