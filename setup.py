@@ -33,10 +33,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tfsafe", "tfsafe.*", "tflite_export", "tflite_export.*"]),
+    packages=find_packages(include=["tfsafe", "tfsafe.*", "tflite_export", "tflite_export.*", "tfsafe_cli"]),
     package_data={"tfsafe": ["recipes/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
-    entry_points={"console_scripts": ["tfsafe=tfsafe.cli:run"]},
+    entry_points={"console_scripts": ["tfsafe=tfsafe_cli:run"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 import tfsafe  # noqa: E402
 from tflite_export import benchmark_tflite, to_onnx, to_tflite  # noqa: E402
+from tflite_export.host_info import describe, host_info  # noqa: E402
 from tfsafe._keras import keras, tf  # noqa: E402
 from tfsafe.io import atomic_write_json  # noqa: E402
 from tfsafe.models import accuracy, compile_classifier, lenet  # noqa: E402
@@ -146,7 +147,9 @@ def main(argv=None):
     }
     print()
     print(f"LeNet on {data_name}: {len(xt)} test examples, latency = median over {args.rounds} interleaved rounds "
-          f"of p50 over {args.num_runs} single-example invokes, {args.threads} thread(s), ai_edge_litert")
+          f"of p50 over {args.num_runs} single-example invokes")
+    print(f"Host: {describe(num_threads=args.threads)}. Host int8 speed depends on the CPU's integer dot-product "
+          "instructions; a phone must be measured with the Android harness (tfsafe bench --android).")
     print()
     print(table)
     print()
@@ -154,6 +157,7 @@ def main(argv=None):
         print(f"- {name}: {value:.3f} -> {'met' if ok else 'MISSED'}")
     results = {"data": data_name, "train_size": len(x), "test_size": len(xt), "epochs": args.epochs,
                "train_seconds": train_seconds, "keras_accuracy": keras_acc, "threads": args.threads,
+               "host": host_info(), "delegates": {"p50_ms_xnnpack": "xnnpack", "p50_ms_no_xnnpack": "none"},
                "rounds": args.rounds, "num_runs": args.num_runs, "rows": rows,
                "onnx": onnx.to_dict(), "exports": {m: e.to_dict() for m, e in exports.items()},
                "targets": {k: {"value": v, "met": ok} for k, (v, ok) in targets.items()},

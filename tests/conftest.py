@@ -31,17 +31,10 @@ def clone(model):
 
 
 def run_cli(*args):
-    """Parse ``args`` as the tfsafe command line and run it in this process; returns the exit status."""
-    from absl import flags  # noqa: PLC0415
+    """Run ``tfsafe *args`` in this process (flag parsing included); returns the exit status."""
+    import tfsafe_cli  # noqa: PLC0415
 
-    from tfsafe import cli  # noqa: PLC0415
-
-    flags.FLAGS.unparse_flags()
-    remaining = flags.FLAGS(["tfsafe", *args])
-    try:
-        return cli.main(remaining)
-    finally:
-        flags.FLAGS.unparse_flags()
+    return tfsafe_cli.main(["tfsafe", *args])
 
 
 def compile_classifier(model, lr=3e-3):

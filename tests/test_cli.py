@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -6,17 +7,74 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def test_unknown_command_prints_usage(capsys):
-    assert run_cli("frobnicate") == 2
-    err = capsys.readouterr().err
-    assert "unknown command 'frobnicate'" in err and "demo" in err and "audit" in err
+# TensorFlow's / absl's / the converter's own start-up and log lines (issue 18).
+NOISE = ("cudart_stub", "cuda_", "absl::InitializeLog", "fully_quantize", "inference_type", "oneDNN",
+         "I0000", "W0000", "E0000", "tensorflow/", "WARNING:absl")
+
+
+def _python(code, *args, timeout=60):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+FRONT_END = """
+import json, sys
+import tfsafe_cli
+calls = [["compress", "--help"], ["compress", "--helpshort"], ["--help"], ["compress", "--method=nope"],
+         ["export", "--nosuchflag"], ["audit"], ["bench", "--model=a.tflite", "--threads=0"], ["frobnicate"]]
+codes = [tfsafe_cli.main(["tfsafe", *c]) for c in calls]
+print(json.dumps({"codes": codes, "tensorflow": "tensorflow" in sys.modules, "tfsafe": "tfsafe" in sys.modules}),
+      file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def front_end():
+    proc = _python(FRONT_END)
+    *errors, summary = proc.stderr.strip().splitlines()
+    return proc.stdout, errors, json.loads(summary)
+
+
+def test_help_lists_the_commands_own_flags_without_tensorflow(front_end):
+    out, _, summary = front_end
+    assert summary["codes"][:3] == [0, 0, 0]
+    assert not summary["tensorflow"] and not summary["tfsafe"]  # help never imports TensorFlow
+    command_help = out.split("usage: tfsafe compress")[1]
+    assert "--method (one of safecompress|atmc|self_compress|rlnet|baseline; default: none)" in command_help
+    assert "--quick" in command_help and "--resume" in command_help and "--verbose" in command_help
+    # Only compress's own flags: nothing from TensorFlow, absl logging or the other commands.
+    for foreign in ("--xla", "--logtostderr", "--tt_", "--modes", "--members", "--num_runs", "--epochs"):
+        assert foreign not in command_help
+    assert "commands:" in out and "  bench " in out
+
+
+def test_flag_errors_are_one_line_with_exit_2_without_tensorflow(front_end):
+    _, errors, summary = front_end
+    assert summary["codes"][3:] == [2, 2, 2, 2, 2]
+    bad_enum, unknown, required, validator = errors[:4]
+    assert bad_enum.startswith("tfsafe: error: flag --method=nope: value should be one of <safecompress|")
+    assert unknown.startswith("tfsafe: error: Unknown command line flag 'nosuchflag'")
+    assert required.startswith("tfsafe: error: --model is required: a .keras/.h5 model or a .tflite file.")
+    assert validator.startswith("tfsafe: error: --threads takes positive integers")
+    assert all(line.endswith("--help lists the flags)") for line in errors[:4])
+    assert errors[4] == "tfsafe: error: unknown command 'frobnicate'."
+    assert not summary["tensorflow"]
+
+
+def test_parity_defaults_quoted_in_help_are_the_library_defaults():
+    from tflite_export.parity import ParityRule
+    from tfsafe_cli.flagsets import PARITY_HELP, flag_values
+
+    rule = ParityRule()
+    for name in ("min_agreement", "max_accuracy_drop", "confidence_margin"):
+        assert f"(default: the library's, {getattr(rule, name)})" in PARITY_HELP[name]
+        assert flag_values("export")[name].default is None  # None = ParityRule's default, one source
 
 
 def test_audit_errors_are_one_line(tmp_path, capsys):
-    assert run_cli("audit") == 2
-    assert capsys.readouterr().err.strip() == (
-        "tfsafe: error: --model is required: a .keras/.h5 model or a .tflite file.")
     bad = tmp_path / "m.npz"
     bad.write_bytes(b"junk")
     assert run_cli("audit", "--model=x.keras", f"--members={bad}", f"--nonmembers={bad}") == 2
@@ -24,27 +82,55 @@ def test_audit_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("tfsafe: error: --members file") and "\n" not in err
 
 
-def test_audit_command_writes_json(tmp_path, trained_cnn, digits, capsys):
+def test_audit_command_writes_the_report_family(tmp_path, trained_cnn, digits, capsys):
     from tfsafe.io import save_model
 
     (x, y), (xt, yt) = digits
     model_path = save_model(trained_cnn, tmp_path / "m.keras")
-    np.savez(tmp_path / "mem.npz", x=x[:100], y=y[:100])
-    np.savez(tmp_path / "non.npz", x=xt[:100], y=yt[:100])
+    np.savez(tmp_path / "mem.npz", x=x[:200], y=y[:200])
+    np.savez(tmp_path / "non.npz", x=xt[:200], y=yt[:200])
     code = run_cli("audit", f"--model={model_path}", f"--members={tmp_path / 'mem.npz'}",
                    f"--nonmembers={tmp_path / 'non.npz'}", "--attacks=threshold,entropy", f"--out={tmp_path}")
     assert code == 0
     out = capsys.readouterr().out
-    assert "worst case" in out and os.path.exists(tmp_path / "audit.json")
+    data = json.loads((tmp_path / "audit.json").read_text())
+    # The worst-case line names, for each metric, the attack that reached it.
+    for metric, title in (("auc", "AUC"), ("advantage", "advantage"), ("tpr_at_1pct_fpr", "TPR@1%FPR")):
+        best = max(data["attacks"], key=lambda a: a[metric])
+        label = {"threshold": "loss threshold", "entropy": "entropy threshold"}[best["attack"]]
+        assert f"{title} {best[metric]:.3f} ({label})" in out
+        assert data["worst_by_metric"][metric] == {"value": best[metric], "attack": best["attack"]}
+    assert data["n_nonmembers"] == 200 and data["accuracy"]["members"] == pytest.approx(
+        np.mean(trained_cnn.predict(x[:200], verbose=0).argmax(1) == y[:200]))
+    assert data["accuracy"]["gap"] == pytest.approx(data["accuracy"]["members"] - data["accuracy"]["nonmembers"])
+    assert data["risk"] in ("low", "moderate", "high") and data["verdict"] in out
+    page = (tmp_path / "audit.html").read_text()
+    assert "id=\"verdict\"" in page and data["verdict"].split(".")[0] in page and page.count("<img") == 1
+    assert "0.50%" in page  # the smallest FPR 200 non-members resolve
+    md = (tmp_path / "audit.md").read_text()
+    assert "| members (train) | non-members (unseen) | generalization gap |" in md
 
 
-@pytest.mark.parametrize("args, message", [(["nope"], "unknown command"), (["demo", "--epochs=abc"], "epochs")])
-def test_console_script_fails_cleanly(args, message):
-    exe = os.path.join(os.path.dirname(sys.executable), "tfsafe")
-    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_cli_run_keeps_tensorflow_chatter_off_stderr(tmp_path, trained_cnn):
+    from tfsafe.io import save_model
+
+    model_path = save_model(trained_cnn, tmp_path / "cnn.keras")
+    proc = subprocess.run([sys.executable, "-m", "tfsafe_cli", "export", f"--model={model_path}", "--modes=int8",
+                           "--calibration_samples=50", f"--out={tmp_path}"], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and os.path.isfile(tmp_path / "cnn_int8.tflite")
+    assert not [line for line in proc.stderr.splitlines() if any(n in line for n in NOISE)], proc.stderr
+    assert not [line for line in proc.stdout.splitlines() if any(n in line for n in NOISE)], proc.stdout
+
+
+def test_quick_preset_only_shrinks_evaluation_settings():
+    from tfsafe.cli import QUICK_PRESET, _deep_merge
+    from tfsafe.recipes import load_recipe
+
+    recipe = load_recipe("baseline", _deep_merge(QUICK_PRESET, {"evaluation": {"steps": 7}}))
+    assert recipe["evaluation"]["steps"] == 7 and recipe["evaluation"]["max_examples"] == 200  # --config wins
+    assert recipe["data"]["pool_size"] == 3000 and recipe["params"] == load_recipe("baseline")["params"]
 
 
 def test_audit_with_reference_models_in_two_shards(tmp_path, trained_cnn, digits, capsys):
@@ -61,4 +147,22 @@ def test_audit_with_reference_models_in_two_shards(tmp_path, trained_cnn, digits
     assert not os.path.exists(tmp_path / "audit.json")
     assert run_cli("audit", *common, "--shard=1/2") == 0
     out = capsys.readouterr().out
-    assert "lira" in out and "offset" in out and os.path.exists(tmp_path / "audit.json")
+    assert "LiRA" in out and "offset" in out and os.path.exists(tmp_path / "audit.html")
+
+
+QUIET = """
+import os, sys, warnings
+from tfsafe_cli.quiet import quiet
+with quiet(int(sys.argv[1])):
+    os.write(2, b"C-LEVEL LINE\\n")  # what TensorFlow's C++ logging does
+    print("tfsafe: PYTHON LINE", file=sys.stderr)
+print("after", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("verbose, c_level_shown", [(0, False), (1, False), (2, True)])
+def test_quiet_diverts_fd2_but_keeps_python_stderr(verbose, c_level_shown):
+    proc = _python(QUIET, str(verbose))
+    assert proc.returncode == 0
+    assert ("C-LEVEL LINE" in proc.stderr) == c_level_shown
+    assert "tfsafe: PYTHON LINE" in proc.stderr and proc.stderr.rstrip().endswith("after")

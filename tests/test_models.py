@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 
+import tfsafe
 from tfsafe._keras import keras, tf
+from tfsafe.errors import InputError
 from tfsafe.models import accuracy, ends_with_softmax, lenet, logits_model, predict_logits, predict_proba
 
 
@@ -33,3 +36,11 @@ def test_lenet_has_the_atmc_shape():
     model = lenet()
     assert [l.name for l in model.layers if l.weights] == ["conv1", "conv2", "fc1", "logits"]
     assert model.count_params() == 431080
+
+
+def test_accuracy_takes_x_y_or_a_split(trained_cnn, digits_splits):
+    x, y = digits_splits.test
+    assert tfsafe.accuracy(trained_cnn, digits_splits.test) == tfsafe.accuracy(trained_cnn, x, y)
+    assert tfsafe.accuracy(trained_cnn, x, y) == float((trained_cnn.predict(x, verbose=0).argmax(1) == y).mean())
+    with pytest.raises(InputError, match="labels are missing"):
+        tfsafe.accuracy(trained_cnn, x)

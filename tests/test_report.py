@@ -17,12 +17,16 @@ def test_report_writes_versioned_json_and_markdown(tmp_path):
     md = open(md_path).read()
     assert "| dense | dense | 0.9812 | 1,000 |" in md
     assert "4,096" in md and "0.610" in md
-    header = md.splitlines()[4]
+    header = next(line for line in md.splitlines() if line.startswith("| model | role |"))
     assert "PGD acc" not in header  # columns nobody measured are left out
+    # Every column shown is defined in the glossary.
+    for title in header.strip("| ").split(" | "):
+        assert f"- **{title}**: " in md
 
 
 def _report_with_everything():
-    report = SafetyReport("full", dataset="digits")
+    report = SafetyReport("full", dataset="digits", splits={"train": 600, "test": 400},
+                          params={"target_sparsity": 0.9, "epochs": 3})
     curve = {"attack": "threshold", "auc": 0.7, "advantage": 0.3, "tpr_at_1pct_fpr": 0.1, "tpr_at_01pct_fpr": 0.0,
              "fpr": [0.0, 0.01, 0.1, 1.0], "tpr": [0.0, 0.1, 0.5, 1.0]}
     for name, role, acc, auc in (("dense", "dense", 0.97, 0.7), ("tf-mot", "unsafe baseline", 0.95, 0.66),
@@ -47,11 +51,80 @@ def saved_full_report(tmp_path_factory):
 def test_html_has_table_and_every_figure(saved_full_report):
     report, _, html_path = saved_full_report
     titles = [t for t, _ in report.figures()]
-    assert titles[:4] == ["Size, accuracy and membership risk", "Membership inference ROC (log scale)",
-                          "Robust accuracy vs eps", "Accuracy under natural corruptions"]
-    assert len(titles) == 7  # plus tensorflow-privacy's ROC plot for each of the three models
+    assert titles[:6] == ["Size, accuracy and membership risk", "Membership inference ROC (log scale)",
+                          "Robust accuracy vs eps", "Accuracy under natural corruptions: dense",
+                          "Accuracy under natural corruptions: tf-mot", "Accuracy under natural corruptions: ours"]
+    assert len(titles) == 9  # plus tensorflow-privacy's ROC plot for each of the three models
     page = open(html_path).read()
-    assert page.count("<img") == 7 and page.count("<tr class=") == 3 and "unsafe-baseline" in page
+    assert page.count("<img") == 9 and 'class="unsafe-baseline"' in page and 'class="compressed"' in page
+    # splits and params are tables, not Python dicts
+    assert 'id="meta-splits"' in page and "<td>train</td><td>600</td>" in page and "{&#x27;" not in page
+    md = report.to_markdown()
+    assert "| target_sparsity | 0.9 |" in md and "{'" not in md
+
+
+def test_verdict_flags_a_compressed_model_easier_to_attack_than_dense():
+    report = SafetyReport("flag")
+    attack = {"advantage": 0.2, "tpr_at_1pct_fpr": 0.05, "tpr_at_01pct_fpr": 0.0}
+    report.add_model("dense", "dense", accuracy=0.97, size={"ideal_bytes": 40000},
+                     membership={"worst": {"auc": 0.60, **attack}, "attacks": [{"attack": "mlp", "auc": 0.60,
+                                                                                  **attack}]},
+                     robustness={"pgd_accuracy": 0.30, "corruption_mean_accuracy": 0.80})
+    report.add_model("pruned", "compressed", accuracy=0.965, size={"ideal_bytes": 4000},
+                     membership={"worst": {"auc": 0.66, **attack}, "attacks": [{"attack": "mlp", "auc": 0.66,
+                                                                                  **attack}]},
+                     robustness={"pgd_accuracy": 0.305, "corruption_mean_accuracy": 0.85})
+    (verdict,) = report.verdicts()
+    assert verdict["smaller"] == pytest.approx(10.0) and verdict["accuracy_change"] == pytest.approx(-0.005)
+    assert {k: v["verdict"] for k, v in verdict["threats"].items()} == {
+        "adversarial": "same", "corruption": "better", "membership": "worse"}
+    assert verdict["worse"] == ["membership"]
+    md = report.to_markdown()
+    assert md.index("## Verdict") < md.index("## Results")
+    assert "⚠ pruned is easier to attack than dense (membership)." in md
+    assert "WORSE ⚠ (0.600 -> 0.660)" in md and "10.0x (ideal bytes -> ideal bytes)" in md
+    assert "0.660 (MLP)" in md  # the worst-case cell names the attack
+    assert '<tr class="worse">' in report.to_html()
+    assert report.to_dict()["verdicts"][0]["worse"] == ["membership"]
+    report.models[1]["membership"]["worst"]["auc"] = 0.605  # within the tolerance: same, no flag
+    assert report.verdicts()[0]["worse"] == [] and "⚠" not in report.to_markdown()
+    # A .tflite file is sized against the dense model's float32 bytes, not against another
+    # model's ideal bytes (no like-for-like basis: no ratio).
+    report.models[1]["role"] = "unsafe baseline"
+    report.add_model("pruned int8", "deployed", accuracy=0.965, file={"bytes": 8000})
+    against_dense, against_baseline = report.verdicts()[1:]
+    assert against_dense["smaller"] == pytest.approx(5.0) and against_dense["size_basis"] == (
+        "ideal bytes -> .tflite file")
+    assert against_baseline["against"] == "pruned" and against_baseline["smaller"] is None
+
+
+def test_corruption_heatmap_labels_cannot_overlap():
+    from tfsafe.report_plots import corruption_figure
+
+    table = {name: {"1": 0.9, "2": 0.6, "3": 0.3} for name in
+             ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur", "brightness",
+              "contrast", "elastic_transform")}
+    fig = corruption_figure("a compressed model with a long name", table)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    heatmap, colorbar = fig.axes
+    labels = [t.get_window_extent(renderer) for t in heatmap.get_yticklabels()]
+    figure_box = fig.bbox
+    image_box = heatmap.get_window_extent(renderer)
+    assert len(labels) == 8
+    for i, box in enumerate(labels):
+        assert box.x0 >= figure_box.x0 and box.y0 >= figure_box.y0  # inside the figure
+        assert box.x1 <= image_box.x0 + 1  # left of the heat map, not on it
+        assert not box.overlaps(colorbar.get_window_extent(renderer))
+        assert not any(box.overlaps(other) for other in labels[i + 1:])
+
+
+def test_privacy_roc_title_names_model_and_attack():
+    from tfsafe.report_plots import privacy_roc_figure
+
+    entry = {"name": "dense", "membership": {"attacks": [
+        {"attack": "mlp", "auc": 0.7, "fpr": [0.0, 0.1, 1.0], "tpr": [0.0, 0.4, 1.0]}]}}
+    assert privacy_roc_figure(entry).axes[0].get_title() == "dense - MLP attack"
 
 
 def test_html_renders_in_a_headless_browser(saved_full_report):
@@ -69,7 +142,7 @@ def test_html_renders_in_a_headless_browser(saved_full_report):
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", f"file://{html_path}"], capture_output=True, text=True,
                          timeout=120).stdout
-    assert "<table id=\"results\">" in dom and dom.count("<img") == 7
+    assert "<table id=\"results\">" in dom and dom.count("<img") == 9 and "id=\"verdict\"" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,1600", f"file://{html_path}"],
                    capture_output=True, timeout=120)
@@ -78,3 +151,32 @@ def test_html_renders_in_a_headless_browser(saved_full_report):
     # A page that rendered its plots has many distinct colours, a blank or broken one does not.
     colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 200
+
+
+def test_audit_report_renders_in_a_headless_browser(tmp_path):
+    import shutil
+    import subprocess
+
+    from tfsafe.report_audit import AuditReport
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    curve = {"fpr": [0.0, 0.002, 0.01, 0.1, 1.0], "tpr": [0.0, 0.03, 0.09, 0.4, 1.0]}
+    audit = {"attacks": [{"attack": "threshold", "auc": 0.71, "advantage": 0.3, "tpr_at_1pct_fpr": 0.09,
+                          "tpr_at_01pct_fpr": 0.03, **curve},
+                         {"attack": "mlp", "auc": 0.64, "advantage": 0.35, "tpr_at_1pct_fpr": 0.02,
+                          "tpr_at_01pct_fpr": 0.0, **curve}],
+             "worst": {"auc": 0.71, "advantage": 0.35, "tpr_at_1pct_fpr": 0.09, "attack": "threshold"},
+             "n_members": 500, "n_nonmembers": 500}
+    report = AuditReport("model.tflite", audit, {"members": 1.0, "nonmembers": 0.9})
+    assert report.level == "high" and report.verdict.startswith("High membership risk.")
+    assert "9.0% of the training examples, 9.0 times what guessing achieves" in report.verdict
+    assert "gap +10.0 points" in report.verdict
+    assert report.worst()["advantage"] == (0.35, "mlp") and report.worst()["auc"] == (0.71, "threshold")
+    _, _, html_path = report.save(tmp_path)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", f"file://{html_path}"], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'class="verdict high"' in dom and dom.count("<img") == 1 and 'id="attacks"' in dom

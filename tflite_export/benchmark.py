@@ -10,16 +10,23 @@ Peak memory without psutil: on Linux the kernel's peak-RSS mark (``VmHWM``) is r
 writing ``5`` to ``/proc/self/clear_refs``; the peak after the runs minus the RSS before
 loading is the model's footprint (``method="vmhwm"``). Elsewhere ``ru_maxrss`` growth is used,
 which reads 0 when the process was already bigger earlier (``method="ru_maxrss"``).
-XNNPack off means LiteRT's ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` op resolver.
+XNNPack off means LiteRT's ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` op resolver. Memory growth is
+only comparable between files measured in fresh processes (a later file reuses memory an
+earlier one freed): ``tfsafe bench`` runs each file in its own process
+(:mod:`tflite_export.bench_worker`).
+
+Every result carries ``host`` (:func:`tflite_export.host_info.host_info`: CPU model, the ISA
+features int8 speed depends on, LiteRT version), since a latency figure means nothing without
+the machine that produced it.
 """
 
 import dataclasses
 import os
-import platform
 import time
 
 import numpy as np
 
+from tflite_export.host_info import describe, host_info, runtime_version
 from tflite_export.runtime import TFLiteModel
 from tfsafe.errors import InputError
 from tfsafe.io import atomic_write_json
@@ -50,6 +57,8 @@ class BenchmarkResult:
         accuracy, n_eval: top-1 accuracy of the file on the given labelled data.
         delegation: ``{"delegates", "fully_delegated", "nodes"}`` as far as the runtime reports it.
         op_profile: per-op-type rows of ``--enable_op_profiling`` (Android), else None.
+        host: host runs: :func:`~tflite_export.host_info.host_info` (CPU model, ISA features,
+            CPU count, OS, runtime version); None for Android.
     """
 
     model: str
@@ -72,6 +81,7 @@ class BenchmarkResult:
     n_eval: int = None
     delegation: dict = None
     op_profile: list = None
+    host: dict = None
     schema: str = SCHEMA
 
     def to_dict(self):
@@ -89,17 +99,8 @@ def latency_stats(samples_ms):
 
 
 def host_description():
-    """``"Linux-... x86_64, 16 CPUs"``: where a host benchmark ran."""
-    return f"{platform.platform()} {platform.machine()}, {os.cpu_count()} CPUs"
-
-
-def _litert_version():
-    try:
-        from importlib.metadata import version  # noqa: PLC0415
-
-        return f"ai_edge_litert {version('ai-edge-litert')}"
-    except Exception:  # noqa: BLE001 - version lookup is cosmetic
-        return "ai_edge_litert"
+    """``"AMD EPYC (x86_64, 16 CPUs); ISA: avx2, ...; ai_edge_litert 2.3.0"``: where a host benchmark ran."""
+    return describe()
 
 
 def _status_kb(key):
@@ -222,7 +223,7 @@ def benchmark_tflite(path, x=None, y=None, *, num_threads=1, use_xnnpack=True, w
     from tflite_export.convert import gzip_size  # noqa: PLC0415
 
     return BenchmarkResult(
-        model=model.path, platform="host", device=host_description(), runtime=_litert_version(),
+        model=model.path, platform="host", device=host_description(), runtime=runtime_version(),
         file_bytes=len(data), gzip_bytes=gzip_size(data), num_threads=int(num_threads),
         delegate="xnnpack" if use_xnnpack else "none", batch_size=int(batch_size),
         warmup_runs=int(warmup_runs), num_runs=int(num_runs), latency_ms=latency_stats(timed * 1e3),
@@ -231,6 +232,7 @@ def benchmark_tflite(path, x=None, y=None, *, num_threads=1, use_xnnpack=True, w
         memory_mb={"init": init_mb, "overall": overall_mb, "method": probe.method},
         accuracy=accuracy, n_eval=n_eval,
         delegation={"delegates": ["xnnpack"] if use_xnnpack else [], "fully_delegated": None, "nodes": None},
+        host=host_info(),
     )
 
 

@@ -1,13 +1,33 @@
 """Library side of ``tfsafe export`` and ``tfsafe bench``: plain arguments in, results out,
-Markdown tables printed. The absl flags live in :mod:`tfsafe.cli`.
+Markdown tables printed. The absl flags live in :mod:`tfsafe_cli.flagsets`.
+
+``export_command`` writes or refuses each requested mode on its own: an int8 file that fails
+the parity rule is reported with its numbers and the others are still written. ``bench_command``
+measures each file in its own process (memory columns compare) and heads its table with the
+machine (CPU model, ISA features, runtime).
 """
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
 
-from tflite_export.benchmark import benchmark_grid, write_results
-from tfsafe.errors import InputError
+from tflite_export.benchmark import benchmark_grid, read_results, write_results
+from tflite_export.host_info import describe
+from tflite_export.parity import ParityError
+from tfsafe.errors import InputError, TfsafeError
 
-__all__ = ["export_command", "bench_command", "format_export_table", "format_bench_table", "load_split"]
+__all__ = ["export_command", "bench_command", "format_export_table", "format_bench_table", "load_split",
+           "ExportRefused"]
+
+
+class ExportRefused(TfsafeError):
+    """Every requested export was refused; ``failures`` maps each mode to its reason."""
+
+    def __init__(self, message, failures=None):
+        super().__init__(message)
+        self.failures = failures or {}
 
 
 def load_split(dataset, data_dir=None, split="test", limit=None):
@@ -25,15 +45,17 @@ def _mb(n):
 
 def format_export_table(results):
     """Markdown table of :class:`~tflite_export.convert.ExportResult` rows."""
-    lines = ["| file | mode | MB | gzip MB | input | agreement | max abs diff | accuracy (Keras -> file) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| file | mode | MB | gzip MB | input | agreement | confident agreement | max abs diff | "
+             "accuracy (Keras -> file) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         p = r.parity
         acc = "-" if p is None or p.keras_accuracy is None else f"{p.keras_accuracy:.4f} -> {p.exported_accuracy:.4f}"
+        confident = "-" if p is None or p.confident_agreement is None else (
+            f"{p.confident_agreement:.4f} ({p.n_confident})")
         lines.append(
             f"| {os.path.basename(r.path)} | {r.mode} | {_mb(r.bytes)} | {_mb(r.gzip_bytes)} | {r.input['dtype']} | "
-            f"{'-' if p is None else f'{p.top1_agreement:.4f}'} | {'-' if p is None else f'{p.max_abs_diff:.3g}'} "
-            f"| {acc} |"
+            f"{'-' if p is None else f'{p.top1_agreement:.4f}'} | {confident} | "
+            f"{'-' if p is None else f'{p.max_abs_diff:.3g}'} | {acc} |"
         )
     return "\n".join(lines)
 
@@ -43,8 +65,11 @@ def format_bench_table(results):
     def ms(v):
         return "-" if v is None else f"{v:.4g}"
 
-    lines = ["| file | platform | threads | delegate | p50 ms | p90 ms | p99 ms | mean ms | MB | gzip MB | "
-             "peak mem MB | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    hosts = {describe(r.host) for r in results if r.host}
+    devices = {r.device for r in results if not r.host}
+    lines = [f"Measured on {m}." for m in sorted(hosts | devices)]
+    lines += ["", "| file | platform | threads | delegate | p50 ms | p90 ms | p99 ms | mean ms | MB | gzip MB | "
+              "peak mem MB | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lat, mem = r.latency_ms, r.memory_mb or {}
         lines.append(
@@ -57,15 +82,20 @@ def format_bench_table(results):
 
 
 def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_dir=None, calibration_samples=500,
-                   verify=True, min_agreement=0.99, onnx=False, opset=17, integer_io=True, labels=None,
-                   print_fn=print):
+                   verify=True, min_agreement=None, max_accuracy_drop=None, confidence_margin=None, onnx=False,
+                   opset=17, integer_io=True, labels=None, print_fn=print):
     """Export a saved Keras model to TFLite (each of ``modes``) and optionally ONNX.
 
     Calibration data is the dataset's training split; ``verify`` checks each file against the
-    Keras model on the test split.
+    Keras model on the test split with the shared parity rule (``min_agreement``,
+    ``max_accuracy_drop``, ``confidence_margin``; None = the default of
+    :class:`~tflite_export.parity.ParityRule`). Each mode is written or refused on its own.
 
     Returns:
-        The list of :class:`~tflite_export.convert.ExportResult`.
+        The list of :class:`~tflite_export.convert.ExportResult` written.
+
+    Raises:
+        ExportRefused: every requested file was refused (each reason is printed and kept).
 
     Example:
         >>> export_command("model.keras", "out", modes=["int8", "float32"])  # doctest: +SKIP
@@ -81,26 +111,57 @@ def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_
     stem = os.path.splitext(os.path.basename(model_path))[0]
     x_train, _ = load_split(dataset, data_dir, "train")
     checked = load_split(dataset, data_dir, "test") if verify else None
-    results = []
-    for mode in modes:
-        path = os.path.join(out_dir, f"{stem}_{mode}.tflite")
-        results.append(to_tflite(model, path, mode, x_train if mode == "int8" else None,
-                                 num_calibration_samples=calibration_samples, integer_io=integer_io,
-                                 verify=checked, min_agreement=min_agreement, labels=labels))
+    rule = {"min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop,
+            "confidence_margin": confidence_margin}
+    results, failures = [], {}
+    jobs = [(mode, lambda mode=mode: to_tflite(
+        model, os.path.join(out_dir, f"{stem}_{mode}.tflite"), mode, x_train if mode == "int8" else None,
+        num_calibration_samples=calibration_samples, integer_io=integer_io, verify=checked, labels=labels, **rule))
+        for mode in modes]
     if onnx:
-        from tflite_export.onnx_export import to_onnx  # noqa: PLC0415
+        from tflite_export.onnx_export import to_onnx  # noqa: PLC0415 - tf2onnx only when ONNX is asked for
 
-        results.append(to_onnx(model, os.path.join(out_dir, f"{stem}.onnx"), opset, verify=checked,
-                               min_agreement=min_agreement, labels=labels))
-    print_fn(format_export_table(results))
-    for r in results:
-        print_fn(f"wrote {r.path} and {r.metadata_path}")
+        jobs.append(("onnx", lambda: to_onnx(model, os.path.join(out_dir, f"{stem}.onnx"), opset, verify=checked,
+                                             labels=labels, **rule)))
+    for mode, job in jobs:
+        try:
+            results.append(job())
+        except (ParityError, TfsafeError) as err:
+            failures[mode] = str(err)
+    if results:
+        print_fn(format_export_table(results))
+        for r in results:
+            print_fn(f"wrote {r.path} and {r.metadata_path}")
+    for mode, reason in failures.items():
+        print_fn(f"refused {mode}: {reason}")
+    if not results:
+        raise ExportRefused("no file was written; " + " | ".join(f"{m}: {r}" for m, r in failures.items()),
+                            failures)
     return results
 
 
+def _bench_isolated(path, dataset, data_dir, kwargs):
+    """:func:`~tflite_export.benchmark.benchmark_grid` of one file in a fresh Python process."""
+    with tempfile.TemporaryDirectory(prefix="tfsafe-bench-") as tmp:
+        args_path, out = os.path.join(tmp, "args.json"), os.path.join(tmp, "results.json")
+        with open(args_path, "w", encoding="utf-8") as f:
+            json.dump({"path": os.fspath(path), "out": out, "dataset": dataset, "data_dir": data_dir,
+                       "kwargs": kwargs}, f)
+        proc = subprocess.run([sys.executable, "-m", "tflite_export.bench_worker", args_path],
+                              capture_output=True, text=True, check=False)
+        if not os.path.isfile(out):
+            tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            raise InputError(f"benchmarking '{path}' failed in its worker process: {tail[0]}")
+        with open(out, encoding="utf-8") as f:
+            data = json.load(f)
+        if "error" in data:
+            raise InputError(data["error"])
+        return read_results(out)
+
+
 def bench_command(model_paths, out=None, dataset=None, data_dir=None, threads=(1,), xnnpack=(True,),
-                  warmup_runs=20, num_runs=200, android=False, adb=None, serial=None, benchmark_binary=None,
-                  use_gpu=False, use_nnapi=False, enable_op_profiling=False, print_fn=print):
+                  warmup_runs=20, num_runs=200, isolate=True, android=False, adb=None, serial=None,
+                  benchmark_binary=None, use_gpu=False, use_nnapi=False, enable_op_profiling=False, print_fn=print):
     """Benchmark ``.tflite`` files on this host (LiteRT) or on an Android device (adb).
 
     Args:
@@ -108,6 +169,8 @@ def bench_command(model_paths, out=None, dataset=None, data_dir=None, threads=(1
         out: JSON file for the results (written atomically), or None.
         dataset, data_dir: labelled test data for accuracy (host only), or None.
         threads, xnnpack: configurations to run (every combination).
+        isolate: host only: each file in its own process (``python -m tflite_export.bench_worker``)
+            so that peak-memory growth is measured from the same state for every file.
         android: run on a device with ``benchmark_model`` instead of this host.
 
     Returns:
@@ -130,6 +193,11 @@ def bench_command(model_paths, out=None, dataset=None, data_dir=None, threads=(1
                         path, adb=adb, serial=serial, benchmark_binary=benchmark_binary, num_threads=n,
                         use_xnnpack=use_xnnpack, use_gpu=use_gpu, use_nnapi=use_nnapi, warmup_runs=warmup_runs,
                         num_runs=num_runs, enable_op_profiling=enable_op_profiling))
+    elif isolate:
+        kwargs = {"threads": threads, "xnnpack": [bool(v) for v in xnnpack], "warmup_runs": int(warmup_runs),
+                  "num_runs": int(num_runs)}
+        for path in paths:
+            results.extend(_bench_isolated(path, dataset, data_dir, kwargs))
     else:
         x = y = None
         if dataset:

@@ -28,14 +28,14 @@ import warnings
 import numpy as np
 
 from tflite_export import flatbuffer, low_bit
-from tflite_export.parity import ParityError, ParityReport, check_parity
+from tflite_export.parity import ParityError, ParityReport, ParityRule, check_parity
 from tflite_export.prepare import calibration_array, input_shape_of, prepare_model, weight_sparsity
 from tflite_export.sidecar import build_sidecar, check_labels_list, check_normalization, sidecar_path, tensor_info
 from tfsafe._keras import tf
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.io import atomic_path, atomic_write_json
 from tfsafe.models import ends_with_softmax
-from tfsafe.validation import check_features, check_fraction, check_labels, check_model, model_num_classes
+from tfsafe.validation import check_features, check_labels, check_model, model_num_classes
 
 __all__ = ["MODES", "ExportResult", "to_tflite", "gzip_size", "SPARSITY_THRESHOLD"]
 
@@ -223,8 +223,8 @@ def check_verify(verify, model):
 
 
 def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibration_samples=500,
-              integer_io=True, verify=None, min_agreement=0.99, sparsity="auto", allow_float_ops=False,
-              labels=None, normalization=None):
+              integer_io=True, verify=None, min_agreement=None, max_accuracy_drop=None, confidence_margin=None,
+              sparsity="auto", allow_float_ops=False, labels=None, normalization=None):
     """Convert a Keras model to a ``.tflite`` file and write ``<path>.json`` beside it.
 
     Args:
@@ -240,9 +240,11 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
         num_calibration_samples: at most this many examples are used for calibration.
         integer_io: int8 mode only: int8 input/output tensors (default) or float32 ones.
         verify: ``(x, y)`` (``y`` may be None): run the written file against the Keras model
-            and raise :class:`~tflite_export.parity.ParityError` (leaving no file) when top-1
-            agreement is below ``min_agreement``.
-        min_agreement: required top-1 agreement for ``verify`` (default 0.99).
+            and raise :class:`~tflite_export.parity.ParityError` (leaving no file) when it fails
+            the :class:`~tflite_export.parity.ParityRule`.
+        min_agreement, max_accuracy_drop, confidence_margin: the parity rule's settings; None
+            keeps the shared default (agreement >= 0.99 on confident examples, accuracy drop
+            <= 0.01, margin 0.1).
         sparsity: ``"auto"`` tries TFLite's sparse weight encoding when at least
             ``SPARSITY_THRESHOLD`` of the kernel weights are zero and keeps it when the file
             shrinks and LiteRT's default XNNPack delegate still runs it; ``True`` always tries
@@ -270,7 +272,7 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
     """
     mode = _check_mode(mode)
     path = check_output_path(path, ".tflite")
-    min_agreement = check_fraction(min_agreement, "min_agreement", 0.0, 1.0, include_high=True)
+    rule = ParityRule.of(min_agreement, max_accuracy_drop, confidence_margin)
     if not isinstance(num_calibration_samples, int) or num_calibration_samples < 1:
         raise InputError(f"num_calibration_samples must be a positive integer, got {num_calibration_samples!r}.")
     if sparsity not in ("auto", True, False):
@@ -306,16 +308,10 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
         runner = TFLiteModel(tmp, use_xnnpack=use_xnnpack)
         parity = None
         if checked is not None:
-            parity = check_parity(keras_model, tmp, checked[0], checked[1], exported=runner)
+            parity = check_parity(keras_model, tmp, checked[0], checked[1], exported=runner,
+                                  confidence_margin=rule.confidence_margin)
             parity.path = path
-            if parity.top1_agreement < min_agreement:
-                raise ParityError(
-                    f"{mode} export of '{plain.name}' agrees with the Keras model on "
-                    f"{parity.top1_agreement:.2%} of the verify inputs, below min_agreement="
-                    f"{min_agreement:.2%} ({parity.summary()}). No file was written. Use more or "
-                    "more representative calibration data, or a less aggressive mode.",
-                    report=parity,
-                )
+            rule.judge(parity, f"The {mode} export of '{plain.name}'")
         result = ExportResult(
             path=path, format="tflite", mode=mode, bytes=len(model_bytes), gzip_bytes=gzip_size(model_bytes),
             input=_tensor(runner.input_details, "input"), output=_tensor(runner.output_details, "output"),

@@ -11,14 +11,14 @@ import logging
 import numpy as np
 
 from tflite_export.convert import ExportResult, check_output_path, check_verify, gzip_size
-from tflite_export.parity import ParityError, check_parity
+from tflite_export.parity import ParityRule, check_parity
 from tflite_export.prepare import input_shape_of, prepare_model
 from tflite_export.sidecar import build_sidecar, check_labels_list, check_normalization, sidecar_path, tensor_info
 from tfsafe._keras import tf
 from tfsafe.errors import InputError, MissingDependencyError, UnsupportedModelError
 from tfsafe.io import atomic_path, atomic_write_json
 from tfsafe.models import ends_with_softmax
-from tfsafe.validation import check_fraction, check_model, model_num_classes
+from tfsafe.validation import check_model, model_num_classes
 
 __all__ = ["to_onnx", "DEFAULT_OPSET"]
 
@@ -56,8 +56,8 @@ def _probe_difference(plain, model_bytes, shape):
     return float(np.max(np.abs(out - plain(probe, training=False).numpy())))
 
 
-def to_onnx(model, path, opset=DEFAULT_OPSET, *, verify=None, min_agreement=0.99, labels=None,
-            normalization=None, tolerance=1e-3):
+def to_onnx(model, path, opset=DEFAULT_OPSET, *, verify=None, min_agreement=None, max_accuracy_drop=None,
+            confidence_margin=None, labels=None, normalization=None, tolerance=1e-3):
     """Convert a Keras model to ``.onnx`` (float32) and write ``<path>.json`` beside it.
 
     Args:
@@ -65,7 +65,8 @@ def to_onnx(model, path, opset=DEFAULT_OPSET, *, verify=None, min_agreement=0.99
         path: output file, ending in ``.onnx``.
         opset: ONNX opset (default 17).
         verify: ``(x, y)`` for a parity check (see :func:`~tflite_export.convert.to_tflite`).
-        min_agreement: required top-1 agreement for ``verify``.
+        min_agreement, max_accuracy_drop, confidence_margin: the parity rule's settings
+            (:class:`~tflite_export.parity.ParityRule`; None keeps the shared default).
         labels, normalization: stored in the side-car JSON.
         tolerance: largest output difference from Keras allowed on the onnxruntime probe.
 
@@ -81,7 +82,7 @@ def to_onnx(model, path, opset=DEFAULT_OPSET, *, verify=None, min_agreement=0.99
     path = check_output_path(path, ".onnx")
     tf2onnx = _tf2onnx()
     opset = _check_opset(opset, tf2onnx)
-    min_agreement = check_fraction(min_agreement, "min_agreement", 0.0, 1.0, include_high=True)
+    rule = ParityRule.of(min_agreement, max_accuracy_drop, confidence_margin)
     keras_model = check_model(model)
     plain = prepare_model(keras_model)
     labels = check_labels_list(labels, model_num_classes(plain))
@@ -106,12 +107,10 @@ def to_onnx(model, path, opset=DEFAULT_OPSET, *, verify=None, min_agreement=0.99
             f.write(model_bytes)
         parity = None
         if checked is not None:
-            parity = check_parity(keras_model, tmp, checked[0], checked[1])
+            parity = check_parity(keras_model, tmp, checked[0], checked[1],
+                                  confidence_margin=rule.confidence_margin)
             parity.path = path
-            if parity.top1_agreement < min_agreement:
-                raise ParityError(
-                    f"ONNX export agrees with Keras on {parity.top1_agreement:.2%} < {min_agreement:.2%} "
-                    f"({parity.summary()}). No file was written.", report=parity)
+            rule.judge(parity, f"The ONNX export of '{plain.name}'")
         result = ExportResult(
             path=path, format="onnx", mode="float32", bytes=len(model_bytes), gzip_bytes=gzip_size(model_bytes),
             input=tensor_info(proto.graph.input[0].name, (-1,) + tuple(d or -1 for d in shape), np.float32),

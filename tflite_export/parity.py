@@ -4,6 +4,14 @@
 same inputs and reports top-1 agreement, the largest and mean absolute difference of their
 (dequantized) outputs, and the accuracy of each when labels are given.
 
+The pass rule (:class:`ParityRule`, one default for ``to_tflite``, ``to_onnx``, ``tfsafe export``
+and ``tfsafe compress``) judges what matters to a user rather than raw agreement: a model with
+many near-ties (top-1 and runner-up within a rounding error) flips some of them under int8
+noise without being any worse. So a file passes when (1) on the examples the Keras model is
+*confident* about (top-1 probability ahead of the runner-up by at least ``confidence_margin``)
+the top-1 agreement is at least ``min_agreement``, and (2) with labels, accuracy drops by at
+most ``max_accuracy_drop``. A broken export fails both.
+
 What is compared: the model's own outputs. A Keras model that ends with a softmax is
 compared on **probabilities** (the exported file ends with the same softmax); any other
 model on **logits**. ``ParityReport.compared`` says which, so a logit difference of 0.3 is not
@@ -16,9 +24,21 @@ import numpy as np
 
 from tfsafe.errors import TfsafeError
 from tfsafe.models import ends_with_softmax, predict_logits, predict_proba
-from tfsafe.validation import check_features, check_labels, check_model, model_input_shape, model_num_classes
+from tfsafe.validation import (
+    check_features,
+    check_fraction,
+    check_labels,
+    check_model,
+    model_input_shape,
+    model_num_classes,
+)
 
-__all__ = ["ParityError", "ParityReport", "check_parity"]
+__all__ = ["ParityError", "ParityReport", "ParityRule", "check_parity", "DEFAULT_MIN_AGREEMENT",
+           "DEFAULT_MAX_ACCURACY_DROP", "DEFAULT_CONFIDENCE_MARGIN"]
+
+DEFAULT_MIN_AGREEMENT = 0.99
+DEFAULT_MAX_ACCURACY_DROP = 0.01
+DEFAULT_CONFIDENCE_MARGIN = 0.1
 
 
 class ParityError(TfsafeError):
@@ -45,6 +65,12 @@ class ParityReport:
         top1_agreement: fraction of examples where both predict the same class.
         max_abs_diff, mean_abs_diff: over all output values (dequantized for int8 files).
         keras_accuracy, exported_accuracy: top-1 accuracy when labels were given, else None.
+        confidence_margin: the margin (probability of top-1 minus runner-up, of the Keras
+            model) above which an example counts as confident.
+        n_confident: how many examples are confident.
+        confident_agreement: top-1 agreement on the confident examples (None when there are none).
+        accuracy_change: ``exported_accuracy - keras_accuracy`` (None without labels).
+        rule, passed: the :class:`ParityRule` applied (as a dict) and its outcome, once judged.
     """
 
     path: str
@@ -56,16 +82,76 @@ class ParityReport:
     mean_abs_diff: float
     keras_accuracy: float = None
     exported_accuracy: float = None
+    confidence_margin: float = DEFAULT_CONFIDENCE_MARGIN
+    n_confident: int = None
+    confident_agreement: float = None
+    accuracy_change: float = None
+    rule: dict = None
+    passed: bool = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
     def summary(self):
-        text = (f"top-1 agreement {self.top1_agreement:.4f} on {self.n} examples, {self.compared} "
-                f"max |diff| {self.max_abs_diff:.4g}, mean |diff| {self.mean_abs_diff:.4g}")
+        text = f"top-1 agreement {self.top1_agreement:.4f} on {self.n} examples"
+        if self.confident_agreement is not None:
+            text += (f", {self.confident_agreement:.4f} on the {self.n_confident} confident ones "
+                     f"(margin >= {self.confidence_margin:g})")
         if self.keras_accuracy is not None:
-            text += f", accuracy Keras {self.keras_accuracy:.4f} vs exported {self.exported_accuracy:.4f}"
-        return text
+            text += (f", accuracy Keras {self.keras_accuracy:.4f} -> exported {self.exported_accuracy:.4f} "
+                     f"({self.accuracy_change * 100:+.2f} points)")
+        return text + f", {self.compared} max |diff| {self.max_abs_diff:.4g}, mean |diff| {self.mean_abs_diff:.4g}"
+
+
+@dataclasses.dataclass
+class ParityRule:
+    """When does an exported file compute what the Keras model computes? (See the module doc.)
+
+    Attributes:
+        min_agreement: required top-1 agreement on the confident examples.
+        max_accuracy_drop: largest allowed drop of top-1 accuracy (a fraction; with labels).
+        confidence_margin: Keras top-1 minus runner-up probability that makes an example confident.
+    """
+
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
+    confidence_margin: float = DEFAULT_CONFIDENCE_MARGIN
+
+    @classmethod
+    def of(cls, min_agreement=None, max_accuracy_drop=None, confidence_margin=None):
+        """The default rule with the given (non-None) settings replaced, each checked to lie in [0, 1]."""
+        values = {"min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop,
+                  "confidence_margin": confidence_margin}
+        given = {k: check_fraction(v, k, 0.0, 1.0, include_high=True) for k, v in values.items() if v is not None}
+        return cls(**given)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def failures(self, report):
+        """The reasons ``report`` fails this rule (empty when it passes)."""
+        reasons = []
+        if report.confident_agreement is not None and report.confident_agreement < self.min_agreement:
+            reasons.append(f"top-1 agreement on the {report.n_confident} confident examples is "
+                           f"{report.confident_agreement:.2%} < --min_agreement {self.min_agreement:.2%}")
+        if report.accuracy_change is not None and -report.accuracy_change > self.max_accuracy_drop + 1e-12:
+            reasons.append(f"accuracy drops by {-report.accuracy_change * 100:.2f} points "
+                           f"({report.keras_accuracy:.4f} -> {report.exported_accuracy:.4f}) > "
+                           f"--max_accuracy_drop {self.max_accuracy_drop * 100:.2f} points")
+        return reasons
+
+    def judge(self, report, what):
+        """Record the outcome in ``report``; raise :class:`ParityError` naming numbers, flags and options."""
+        reasons = self.failures(report)
+        report.rule, report.passed = self.to_dict(), not reasons
+        if reasons:
+            raise ParityError(
+                f"{what} does not match the Keras model: {'; '.join(reasons)} ({report.summary()}). No file was "
+                "written. Options: another mode (dynamic or float16 keep float activations), quantization-aware "
+                "training, or, if the loss is acceptable, relax --min_agreement / --max_accuracy_drop "
+                "(to_tflite(min_agreement=, max_accuracy_drop=); recipe export.min_agreement).",
+                report=report)
+        return report
 
 
 def keras_outputs(model, x):
@@ -75,7 +161,16 @@ def keras_outputs(model, x):
     return predict_logits(model, x), "logits"
 
 
-def check_parity(keras_model, exported_path, x, y=None, batch_size=256, exported=None):
+def _probabilities(outputs, compared):
+    if compared == "probabilities":
+        return outputs
+    z = outputs - outputs.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def check_parity(keras_model, exported_path, x, y=None, batch_size=256, exported=None,
+                 confidence_margin=DEFAULT_CONFIDENCE_MARGIN):
     """Compare ``keras_model`` with an exported ``.tflite`` or ``.onnx`` file on ``x``.
 
     Args:
@@ -87,6 +182,8 @@ def check_parity(keras_model, exported_path, x, y=None, batch_size=256, exported
         batch_size: examples per call of the exported model.
         exported: an already opened :class:`~tflite_export.runtime.TFLiteModel` /
             ``ONNXModel`` for ``exported_path`` (optional).
+        confidence_margin: an example is confident when the Keras model's top-1 probability
+            exceeds the runner-up's by at least this much.
 
     Returns:
         A :class:`ParityReport`.
@@ -112,14 +209,24 @@ def check_parity(keras_model, exported_path, x, y=None, batch_size=256, exported
         )
     diff = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
     pred_exported, pred_keras = outputs.argmax(axis=1), reference.argmax(axis=1)
+    agree = pred_exported == pred_keras
+    probs = np.sort(_probabilities(reference.astype(np.float64), compared), axis=1)
+    margin = probs[:, -1] - probs[:, -2] if probs.shape[1] > 1 else np.ones(len(probs))
+    confident = margin >= confidence_margin
+    keras_acc = None if y is None else float(np.mean(pred_keras == y))
+    exported_acc = None if y is None else float(np.mean(pred_exported == y))
     return ParityReport(
         path=str(exported_path),
         format="tflite" if is_tflite_file(exported_path) else "onnx",
         compared=compared,
         n=int(len(x)),
-        top1_agreement=float(np.mean(pred_exported == pred_keras)),
+        top1_agreement=float(np.mean(agree)),
         max_abs_diff=float(diff.max()),
         mean_abs_diff=float(diff.mean()),
-        keras_accuracy=None if y is None else float(np.mean(pred_keras == y)),
-        exported_accuracy=None if y is None else float(np.mean(pred_exported == y)),
+        keras_accuracy=keras_acc,
+        exported_accuracy=exported_acc,
+        confidence_margin=float(confidence_margin),
+        n_confident=int(confident.sum()),
+        confident_agreement=float(np.mean(agree[confident])) if confident.any() else None,
+        accuracy_change=None if y is None else exported_acc - keras_acc,
     )

@@ -9,6 +9,7 @@ current TensorFlow, so the same facts go next to the file instead.
 
 import json
 import os
+from importlib import metadata
 
 import numpy as np
 
@@ -66,10 +67,17 @@ def check_normalization(normalization):
     return normalization
 
 
+def tfsafe_version():
+    """The installed tfsafe's version, from package metadata (tflite_export never imports the
+    ``tfsafe`` package root, which loads every method)."""
+    try:
+        return metadata.version("tfsafe")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def build_sidecar(result, model_name, output_kind, labels=None, normalization=None, value_range=None):
     """The side-car dict for an :class:`~tflite_export.convert.ExportResult`."""
-    from tfsafe import __version__  # noqa: PLC0415
-
     inp = dict(result.input)
     if value_range is not None:
         inp["value_range"] = [float(value_range[0]), float(value_range[1])]
@@ -80,7 +88,7 @@ def build_sidecar(result, model_name, output_kind, labels=None, normalization=No
         "format": result.format,
         "mode": result.mode,
         "model_name": model_name,
-        "tfsafe_version": __version__,
+        "tfsafe_version": tfsafe_version(),
         "input": inp,
         "normalization": normalization,
         "output": out,

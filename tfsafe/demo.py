@@ -17,43 +17,26 @@ from tfsafe._keras import keras, tfmot
 from tfsafe.data import load_digits, membership_split
 from tfsafe.metrics import model_size
 from tfsafe.models import accuracy, compile_classifier, copy_model, small_cnn
+from tfsafe.progress import Progress, ProgressBar
 from tfsafe.report import SafetyReport
 from tfsafe.safety.membership import FAST_ATTACKS, audit_membership
 
 __all__ = ["run_demo", "Progress"]
 
 
-class Progress:
-    """Prints numbered steps with their duration, so a long run shows where it is."""
-
-    def __init__(self, total, log=print):
-        self.total, self.log, self.step, self._start = total, log, 0, None
-
-    def __call__(self, message):
-        self.done()
-        self.step += 1
-        self._start = time.perf_counter()
-        self.log(f"[{self.step}/{self.total}] {message} ...")
-
-    def done(self):
-        if self._start is not None:
-            self.log(f"      done in {time.perf_counter() - self._start:.1f}s")
-            self._start = None
-
-
-def _prune_tfmot(dense, x, y, target_sparsity, epochs, batch_size):
+def _prune_tfmot(dense, x, y, target_sparsity, epochs, batch_size, verbose=0):
     steps = epochs * int(np.ceil(len(x) / batch_size))
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0,
         end_step=max(1, int(steps * 0.7)), frequency=max(1, steps // 20))
     pruned = tfmot.sparsity.keras.prune_low_magnitude(dense, pruning_schedule=schedule)
-    compile_classifier(pruned, 1e-3).fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
+    compile_classifier(pruned, 1e-3).fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose,
                                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
 def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, attacks=FAST_ATTACKS,
-             seed=0, min_agreement=0.98, log=print):
+             seed=0, min_agreement=None, log=print, verbose=0):
     """Train, prune (TF-MOT), export int8 and audit on digits; write the report into ``out_dir``.
 
     Args:
@@ -63,10 +46,10 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
         target_sparsity: the TF-MOT pruning target.
         attacks: membership attacks (names from ``tfsafe.safety.membership.ATTACKS``).
         seed: seeds the split, the initialization and the attacks.
-        min_agreement: the export fails when the int8 file's top-1 agreement with the Keras
-            model on the test split is lower (a 1,797-image toy set leaves few examples near
-            a decision boundary, so 2% allows ~10 flips; the report shows the measured value).
+        min_agreement: the parity rule's required agreement on confident examples (None:
+            the shared default of :class:`tflite_export.parity.ParityRule`).
         log: where progress lines go.
+        verbose: Keras ``fit`` verbosity (1 shows progress bars with their ETA).
 
     Returns:
         The report as a dict (what ``report.json`` holds).
@@ -92,11 +75,11 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
     progress(f"training the dense CNN ({epochs} epochs on {len(x_train)} members)")
     keras.utils.set_random_seed(seed)
     dense = compile_classifier(small_cnn((8, 8, 1), 10), 3e-3)
-    dense.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0,
+    dense.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=verbose,
               validation_data=splits.validation)
 
     progress(f"pruning with TF-MOT prune_low_magnitude to {target_sparsity:.0%} ({prune_epochs} epochs)")
-    pruned = _prune_tfmot(copy_model(dense), x_train, y_train, target_sparsity, prune_epochs, 32)
+    pruned = _prune_tfmot(copy_model(dense), x_train, y_train, target_sparsity, prune_epochs, 32, verbose)
 
     progress("converting the pruned model to int8 TFLite and checking parity")
     os.makedirs(out_dir, exist_ok=True)
@@ -107,14 +90,18 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
 
     progress(f"auditing membership ({', '.join(attacks)}) on {len(members[0])} members + "
              f"{len(nonmembers[0])} non-members")
-    audits = {name: audit_membership(m, members, nonmembers, attacks=attacks, seed=seed)
-              for name, m in (("dense", dense), ("pruned", pruned), ("deployed", deployed))}
+    bar = ProgressBar(3, "      models audited", log=None if log is print else log)
+    audits = {}
+    for name, m in (("dense", dense), ("pruned", pruned), ("deployed", deployed)):
+        audits[name] = audit_membership(m, members, nonmembers, attacks=attacks, seed=seed)
+        bar.update()
 
     progress("writing the report")
     deployed_acc = float(np.mean(deployed.predict(x_test).argmax(axis=1) == y_test))
     report = SafetyReport(
         "tfsafe demo: dense vs TF-MOT pruning (unsafe baseline) on digits",
         dataset="scikit-learn digits (8x8)", splits=splits.sizes(), audit_attacks=list(attacks),
+        parity=export.parity.summary(),
         audit_size=f"{len(members[0])} members + {len(nonmembers[0])} non-members (balanced)",
         size_headline="ideal bytes = non-zeros x bits / 8; .tflite bytes = the deployed file",
     )

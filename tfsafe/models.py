@@ -10,6 +10,7 @@ import weakref
 import numpy as np
 
 from tfsafe._keras import keras, tf
+from tfsafe.errors import InputError
 
 __all__ = ["small_cnn", "lenet", "mlp", "logits_model", "ends_with_softmax", "compiled_logits",
            "predict_logits", "predict_proba", "accuracy", "copy_model", "compile_classifier", "flat_layers"]
@@ -139,8 +140,17 @@ def predict_proba(model, x, batch_size=512):
     return tf.nn.softmax(logits).numpy()
 
 
-def accuracy(model, x, y, batch_size=512):
-    """Top-1 accuracy of ``model`` on ``(x, y)`` with integer labels."""
+def accuracy(model, x, y=None, batch_size=512):
+    """Top-1 accuracy of ``model`` on integer labels: ``accuracy(model, x, y)`` or
+    ``accuracy(model, (x, y))`` (e.g. ``splits.test``).
+
+    Raises:
+        InputError: ``y`` missing and ``x`` is not an ``(x, y)`` pair.
+    """
+    if y is None:
+        if not (isinstance(x, (tuple, list)) and len(x) == 2):
+            raise InputError("accuracy(model, x, y) or accuracy(model, (x, y)): labels are missing.")
+        x, y = x
     logits = predict_logits(model, x, batch_size)
     return float(np.mean(logits.argmax(axis=1) == np.asarray(y).reshape(-1)))
 

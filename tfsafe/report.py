@@ -5,6 +5,11 @@ A report holds one entry per model. Each entry is plain data: accuracy, the size
 :func:`tfsafe.metrics.model_size`, the membership audit's worst case, robustness results and
 file sizes, whichever were measured. Missing measurements are shown as "-".
 
+The page opens with a verdict per non-dense model against the dense one and the unsafe
+baseline (:func:`tfsafe.report_verdict.comparisons`): how much smaller, the accuracy change,
+and for each threat (adversarial, corruption, membership) better / same / worse, "worse"
+flagged. A glossary defines every column.
+
 Example:
     >>> report = SafetyReport("demo", dataset="digits")
     >>> _ = report.add_model("dense", role="dense", accuracy=0.97, size={"params": 1000})
@@ -12,16 +17,17 @@ Example:
     True
 """
 
-import base64
 import datetime
-import html
 import os
 
+from tfsafe import report_plots as plots
 from tfsafe.io import atomic_write_json, atomic_write_text, to_jsonable
+from tfsafe.report_html import esc, figures_html, html_table, md_table, meta_html, meta_markdown, page
+from tfsafe.report_verdict import TOLERANCE, attack_label, comparisons, worst_by_metric
 
-__all__ = ["SCHEMA_VERSION", "SafetyReport"]
+__all__ = ["SCHEMA_VERSION", "SafetyReport", "GLOSSARY"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 # (column title, path into an entry, format)
 _COLUMNS = [
@@ -43,6 +49,37 @@ _COLUMNS = [
     ("PGD acc", ("robustness", "pgd_accuracy"), "{:.4f}"),
     ("corruption acc", ("robustness", "corruption_mean_accuracy"), "{:.4f}"),
 ]
+# Membership columns name the attack that produced each worst-case value.
+_MEMBERSHIP_METRIC = {"MIA AUC (worst)": "auc", "MIA advantage": "advantage", "TPR@1%FPR": "tpr_at_1pct_fpr"}
+
+GLOSSARY = {
+    "model": "The model's name in this run.",
+    "role": "dense = the uncompressed model; unsafe baseline = compressed without any safety objective "
+            "(TF-MOT pruning); compressed = the method under test; deployed = the exported .tflite file itself.",
+    "test acc": "Top-1 accuracy on the held-out test split (never used for training or selection).",
+    "params": "Number of weights the model stores (all layers, biases included).",
+    "non-zeros": "Weights that are not exactly zero after pruning masks are applied.",
+    "sparsity": "Fraction of prunable weights that are zero.",
+    "avg bits": "Average storage bits per non-zero weight (32 for float, fewer after quantization).",
+    "ideal bytes": "non-zeros x bits / 8 plus codebooks: the size an ideal sparse, quantized encoding needs.",
+    "ReLUs": "ReLU units evaluated per example (what private inference pays for).",
+    ".tflite bytes": "Size of the deployed .tflite file on disk.",
+    "gzip bytes": "Size of the .tflite file after gzip -9 (what an app download costs).",
+    "MIA AUC (worst)": "Area under the ROC curve of the strongest membership-inference attack (in brackets): "
+                       "0.5 = the attacker guesses, 1.0 = it always tells members from non-members. Lower is safer.",
+    "MIA advantage": "Largest TPR - FPR of any attack (in brackets) at any threshold. Lower is safer.",
+    "TPR@1%FPR": "Fraction of members an attack (in brackets) identifies while wrongly accusing 1% of non-members. "
+                 "Compare with 0.01 (guessing). Lower is safer.",
+    "PGD acc": "Accuracy under a white-box PGD attack at the largest eps (worst case over CE and margin losses; "
+               "transfer attacks for a .tflite). Higher is safer.",
+    "corruption acc": "Mean accuracy over natural corruptions (noise, blur, contrast...) and severities. Higher is "
+                      "safer.",
+    "smaller": "How many times smaller than the reference (basis in brackets: ideal bytes or the .tflite file).",
+    "accuracy change": "Test accuracy minus the reference's, in percentage points.",
+    "adversarial / corruption / membership": f"better / same / worse than the reference on PGD accuracy, corruption "
+                                             f"accuracy and worst MIA AUC; differences within {TOLERANCE} count as "
+                                             "same. worse is flagged.",
+}
 
 
 def _get(entry, path):
@@ -54,18 +91,44 @@ def _get(entry, path):
     return value
 
 
+def _cell(entry, title, path, fmt):
+    value = _get(entry, path)
+    if value is None:
+        return "-"
+    text = fmt.format(value)
+    metric = _MEMBERSHIP_METRIC.get(title)
+    if metric:
+        attack = worst_by_metric(entry.get("membership")).get(metric, (None, None))[1]
+        if attack:
+            text += f" ({attack_label(attack)})"
+    return text
+
+
+def _threat_text(threat):
+    text = f"{threat['verdict']} ({threat['reference']:.3f} -> {threat['value']:.3f})"
+    return f"WORSE ⚠ {text[6:]}" if threat["verdict"] == "worse" else text
+
+
 class SafetyReport:
     """A side-by-side safety and size comparison of models.
 
     Args:
         title: headline of the report.
-        **meta: anything that describes the run (dataset, split sizes, attacks, seed...).
+        **meta: anything that describes the run (dataset, split sizes, attacks, seed...); dict
+            values are rendered as tables.
     """
 
     def __init__(self, title, **meta):
         self.title = title
         self.meta = dict(meta)
         self.models = []
+
+    @classmethod
+    def from_dict(cls, data):
+        """A report from :meth:`to_dict` output (e.g. a ``report.json`` read back)."""
+        report = cls(data["title"], **(data.get("meta") or {}))
+        report.models = [dict(m) for m in data.get("models") or []]
+        return report
 
     def add_model(self, name, role, **results):
         """Add one model's results (``accuracy=``, ``size=``, ``membership=``, ``robustness=``, ``file=``...).
@@ -88,83 +151,102 @@ class SafetyReport:
                               membership=membership or evaluation.get("membership"),
                               corruptions=corruptions, score=evaluation.get("score"), **extra)
 
+    def verdicts(self):
+        """Each non-dense model against the dense model and the unsafe baseline (see :mod:`tfsafe.report_verdict`)."""
+        return comparisons(self.models)
+
     def to_dict(self):
         return {
             "schema_version": SCHEMA_VERSION,
             "title": self.title,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "meta": to_jsonable(self.meta),
+            "verdicts": self.verdicts(),
             "models": self.models,
         }
 
     def _columns(self):
         return [c for c in _COLUMNS if any(_get(m, c[1]) is not None for m in self.models)]
 
-    def to_markdown(self):
-        """The report as Markdown: a table of every measured column plus the run description."""
+    def _rows(self):
         columns = self._columns()
+        return [c[0] for c in columns], [[_cell(m, *c) for c in columns] for m in self.models]
+
+    def _verdict_rows(self):
+        header = ["model", "against", "smaller", "accuracy change", "adversarial", "corruption", "membership"]
+        rows, worse = [], []
+        for v in self.verdicts():
+            smaller = "-" if v["smaller"] is None else f"{v['smaller']:.1f}x ({v['size_basis']})"
+            acc = "-" if v["accuracy_change"] is None else f"{v['accuracy_change'] * 100:+.1f} points"
+            threats = ["-" if t not in v["threats"] else _threat_text(v["threats"][t])
+                       for t in ("adversarial", "corruption", "membership")]
+            rows.append([v["model"], f"{v['against']} ({v['against_role']})", smaller, acc, *threats])
+            worse.append(bool(v["worse"]))
+        return header, rows, worse
+
+    def _verdict_summary(self):
+        flagged = [f"{v['model']} is easier to attack than {v['against']} ({', '.join(v['worse'])})"
+                   for v in self.verdicts() if v["worse"]]
+        if flagged:
+            return "⚠ " + "; ".join(flagged) + "."
+        if self.verdicts():
+            return "No compressed model is easier to attack than its reference on the threats measured."
+        return None
+
+    def to_markdown(self):
+        """The report as Markdown: verdict, the table of every measured column, the run, a glossary."""
         lines = [f"# {self.title}", ""]
+        header, rows, _ = self._verdict_rows()
+        if rows:
+            lines += ["## Verdict", "", self._verdict_summary(), "", md_table(header, rows), ""]
+        lines += ["## Results", ""]
+        titles, cells = self._rows()
+        lines += [md_table(titles, cells), ""]
         if self.meta:
-            for key, value in self.meta.items():
-                lines.append(f"- **{key}**: {value}")
-            lines.append("")
-        lines.append("| " + " | ".join(c[0] for c in columns) + " |")
-        lines.append("|" + "|".join("---" for _ in columns) + "|")
-        for entry in self.models:
-            cells = []
-            for _, path, fmt in columns:
-                value = _get(entry, path)
-                cells.append("-" if value is None else fmt.format(value))
-            lines.append("| " + " | ".join(cells) + " |")
+            lines += ["## Run", "", meta_markdown(self.meta), ""]
+        lines += ["## Glossary", ""]
+        lines += [f"- **{k}**: {v}" for k, v in self._glossary().items()]
         lines.append("")
         return "\n".join(lines)
 
+    def _glossary(self):
+        shown = set(self._rows()[0])
+        keep = {k: v for k, v in GLOSSARY.items() if k in shown}
+        if self.verdicts():
+            keep.update({k: GLOSSARY[k] for k in ("smaller", "accuracy change",
+                                                  "adversarial / corruption / membership")})
+        return keep
+
     def figures(self):
         """``[(title, png_bytes)]`` for every figure the measured data supports."""
-        from tfsafe import report_plots as plots  # noqa: PLC0415
-
         figures = [
             ("Size, accuracy and membership risk", plots.tradeoff(self.models)),
             ("Membership inference ROC (log scale)", plots.membership_roc(self.models)),
             ("Robust accuracy vs eps", plots.robustness_curve(self.models)),
-            ("Accuracy under natural corruptions", plots.corruption_heatmap(self.models)),
         ]
+        figures += [(f"Accuracy under natural corruptions: {name}", png)
+                    for name, png in plots.corruption_heatmaps(self.models)]
         figures += [(f"tensorflow-privacy ROC: {m['name']}", plots.privacy_roc(m)) for m in self.models]
         return [(title, png) for title, png in figures if png]
 
     def to_html(self):
-        """A self-contained HTML page: the table, the run description and the figures inline."""
-        columns = self._columns()
-        esc = html.escape
-        head = "".join(f"<th>{esc(c[0])}</th>" for c in columns)
+        """A self-contained HTML page: verdict, table, run description, figures and glossary."""
         body = []
-        for entry in self.models:
-            cells = []
-            for _, path, fmt in columns:
-                value = _get(entry, path)
-                cells.append("<td>-</td>" if value is None else f"<td>{esc(fmt.format(value))}</td>")
-            body.append(f"<tr class=\"{esc(entry['role'].replace(' ', '-'))}\">{''.join(cells)}</tr>")
-        meta = "".join(f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>" for k, v in self.meta.items())
-        figures = "".join(
-            f"<figure><img alt=\"{esc(title)}\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
-            f"<figcaption>{esc(title)}</figcaption></figure>"
-            for title, png in self.figures()
-        )
-        return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(self.title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85rem; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: right; }}
-th {{ background: #f0f0f0; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
-tr.unsafe-baseline {{ background: #fff4f0; }} tr.compressed {{ background: #f0fff4; }}
-figure {{ display: inline-block; margin: 1rem; vertical-align: top; }} img {{ max-width: 640px; }}
-</style></head>
-<body><h1>{esc(self.title)}</h1><ul>{meta}</ul>
-<table id="results"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
-<section id="figures">{figures}</section>
-<footer><small>tfsafe report schema {SCHEMA_VERSION}</small></footer></body></html>
-"""
+        header, rows, worse = self._verdict_rows()
+        if rows:
+            body.append(f"<section id=\"verdict\"><h2>Verdict</h2><p class=\"verdict\">"
+                        f"{esc(self._verdict_summary())}</p>"
+                        + html_table(header, rows, "verdicts", ["worse" if w else None for w in worse])
+                        + "</section>")
+        titles, cells = self._rows()
+        body.append("<h2>Results</h2>" + html_table(titles, cells, "results",
+                                                    [m["role"].replace(" ", "-") for m in self.models]))
+        if self.meta:
+            body.append(f"<h2>Run</h2>{meta_html(self.meta)}")
+        body.append(f"<section id=\"figures\">{figures_html(self.figures())}</section>")
+        body.append("<h2>Glossary</h2><dl class=\"glossary\">" + "".join(
+            f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in self._glossary().items()) + "</dl>")
+        return page(self.title, "\n".join(body), f"tfsafe report schema {SCHEMA_VERSION}")
 
     def save(self, out_dir, stem="report", html_page=True):
         """Write ``<stem>.json``, ``<stem>.md`` (and ``<stem>.html``) into ``out_dir`` atomically.

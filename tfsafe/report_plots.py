@@ -8,7 +8,10 @@ import io
 
 import numpy as np
 
-__all__ = ["membership_roc", "robustness_curve", "corruption_heatmap", "tradeoff", "privacy_roc"]
+from tfsafe.report_verdict import attack_label
+
+__all__ = ["membership_roc", "attack_rocs", "robustness_curve", "corruption_figure", "corruption_heatmaps",
+           "tradeoff", "privacy_roc"]
 
 
 def _pyplot():
@@ -51,7 +54,7 @@ def membership_roc(models):
     for name, curve in rows:
         fpr = np.clip(curve["fpr"], floor, 1)
         tpr = np.clip(curve["tpr"], floor, 1)
-        ax.plot(fpr, tpr, label=f"{name} ({curve['attack']}, AUC {curve['auc']:.3f})")
+        ax.plot(fpr, tpr, label=f"{name} ({attack_label(curve['attack'])}, AUC {curve['auc']:.3f})")
     ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
     ax.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate",
            title="Membership inference: strongest attack per model")
@@ -59,8 +62,8 @@ def membership_roc(models):
     return _png(fig)
 
 
-def privacy_roc(entry):
-    """tensorflow-privacy's own ROC plot of one model's strongest attack."""
+def privacy_roc_figure(entry):
+    """tensorflow-privacy's own ROC plot of one model's strongest attack, as a Figure (or None)."""
     curve = _worst_curve(entry)
     if curve is None:
         return None
@@ -74,8 +77,14 @@ def privacy_roc(entry):
                                    test_train_ratio=1.0)
     fig = plotting.plot_roc_curve(roc)
     fig.set_size_inches(4.2, 3.6)
-    fig.axes[0].set_title(f"{entry['name']}: {curve['attack']}")
-    return _png(fig)
+    fig.axes[0].set_title(f"{entry['name']} - {attack_label(curve['attack'])} attack")
+    return fig
+
+
+def privacy_roc(entry):
+    """:func:`privacy_roc_figure` as PNG bytes (or None)."""
+    fig = privacy_roc_figure(entry)
+    return None if fig is None else _png(fig)
 
 
 def robustness_curve(models):
@@ -97,26 +106,52 @@ def robustness_curve(models):
     return _png(fig)
 
 
-def corruption_heatmap(models):
-    """Accuracy per corruption (rows) and severity (columns), one panel per model."""
+def corruption_figure(name, table):
+    """The accuracy heat map of one model (corruption rows x severity columns) as a Figure.
+
+    One figure per model with constrained layout: the long corruption names on the y axis
+    get their own room and cannot run into a neighbouring panel.
+    """
+    plt = _pyplot()
+    corruptions = list(table)
+    severities = sorted({int(s) for t in table.values() for s in t})
+    grid = np.array([[table[c].get(str(s), table[c].get(s, np.nan)) for s in severities] for c in corruptions],
+                    dtype=float)
+    fig, ax = plt.subplots(figsize=(4.6, 0.32 * len(corruptions) + 1.6), layout="constrained")
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set(xticks=range(len(severities)), xticklabels=severities, yticks=range(len(corruptions)),
+           yticklabels=corruptions, xlabel="severity", title=f"{name}: accuracy under corruptions")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if grid[i, j] < 0.5 else "black")
+    fig.colorbar(image, ax=ax, shrink=0.9, label="accuracy")
+    return fig
+
+
+def corruption_heatmaps(models):
+    """``[(model name, png_bytes)]``: one corruption heat map per model that has a table."""
     rows = _named(models, lambda m: (m.get("corruptions") or {}).get("table"))
-    if not rows:
+    return [(name, _png(corruption_figure(name, table))) for name, table in rows]
+
+
+def attack_rocs(membership, title):
+    """Every attack's ROC of one membership audit on log-log axes, with the chance line."""
+    curves = [a for a in (membership or {}).get("attacks") or [] if a.get("fpr") and a.get("tpr")]
+    if not curves:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows), 3.6), squeeze=False)
-    for ax, (name, table) in zip(axes[0], rows):
-        corruptions = list(table)
-        severities = sorted({int(s) for t in table.values() for s in t})
-        grid = np.array([[table[c].get(str(s), table[c].get(s, np.nan)) for s in severities] for c in corruptions],
-                        dtype=float)
-        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set(xticks=range(len(severities)), xticklabels=severities, yticks=range(len(corruptions)),
-               yticklabels=corruptions, xlabel="severity", title=name)
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if grid[i, j] < 0.5 else "black")
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+    fig, ax = plt.subplots(figsize=(5.4, 4.4), layout="constrained")
+    n_non = membership.get("n_nonmembers") or 0
+    floor = min(1e-3, 1.0 / n_non) if n_non else 1e-3
+    for curve in sorted(curves, key=lambda a: -a["auc"]):
+        ax.plot(np.clip(curve["fpr"], floor, 1), np.clip(curve["tpr"], floor, 1),
+                label=f"{attack_label(curve['attack'])} (AUC {curve['auc']:.3f})")
+    ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
+    if n_non:
+        ax.axvline(1.0 / n_non, color="grey", lw=0.6, ls=":", label=f"smallest resolvable FPR (1/{n_non})")
+    ax.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=7)
     return _png(fig)
 
 

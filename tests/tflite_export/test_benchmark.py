@@ -68,3 +68,21 @@ def test_benchmark_bad_inputs(int8_tflite, digits, tmp_path):
         benchmark_tflite(int8_tflite.path, xt[..., 0], num_runs=2)
     with pytest.raises(InputError, match="labels but there are"):
         benchmark_tflite(int8_tflite.path, xt, yt[:3], num_runs=2)
+
+
+def test_every_host_result_names_its_machine(int8_tflite, tmp_path):
+    from tflite_export.host_info import ISA_FEATURES, describe, host_info
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    info = host_info(str(fake))
+    assert info["cpu_model"] == "Test CPU 9000" and info["isa_features"] == ["avx2", "avx512f", "avx512_vnni"]
+    arm = tmp_path / "cpuinfo_arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\nCPU part\t: 0xd41\n")
+    assert host_info(str(arm))["isa_features"] == ["asimd", "asimddp", "i8mm"]
+    assert set(host_info()["isa_features"]) <= set(ISA_FEATURES)
+    line = describe(info, num_threads=2, delegate="xnnpack")
+    assert line.startswith("Test CPU 9000") and "ISA: avx2, avx512f, avx512_vnni" in line and "2 thread(s)" in line
+    r = benchmark_tflite(int8_tflite.path, num_runs=3, warmup_runs=0)
+    assert r.host == host_info() and r.host["runtime"] == r.runtime and r.device == describe()
+    assert read_results(write_results(r, tmp_path / "b.json"))[0].host == r.host

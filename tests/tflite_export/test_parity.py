@@ -2,6 +2,12 @@ import numpy as np
 import pytest
 
 from tflite_export import ParityError, TFLiteModel, check_parity, to_tflite
+from tflite_export.parity import (
+    DEFAULT_CONFIDENCE_MARGIN,
+    DEFAULT_MAX_ACCURACY_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    ParityRule,
+)
 from tfsafe._keras import keras
 from tfsafe.errors import InputError
 from tfsafe.models import accuracy, predict_logits
@@ -45,3 +51,63 @@ def test_parity_bad_inputs(trained_cnn, int8_tflite, digits, tmp_path):
     other = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs)))
     with pytest.raises(ParityError, match="different model"):
         check_parity(other, int8_tflite.path, xt[:10])
+
+
+def _near_tie_model():
+    """Dense(64 -> 10) where classes 0 and 1 differ by a bias of 0.01 (a near-tie on every
+    example) and class 2 wins by a wide margin when x[0] > 0.5: int8 output rounding merges
+    the 0/1 logits, so top-1 flips on every tie while the confident examples keep their class."""
+    inputs = keras.Input((64,))
+    model = keras.Model(inputs, keras.layers.Dense(10)(inputs))
+    kernel, bias = np.zeros((64, 10), np.float32), np.zeros(10, np.float32)
+    kernel[1:, 0] = kernel[1:, 1] = 0.1
+    kernel[0, 2] = 40.0
+    bias[1], bias[2] = 0.01, -20.0
+    model.layers[-1].set_weights([kernel, bias])
+    return model
+
+
+def _near_tie_data(n=400, seed=0):
+    x = np.random.default_rng(seed).random((n, 64), dtype=np.float32)
+    y = np.where(x[:, 0] > 0.5, 2, 3)  # 3: neither tied class, so a 0/1 flip leaves accuracy unchanged
+    return x, y
+
+
+def test_near_ties_pass_when_accuracy_is_unchanged(tmp_path):
+    model = _near_tie_model()
+    x, y = _near_tie_data()
+    result = to_tflite(model, tmp_path / "ties.tflite", "int8", x, verify=(x, y))
+    p = result.parity
+    assert p.top1_agreement < 0.9  # the old rule (agreement >= 0.99 on everything) refused this file
+    assert p.accuracy_change == 0.0 and p.passed and p.confident_agreement == 1.0
+    probs = np.sort(keras.activations.softmax(model(x)).numpy(), axis=1)
+    expected = (probs[:, -1] - probs[:, -2]) >= 0.1
+    assert p.n_confident == int(expected.sum()) and 100 < p.n_confident < 300
+    assert np.all(y[expected] == 2)  # the confident examples are the class-2 ones
+    assert p.rule == {"min_agreement": 0.99, "max_accuracy_drop": 0.01, "confidence_margin": 0.1}
+
+
+def test_a_really_broken_export_fails_and_says_what_to_change(tmp_path):
+    model = _near_tie_model()
+    x, y = _near_tie_data()
+    scrambled = keras.models.clone_model(model)
+    kernel, bias = model.get_weights()
+    scrambled.set_weights([np.random.default_rng(1).permutation(kernel.reshape(-1)).reshape(kernel.shape), bias])
+    broken = to_tflite(scrambled, tmp_path / "broken.tflite", "int8", x).path
+    report = check_parity(model, broken, x, y)
+    reasons = ParityRule().failures(report)
+    assert len(reasons) == 2 and report.confident_agreement < 0.5 and report.accuracy_change < -0.3
+    with pytest.raises(ParityError) as err:
+        ParityRule().judge(report, "The int8 export")
+    message = str(err.value)
+    assert "--min_agreement 99.00%" in message and "--max_accuracy_drop" in message and "dynamic" in message
+    assert f"{report.confident_agreement:.2%}" in message and err.value.report.passed is False
+
+
+def test_one_default_rule_and_overrides():
+    rule = ParityRule.of(min_agreement=0.5)
+    assert (rule.min_agreement, rule.max_accuracy_drop, rule.confidence_margin) == (
+        0.5, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_CONFIDENCE_MARGIN)
+    assert ParityRule.of() == ParityRule(DEFAULT_MIN_AGREEMENT, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_CONFIDENCE_MARGIN)
+    with pytest.raises(InputError, match="max_accuracy_drop"):
+        ParityRule.of(max_accuracy_drop=2.0)

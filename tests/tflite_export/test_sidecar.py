@@ -27,3 +27,16 @@ def test_labels_and_normalization_checks():
     with pytest.raises(InputError, match="JSON-serializable"):
         check_normalization({"mean": object()})
     assert sidecar_path("out/m.tflite") == "out/m.tflite.json"
+
+
+def test_version_comes_from_package_metadata_not_the_tfsafe_root():
+    import pathlib
+    from importlib import metadata
+
+    from tflite_export.sidecar import tfsafe_version
+
+    assert tfsafe_version() == metadata.version("tfsafe")
+    package = pathlib.Path(__file__).resolve().parents[2] / "tflite_export"
+    for source in package.glob("*.py"):
+        text = source.read_text()
+        assert "from tfsafe import" not in text and "\nimport tfsafe\n" not in text, source.name

@@ -168,7 +168,7 @@ def _export(compressed, splits, settings, path):
     x, _ = splits.train
     result = to_tflite(compressed, path, mode=settings["mode"],
                        representative_data=x[:int(settings["calibration_samples"])],
-                       verify=splits.test, min_agreement=float(settings["min_agreement"]))
+                       verify=splits.test, min_agreement=settings["min_agreement"])
     return result.to_dict()
 
 
