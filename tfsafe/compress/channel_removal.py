@@ -298,6 +298,7 @@ def register_channel_source(cls, fn):
     weight names (``"kernel"``, ``"depthwise_kernel"``, ``"pointwise_kernel"``, ``"bias"``) to
     the arrays the stripped layer holds, ``dead`` a bool array over the output channels whose
     pre-activation output is exactly zero for every input (``None``: no dead channels).
+    ``fn`` returns ``None`` for an instance it cannot describe: nothing is removed through it.
     """
     _CHANNEL_SOURCES[cls] = fn
 
@@ -307,7 +308,7 @@ def _channel_source(layer):
         if cls in _CHANNEL_SOURCES:
             return _CHANNEL_SOURCES[cls](layer)
     if hasattr(layer, "layer"):  # a wrapper nobody described: its weights are not the deployed ones
-        return "unknown"
+        return None
     return layer, {short_name(w): w.numpy() for w in layer.weights}, None
 
 
@@ -384,7 +385,7 @@ def _general_propagate(model, candidates):
             core_type = type(getattr(layer, "layer", layer))
             if core_type in _WEIGHTED and len(outputs) == 1 and len(inputs) == 1:
                 source = _channel_source(layer)
-                if source == "unknown":
+                if source is None:
                     block(inputs[0])
                 else:
                     out = _weighted(source, inputs[0], out_n, candidates, ids, groups, block, records)
