@@ -1,21 +1,29 @@
-"""Physical removal of zero-bit channels: the model pass behind ``strip()`` for learnable bits.
+"""Physical removal of dead channels: the model pass behind ``strip()`` for channel pruning and learnable bits.
 
-A zero-bit output channel of a learnable-bit layer outputs the constant ``activation(0)``
-everywhere. Following that constant through the graph tells where it can go:
+A dead output channel (pruned by a channel mask of ``PrunableSafe``, or a zero-bit channel of a
+learnable-bit layer) outputs the constant ``activation(0)`` everywhere. Following that constant
+through the graph tells where it can go:
 
 - elementwise layers (activations, dropout), BatchNormalization and pooling keep it a
   per-channel constant (its value is recomputed through them), Flatten spreads it over the
-  flattened features of that channel;
-- a Dense or ``padding="valid"`` Conv2D consumer drops the matching input channels and folds a
-  non-zero constant into its bias (exact); a DepthwiseConv2D carries it to its own outputs;
-- a ``padding="same"`` convolution can only drop a constant that is exactly zero (at the border
-  a non-zero constant is not uniform); any other layer, or a model output, keeps the channel.
+  flattened features of that channel, zero padding keeps it but makes a non-zero one
+  non-uniform (zero at the border), Concatenate shifts it by the offset of its input;
+- Add-like merges keep a channel constant only where it is dead in every branch; channels
+  merged there are removed together or kept together (union-find groups);
+- a Dense consumer, or a Conv2D / SeparableConv2D with ``padding="valid"`` or a 1x1 kernel,
+  drops the matching input channels and folds a non-zero uniform constant into its bias
+  (exact); any convolution drops a constant that is exactly zero;
+- a DepthwiseConv2D drops a depth channel together with its input channel: when the input is a
+  constant it can fold (the outputs become constants too), or when the depth channels are
+  dead themselves (then even a non-uniform input goes);
+- any other layer, or a model output, keeps the channel.
 
 Channels that cannot go are kept (zero weights, zero bias) and the analysis is repeated until
-it is consistent. :func:`removal_plan` returns what to keep; :func:`remove_channels` applies it
-to the layer-wise stripped model and is registered with
-:func:`tfsafe.compress.strip.register_model_pass`, so ``strip(model)`` returns the smaller
-model with the same outputs.
+it is consistent. Wrappers describe their dead channels with :func:`register_channel_source`;
+:func:`plan_channel_removal` returns what to keep, :func:`apply_channel_removal` rebuilds the
+layer-wise stripped model, and :func:`remove_dead_channels` (also named ``remove_channels``) is
+the pass registered with :func:`tfsafe.compress.strip.register_model_pass`, so ``strip(model)``
+returns the smaller model with the same outputs.
 """
 
 import dataclasses
@@ -46,11 +54,12 @@ class RemovalPlan:
     """What :func:`remove_channels` does, keyed by the *stripped* layer names.
 
     Attributes:
-        output_keep: learnable Conv2D/Dense layer -> bool mask of the output channels kept.
-        input_keep: Dense/Conv2D/DepthwiseConv2D/BatchNormalization -> bool mask over its input
-            features (channels, or flattened features after Flatten) kept.
+        output_keep: Dense/Conv2D/SeparableConv2D source -> bool mask of the output channels kept.
+        input_keep: Dense/Conv2D/SeparableConv2D/DepthwiseConv2D/BatchNormalization -> bool mask
+            over its input features (channels, or flattened features after Flatten) kept; a
+            DepthwiseConv2D loses the depth channels of the inputs it drops.
         bias_fold: consumer -> value added to its bias (constants of removed inputs).
-        kept_dead: learnable layer -> number of zero-bit channels that had to stay.
+        kept_dead: source -> number of dead channels that had to stay.
     """
 
     output_keep: dict = dataclasses.field(default_factory=dict)
@@ -61,127 +70,6 @@ class RemovalPlan:
     @property
     def channels_removed(self):
         return int(sum((~keep).sum() for keep in self.output_keep.values()))
-
-
-@dataclasses.dataclass
-class _Info:
-    src: np.ndarray  # per feature: id of the removable channel it carries, -1 if none
-    value: np.ndarray  # the constant value of that feature (where src >= 0)
-
-
-def _layer_parts(layer):
-    """(key, core layer, kernel, bias, dead mask or None) for a layer with weights of interest."""
-    from tfsafe.compress.quantization import (  # noqa: PLC0415
-        dead_channels,
-        is_learnable_layer,
-        quantized_bias,
-        quantized_kernel,
-    )
-
-    if is_learnable_layer(layer):
-        core = layer.layer
-        return core.name, core, quantized_kernel(layer), quantized_bias(layer), dead_channels(layer)
-    kernel = getattr(layer, "depthwise_kernel", None) if isinstance(layer, keras.layers.DepthwiseConv2D) else None
-    if kernel is None:
-        kernel = getattr(layer, "kernel", None)
-    bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
-    bias = None if bias is None else bias.numpy()
-    return layer.name, layer, None if kernel is None else kernel.numpy(), bias, None
-
-
-def _activate(core, values):
-    activation = getattr(core, "activation", None) or keras.activations.linear
-    return np.asarray(activation(tf.constant(values[None, :], tf.float32)))[0]
-
-
-def _none(n):
-    return _Info(np.full(n, -1, np.int64), np.zeros(n, np.float32))
-
-
-def _propagate(model, candidates):
-    """One forward pass of the constant analysis. Returns (infos, per-layer records, blocked ids)."""
-    infos, records, blocked = {}, {}, set()
-    ids = {}  # (key, channel) -> id
-
-    def block(info, where=None):
-        mask = info.src >= 0 if where is None else (info.src >= 0) & where
-        blocked.update(int(i) for i in np.unique(info.src[mask]))
-
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            layer = node.layer
-            outputs = tf.nest.flatten(node.outputs)
-            if node.is_input:
-                for t in outputs:
-                    infos[id(t)] = _none(int(t.shape[-1]))
-                continue
-            inputs = [infos[id(t)] for t in tf.nest.flatten(node.keras_inputs)]
-            out_n = int(outputs[0].shape[-1]) if outputs[0].shape.rank else 1
-            out = _none(out_n)
-            removed_in = any((i.src >= 0).any() for i in inputs)
-            core_type = type(getattr(layer, "layer", layer))
-            if core_type in (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D) and (
-                len(outputs) == 1 and len(inputs) == 1
-            ):
-                key, core, kernel, bias, dead = _layer_parts(layer)
-                info = inputs[0]
-                nonzero = (info.src >= 0) & (info.value != 0)
-                if core_type is keras.layers.DepthwiseConv2D:
-                    dm = kernel.shape[-1]
-                    if core.padding != "valid":
-                        block(info, nonzero)
-                    # Output channel i * dm + m is constant when input channel i is.
-                    b = np.zeros(out_n, np.float32) if bias is None else bias
-                    src = np.repeat(info.src, dm)
-                    constant_in = np.repeat(np.where(info.src >= 0, info.value, 0.0), dm)
-                    pre = b + constant_in * kernel.sum(axis=(0, 1)).reshape(-1)
-                    out = _Info(src, np.where(src >= 0, _activate(core, pre.astype(np.float32)), 0.0))
-                    records[key] = ("depthwise", layer, info)
-                else:
-                    foldable = core_type is keras.layers.Dense or (core.padding == "valid" and core.groups == 1)
-                    if not foldable:
-                        block(info, nonzero)
-                    if core_type is keras.layers.Conv2D and core.groups != 1:
-                        block(info)
-                    records[key] = ("weighted", layer, info)
-                    if dead is not None:
-                        src = np.full(out_n, -1, np.int64)
-                        for c in np.flatnonzero(dead):
-                            if (key, int(c)) in candidates:
-                                src[c] = ids.setdefault((key, int(c)), len(ids))
-                        out = _Info(src, _activate(core, np.zeros(out_n, np.float32)))
-            elif not removed_in:
-                pass
-            elif isinstance(layer, keras.layers.BatchNormalization) and len(inputs) == 1 and _last_axis(layer):
-                info = inputs[0]
-                gamma = layer.gamma.numpy() if layer.scale else 1.0
-                beta = layer.beta.numpy() if layer.center else 0.0
-                value = gamma * (info.value - layer.moving_mean.numpy()) / np.sqrt(
-                    layer.moving_variance.numpy() + layer.epsilon) + beta
-                out = _Info(info.src.copy(), np.where(info.src >= 0, value, 0.0).astype(np.float32))
-                records[layer.name] = ("batchnorm", layer, info)
-            elif _is_elementwise(layer) and len(inputs) == 1:
-                info = inputs[0]
-                value = np.asarray(layer(tf.constant(info.value[None, :]), training=False))[0]
-                out = _Info(info.src.copy(), np.where(info.src >= 0, value, 0.0).astype(np.float32))
-            elif isinstance(layer, _POOLING) and getattr(layer, "data_format", "channels_last") == "channels_last":
-                out = _Info(inputs[0].src.copy(), inputs[0].value.copy())
-            elif isinstance(layer, _PADDING) and getattr(layer, "data_format", "channels_last") == "channels_last":
-                block(inputs[0], inputs[0].value != 0)
-                out = _Info(inputs[0].src.copy(), inputs[0].value.copy())
-            elif isinstance(layer, keras.layers.Flatten) and layer.data_format == "channels_last":
-                shape = tf.nest.flatten(node.keras_inputs)[0].shape
-                repeats = int(np.prod(shape[1:-1])) if shape.rank > 2 else 1
-                out = _Info(np.tile(inputs[0].src, repeats), np.tile(inputs[0].value, repeats))
-            else:
-                for info in inputs:
-                    block(info)
-            for t in outputs:
-                infos[id(t)] = out
-    for t in model.outputs:
-        block(infos[id(t)])
-    inverse = {v: k for k, v in ids.items()}
-    return infos, records, {inverse[i] for i in blocked if i in inverse}
 
 
 def _last_axis(layer):
@@ -200,90 +88,13 @@ def _is_elementwise(layer):
 
 
 def removal_plan(model):
-    """Decide which zero-bit channels of ``model`` (a learnable-bit model) can be removed exactly.
+    """Decide which dead channels of ``model`` can be removed exactly (:func:`plan_channel_removal`).
 
-    Returns:
-        A :class:`RemovalPlan`; empty for models that are not Functional/Sequential graphs.
+    Kept under this name for the learnable-bit code (``learned_size``, ``exact_int8_model``):
+    zero-bit channels are one registered channel source among others.
     """
-    from tfsafe.compress.quantization import dead_channels, learnable_layers  # noqa: PLC0415
+    return plan_channel_removal(model)
 
-    plan = RemovalPlan()
-    if not getattr(model, "_is_graph_network", False):
-        return plan
-    learnable = [layer for layer in learnable_layers(model) if layer.quantize_config.channel_axes == 1]
-    candidates = {(layer.layer.name, int(c)) for layer in learnable for c in np.flatnonzero(dead_channels(layer))}
-    while True:
-        _, records, blocked = _propagate(model, candidates)
-        if not blocked:
-            break
-        candidates -= blocked
-    for layer in learnable:
-        key = layer.layer.name
-        dead = dead_channels(layer)
-        removable = np.array([(key, int(c)) in candidates for c in range(dead.size)], bool)
-        plan.output_keep[key] = ~removable
-        plan.kept_dead[key] = int(dead.sum() - removable.sum())
-    for key, (kind, layer, info) in records.items():
-        removed = info.src >= 0
-        if not removed.any():
-            continue
-        plan.input_keep[key] = ~removed
-        if kind == "weighted":
-            _, core, kernel, _, _ = _layer_parts(layer)
-            if (info.value[removed] != 0).any():
-                weights = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
-                plan.bias_fold[key] = np.einsum("c,scu->u", info.value * removed, weights).astype(np.float32)
-    return plan
-
-
-def remove_channels(stripped, original):
-    """Model pass: apply :func:`removal_plan` of ``original`` to the layer-wise ``stripped`` model."""
-    from tfsafe.compress.quantization import learnable_layers  # noqa: PLC0415
-
-    if not learnable_layers(original):
-        return stripped
-    plan = removal_plan(original)
-    if not plan.input_keep and not any((~k).any() for k in plan.output_keep.values()):
-        return stripped
-
-    def rebuild(layer):
-        config = layer.get_config()
-        weights = [w.numpy() for w in layer.weights]
-        name = layer.name
-        out_keep = plan.output_keep.get(name)
-        in_keep = plan.input_keep.get(name)
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            if in_keep is not None:
-                weights[0] = weights[0][:, :, in_keep, :]
-                if layer.use_bias:
-                    weights[1] = weights[1].reshape(in_keep.size, -1)[in_keep].reshape(-1)
-        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            kernel = weights[0]
-            bias = weights[1] if layer.use_bias else np.zeros(kernel.shape[-1], np.float32)
-            fold = plan.bias_fold.get(name)
-            if fold is not None:
-                bias = bias + fold
-                if not layer.use_bias:
-                    config["use_bias"] = True
-            if in_keep is not None:
-                kernel = np.take(kernel, np.flatnonzero(in_keep), axis=kernel.ndim - 2)
-            if out_keep is not None:
-                kernel, bias = kernel[..., out_keep], bias[out_keep]
-                config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = int(out_keep.sum())
-            weights = [kernel, bias] if config.get("use_bias", True) else [kernel]
-        elif isinstance(layer, keras.layers.BatchNormalization) and in_keep is not None:
-            weights = [w[in_keep] for w in weights]
-        return layer.__class__.from_config(config), weights
-
-    return clone_with_weights(stripped, rebuild, "strip")
-
-
-# ---------------------------------------------------------------------------------------------
-# The general pass: dead output channels from any registered source (channel-granularity
-# PrunableSafe, ...), through Add / Concatenate / BatchNormalization / DepthwiseConv2D /
-# SeparableConv2D, with channels that must go together (both sides of an Add, a depthwise
-# channel and its input) grouped.
-# ---------------------------------------------------------------------------------------------
 
 _CHANNEL_SOURCES = {}
 _WEIGHTED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
@@ -569,9 +380,14 @@ def apply_channel_removal(stripped, plan):
 
 def remove_dead_channels(stripped, original):
     """Model pass for :func:`tfsafe.compress.strip.register_model_pass`: plan on ``original``, apply to ``stripped``."""
-    if not any(cls in _CHANNEL_SOURCES for layer in original.layers for cls in type(layer).__mro__):
+    layers = getattr(original, "layers", None) or []
+    if not any(cls in _CHANNEL_SOURCES for layer in layers for cls in type(layer).__mro__):
         return stripped
     plan = plan_channel_removal(original)
     if not plan.input_keep and not any((~k).any() for k in plan.output_keep.values()):
         return stripped
     return apply_channel_removal(stripped, plan)
+
+
+# The zero-bit channel pass of self-compression is this pass (one registration, run once).
+remove_channels = remove_dead_channels
