@@ -93,18 +93,24 @@ def test_strip_removes_channels_exactly_through_add_bn_concat_depthwise(residual
     assert all(type(layer).__name__ != "PrunableSafe" for layer in stripped.layers)
 
 
-def test_same_padding_keeps_a_nonzero_constant_channel_exactly():
+@pytest.mark.parametrize("next_layer", ["conv", "separable"])
+def test_same_padding_nonzero_constants_keep_one_carrier_channel(next_layer):
     x = inp = keras.Input((6, 6, 2))
-    x = keras.layers.Conv2D(4, 3, padding="same", name="a")(x)
+    x = keras.layers.Conv2D(5, 3, padding="same", name="a")(x)
     x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.Conv2D(3, 3, padding="same", name="b")(x)
+    if next_layer == "conv":
+        x = keras.layers.Conv2D(3, 3, padding="same", strides=2, name="b")(x)
+    else:
+        x = keras.layers.SeparableConv2D(3, 3, padding="same", name="b")(x)
     model = _randomize(keras.Model(inp, keras.layers.Dense(2, name="out")(keras.layers.Flatten()(x))))
     pruned = prune_safe(model, 0.0, granularity="channel")
-    _set_dead(pruned, {"a": [1]})
+    _set_dead(pruned, {"a": [0, 1, 3]})
     stripped = strip(pruned)
-    # BN turns the dead channel into a non-zero constant that a 3x3 "same" conv sees unevenly
-    # at the border: it cannot be folded into a bias, so the channel stays.
-    assert stripped.get_layer("a").filters == 4
+    # BN turns each dead channel into a non-zero constant that a 3x3 "same" conv sees unevenly at
+    # the border, so no bias can absorb it. A Conv2D keeps one of them as a carrier and merges
+    # the others into that channel's input weights (the zero padding hits them alike); the
+    # per-channel depthwise filters of a SeparableConv2D cannot merge, so all three stay.
+    assert stripped.get_layer("a").filters == (3 if next_layer == "conv" else 5)
     x = np.random.default_rng(3).normal(size=(2, 6, 6, 2)).astype(np.float32)
     np.testing.assert_allclose(stripped(x).numpy(), pruned(x).numpy(), rtol=1e-5, atol=1e-6)
 

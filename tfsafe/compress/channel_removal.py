@@ -60,12 +60,15 @@ class RemovalPlan:
             DepthwiseConv2D loses the depth channels of the inputs it drops.
         bias_fold: consumer -> value added to its bias (constants of removed inputs).
         kept_dead: source -> number of dead channels that had to stay.
+        merges: same-padded Conv2D -> ``(carrier, merged, ratios)``: input channels ``merged``
+            (removed constants) fold into the kernel of the kept constant input ``carrier``.
     """
 
     output_keep: dict = dataclasses.field(default_factory=dict)
     input_keep: dict = dataclasses.field(default_factory=dict)
     bias_fold: dict = dataclasses.field(default_factory=dict)
     kept_dead: dict = dataclasses.field(default_factory=dict)
+    merges: dict = dataclasses.field(default_factory=dict)
 
     @property
     def channels_removed(self):
@@ -145,13 +148,36 @@ class _Groups:
 
 @dataclasses.dataclass
 class _Feat:
-    src: np.ndarray  # per feature: channel id it carries (-1: live)
-    value: np.ndarray  # its constant value (interior value where not uniform)
+    src: np.ndarray  # per feature: removable channel id it carries (-1: none)
+    value: np.ndarray  # its constant value (interior value where not uniform), where known
     uniform: np.ndarray  # the constant is the same at every spatial position
+    const: np.ndarray  # a kept feature that is a known uniform constant (a carrier for merges)
+
+    def known(self):
+        return (self.src >= 0) | self.const
 
 
 def _live(n):
-    return _Feat(np.full(n, -1, np.int64), np.zeros(n, np.float32), np.ones(n, bool))
+    return _Feat(np.full(n, -1, np.int64), np.zeros(n, np.float32), np.ones(n, bool), np.zeros(n, bool))
+
+
+def _carried(info, value, uniform=None):
+    """``info`` with new constant values (same sources), zero where nothing is known."""
+    known = info.known()
+    uniform = info.uniform.copy() if uniform is None else uniform
+    return _Feat(info.src.copy(), np.where(known, value, 0.0).astype(np.float32), uniform, info.const & uniform)
+
+
+def _merge_targets(info):
+    """For a same-padded Conv2D input: ``(carrier, merged)`` feature indices, or ``(None, merged)``.
+
+    Removable non-zero uniform constants cannot fold into a bias (the border sees the zero
+    padding), but they can fold into the input weights of one kept constant channel of the same
+    tensor, which is zero-padded the same way: ``W[carrier] += sum_j value_j / value_carrier W[j]``.
+    """
+    merged = np.flatnonzero((info.src >= 0) & info.uniform & (info.value != 0))
+    carriers = np.flatnonzero(info.const & (info.src < 0) & (info.value != 0))
+    return (int(carriers[0]) if carriers.size else None), merged
 
 
 def _spatial_free(core):
@@ -192,7 +218,7 @@ def _general_propagate(model, candidates):
             inputs = [infos[id(t)] for t in in_tensors]
             out_n = int(outputs[0].shape[-1]) if outputs[0].shape.rank else 1
             out = _live(out_n)
-            removed_in = any((i.src >= 0).any() for i in inputs)
+            removed_in = any(i.known().any() for i in inputs)
             core_type = type(getattr(layer, "layer", layer))
             if core_type in _WEIGHTED and len(outputs) == 1 and len(inputs) == 1:
                 source = _channel_source(layer)
@@ -208,24 +234,21 @@ def _general_propagate(model, candidates):
                 beta = layer.beta.numpy() if layer.center else 0.0
                 value = gamma * (info.value - layer.moving_mean.numpy()) / np.sqrt(
                     layer.moving_variance.numpy() + layer.epsilon) + beta
-                out = _Feat(info.src.copy(), np.where(info.src >= 0, value, 0.0).astype(np.float32),
-                            info.uniform.copy())
+                out = _carried(info, value)
                 records[layer.name] = ("batchnorm", layer, info)
             elif _is_elementwise(layer) and len(inputs) == 1:
                 info = inputs[0]
-                value = np.asarray(layer(tf.constant(info.value[None, :]), training=False))[0]
-                out = _Feat(info.src.copy(), np.where(info.src >= 0, value, 0.0).astype(np.float32),
-                            info.uniform.copy())
+                out = _carried(info, np.asarray(layer(tf.constant(info.value[None, :]), training=False))[0])
             elif isinstance(layer, _POOLING) and getattr(layer, "data_format", "channels_last") == "channels_last":
                 out = dataclasses.replace(inputs[0])
             elif isinstance(layer, _PADDING) and getattr(layer, "data_format", "channels_last") == "channels_last":
                 info = inputs[0]
-                out = _Feat(info.src.copy(), info.value.copy(), info.uniform & (info.value == 0))
+                out = _carried(info, info.value, info.uniform & (info.value == 0))
             elif isinstance(layer, keras.layers.Flatten) and layer.data_format == "channels_last":
                 shape = in_tensors[0].shape
                 repeats = int(np.prod(shape[1:-1])) if shape.rank > 2 else 1
                 info = inputs[0]
-                out = _Feat(np.tile(info.src, repeats), np.tile(info.value, repeats), np.tile(info.uniform, repeats))
+                out = _Feat(*(np.tile(getattr(info, f), repeats) for f in ("src", "value", "uniform", "const")))
             elif isinstance(layer, _MERGE) and all(i.src.size == out_n for i in inputs):
                 everywhere = np.all([i.src >= 0 for i in inputs], axis=0)
                 for info in inputs:
@@ -236,9 +259,11 @@ def _general_propagate(model, candidates):
                         groups.union(int(a), int(b))
                 value = np.asarray(layer._merge_function([tf.constant(i.value[None, :]) for i in inputs]))[0]
                 uniform = np.all([i.uniform for i in inputs], axis=0)
-                out = _Feat(src, np.where(everywhere, value, 0.0).astype(np.float32), uniform)
+                const = np.all([i.known() for i in inputs], axis=0) & ~everywhere & uniform
+                out = _Feat(src, np.where(everywhere | const, value, 0.0).astype(np.float32), uniform, const)
             elif isinstance(layer, keras.layers.Concatenate) and layer.axis in (-1, len(outputs[0].shape) - 1):
-                out = _Feat(*(np.concatenate([getattr(i, f) for i in inputs]) for f in ("src", "value", "uniform")))
+                fields = ("src", "value", "uniform", "const")
+                out = _Feat(*(np.concatenate([getattr(i, f) for i in inputs]) for f in fields))
             else:
                 for info in inputs:
                     block(info)
@@ -255,7 +280,6 @@ def _weighted(source, info, out_n, candidates, ids, groups, block, records):
     core, weights, dead = source
     key = core.name
     activation = getattr(core, "activation", None) or keras.activations.linear
-    const = info.src >= 0
     if isinstance(core, keras.layers.DepthwiseConv2D):
         kernel = weights["depthwise_kernel"]
         dm = kernel.shape[-1]
@@ -265,24 +289,32 @@ def _weighted(source, info, out_n, candidates, ids, groups, block, records):
         dead_in = dead.reshape(-1, dm).all(axis=1)
         block(info, ~foldable & ~dead_in)
         src = np.repeat(info.src, dm)
-        pre = bias + np.repeat(np.where(const, info.value, 0.0), dm) * kernel.sum(axis=(0, 1)).reshape(-1)
+        pre = bias + np.repeat(np.where(info.known(), info.value, 0.0), dm) * kernel.sum(axis=(0, 1)).reshape(-1)
         live_value = np.asarray(activation(tf.constant(pre[None].astype(np.float32))))[0]
         value = np.where(dead, np.asarray(activation(tf.zeros((1, out_n))))[0], live_value)
+        kept_const = (np.repeat(info.const & foldable, dm) | dead) & (src < 0)
         records[key] = ("depthwise", core, info)
-        return _Feat(src, np.where(src >= 0, value, 0.0).astype(np.float32), np.ones(out_n, bool))
+        return _Feat(src, np.where((src >= 0) | kept_const, value, 0.0).astype(np.float32), np.ones(out_n, bool),
+                     kept_const)
     if isinstance(core, keras.layers.Conv2D) and core.groups != 1:
         block(info)
-    elif isinstance(core, keras.layers.Dense):
+    elif isinstance(core, keras.layers.Dense) or _spatial_free(core):
         block(info, ~info.uniform)
+    elif isinstance(core, keras.layers.Conv2D):
+        block(info, ~info.uniform)
+        carrier, merged = _merge_targets(info)
+        if carrier is None and merged.size:  # keep one constant channel: the others merge into it
+            block(info, np.arange(info.src.size) == merged[np.argmax(np.abs(info.value[merged]))])
     else:
-        block(info, ~info.uniform | ((info.value != 0) & (not _spatial_free(core))))
+        block(info, ~info.uniform | (info.value != 0))
     records[key] = ("weighted", core, info, weights)
     out = _live(out_n)
     if dead is not None:
         for c in np.flatnonzero(dead):
             if (key, int(c)) in candidates:
                 out.src[c] = ids.setdefault((key, int(c)), groups.new())
-        out.value[:] = np.where(out.src >= 0, np.asarray(activation(tf.zeros((1, out_n))))[0], 0.0)
+        out.const[:] = dead & (out.src < 0)
+        out.value[:] = np.where(dead, np.asarray(activation(tf.zeros((1, out_n))))[0], 0.0)
     return out
 
 
@@ -332,6 +364,12 @@ def plan_channel_removal(model):
         if not removed.any():
             continue
         plan.input_keep[key] = ~removed
+        if kind == "weighted" and isinstance(core, keras.layers.Conv2D) and not _spatial_free(core):
+            carrier, merged = _merge_targets(info)
+            if merged.size:
+                plan.merges[key] = (carrier, merged, info.value[merged] / info.value[carrier])
+                removed = removed.copy()
+                removed[merged] = False  # carried by the merge, not by the bias
         if kind == "weighted" and (info.value[removed] != 0).any():
             kernel = _conv_fold_kernel(core, record[3]) if not isinstance(core, keras.layers.Dense) else \
                 record[3]["kernel"].reshape(1, -1, core.units)
@@ -361,6 +399,11 @@ def apply_channel_removal(stripped, plan):
             if fold is not None:
                 bias = bias + fold
                 config["use_bias"] = True
+            merge = plan.merges.get(name)
+            if merge is not None:
+                carrier, merged, ratios = merge
+                kernels[0] = kernels[0].copy()
+                kernels[0][..., carrier, :] += np.einsum("j,hwjo->hwo", ratios, kernels[0][..., merged, :])
             if in_keep is not None:
                 if separable:
                     dm = kernels[0].shape[-1]
