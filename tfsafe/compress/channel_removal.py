@@ -105,7 +105,7 @@ _MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.
           keras.layers.Maximum, keras.layers.Minimum)
 
 
-def register_channel_source(cls, fn):
+def register_channel_source(cls, fn, fixed_kernel=False):
     """Register ``fn(layer) -> None | (core, weights, dead)`` for wrappers of type ``cls``.
 
     ``core`` is the wrapped standard layer (its config and type), ``weights`` a dict from short
@@ -113,17 +113,21 @@ def register_channel_source(cls, fn):
     the arrays the stripped layer holds, ``dead`` a bool array over the output channels whose
     pre-activation output is exactly zero for every input (``None``: no dead channels).
     ``fn`` returns ``None`` for an instance it cannot describe: nothing is removed through it.
+    ``fixed_kernel=True`` (kernels on a learned grid) forbids merging constant input channels
+    into a kept channel's kernel weights; folding into the bias stays allowed.
     """
-    _CHANNEL_SOURCES[cls] = fn
+    _CHANNEL_SOURCES[cls] = (fn, fixed_kernel)
 
 
 def _channel_source(layer):
     for cls in type(layer).__mro__:
         if cls in _CHANNEL_SOURCES:
-            return _CHANNEL_SOURCES[cls](layer)
+            fn, fixed = _CHANNEL_SOURCES[cls]
+            source = fn(layer)
+            return None if source is None else (*source, fixed)
     if hasattr(layer, "layer"):  # a wrapper nobody described: its weights are not the deployed ones
         return None
-    return layer, {short_name(w): w.numpy() for w in layer.weights}, None
+    return layer, {short_name(w): w.numpy() for w in layer.weights}, None, False
 
 
 class _Groups:
@@ -277,7 +281,7 @@ def _general_propagate(model, candidates):
 
 
 def _weighted(source, info, out_n, candidates, ids, groups, block, records):
-    core, weights, dead = source
+    core, weights, dead, fixed = source
     key = core.name
     activation = getattr(core, "activation", None) or keras.activations.linear
     if isinstance(core, keras.layers.DepthwiseConv2D):
@@ -300,14 +304,14 @@ def _weighted(source, info, out_n, candidates, ids, groups, block, records):
         block(info)
     elif isinstance(core, keras.layers.Dense) or _spatial_free(core):
         block(info, ~info.uniform)
-    elif isinstance(core, keras.layers.Conv2D):
+    elif isinstance(core, keras.layers.Conv2D) and not fixed:
         block(info, ~info.uniform)
         carrier, merged = _merge_targets(info)
         if carrier is None and merged.size:  # keep one constant channel: the others merge into it
             block(info, np.arange(info.src.size) == merged[np.argmax(np.abs(info.value[merged]))])
     else:
         block(info, ~info.uniform | (info.value != 0))
-    records[key] = ("weighted", core, info, weights)
+    records[key] = ("weighted", core, info, weights, fixed)
     out = _live(out_n)
     if dead is not None:
         for c in np.flatnonzero(dead):
@@ -364,7 +368,7 @@ def plan_channel_removal(model):
         if not removed.any():
             continue
         plan.input_keep[key] = ~removed
-        if kind == "weighted" and isinstance(core, keras.layers.Conv2D) and not _spatial_free(core):
+        if kind == "weighted" and isinstance(core, keras.layers.Conv2D) and not _spatial_free(core) and not record[4]:
             carrier, merged = _merge_targets(info)
             if merged.size:
                 plan.merges[key] = (carrier, merged, info.value[merged] / info.value[carrier])

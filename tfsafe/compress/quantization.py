@@ -654,7 +654,7 @@ def _register():
     from tfsafe.compress.strip import register_model_pass, register_stripper  # noqa: PLC0415
 
     register_stripper(QuantizeWrapper, _strip_wrapper)
-    register_channel_source(QuantizeWrapper, _channel_source)
+    register_channel_source(QuantizeWrapper, _channel_source, fixed_kernel=True)
     register_model_pass(remove_channels)
     register_weight_stats(QuantizeWrapper, _wrapper_stats)
 
