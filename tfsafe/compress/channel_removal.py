@@ -13,6 +13,10 @@ through the graph tells where it can go:
 - a Dense consumer, or a Conv2D / SeparableConv2D with ``padding="valid"`` or a 1x1 kernel,
   drops the matching input channels and folds a non-zero uniform constant into its bias
   (exact); any convolution drops a constant that is exactly zero;
+- a same-padded Conv2D cannot fold a non-zero constant into its bias (the border sees the zero
+  padding): one such channel of the tensor stays as a carrier and the others merge into the
+  carrier's input weights (``W[carrier] += value_j / value_carrier * W[j]``), except into
+  kernels on a learned grid (``fixed_kernel``), where they stay;
 - a DepthwiseConv2D drops a depth channel together with its input channel: when the input is a
   constant it can fold (the outputs become constants too), or when the depth channels are
   dead themselves (then even a non-uniform input goes);
