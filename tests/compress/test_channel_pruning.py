@@ -131,6 +131,10 @@ def test_drop_and_grow_scores_channels_by_norm():
     grads = np.array([[0.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 5.0]])
     new = drop_and_grow([kernel], [mask], 0.34, np.random.default_rng(0), grads=[grads], grow="gradient")
     assert new[0].tolist() == [1.0, 0.0, 1.0, 1.0]
+    # Channel A = (1, 1) vs B = (1.6, 0): L2 drops A (1.41 < 1.6), L1 drops B (1.6 < 2).
+    two, two_mask = np.array([[1.0, 1.6, 0.0], [1.0, 0.0, 0.0]]), np.array([1.0, 1.0, 0.0])
+    for norm, expected in (("l2", [0.0, 1.0, 1.0]), ("l1", [1.0, 0.0, 1.0])):
+        assert drop_and_grow([two], [two_mask], 0.5, np.random.default_rng(0), norm=norm)[0].tolist() == expected
     with pytest.raises(InputError, match="matching shapes"):
         drop_and_grow([kernel], [np.ones(3)], 0.5, np.random.default_rng(0))
 

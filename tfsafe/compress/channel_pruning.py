@@ -30,7 +30,8 @@ import numpy as np
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError, UnsupportedModelError
 
-__all__ = ["GRANULARITIES", "CHANNEL_NORMS", "CHANNEL_LAYERS", "supports_channels", "channel_weights",
+__all__ = ["GRANULARITIES", "CHANNEL_NORMS", "CHANNEL_LAYERS", "supports_channels", "check_channel_layer",
+           "check_granularity", "check_norm", "channel_weights",
            "channel_scores", "output_layers", "channel_targets", "regrown_init"]
 
 GRANULARITIES = ("weight", "channel")
@@ -59,6 +60,17 @@ def check_norm(norm):
 def supports_channels(layer):
     """True for the exact layer types above (subclasses may change what a channel is)."""
     return type(layer) in CHANNEL_LAYERS
+
+
+def check_channel_layer(layer):
+    """Return ``layer`` if it can take ``granularity="channel"``.
+
+    Raises:
+        UnsupportedModelError: naming the layer and the fix.
+    """
+    if not supports_channels(layer):
+        raise _unsupported(layer)
+    return layer
 
 
 def _unsupported(layer):

@@ -116,8 +116,8 @@ class PrunableSafe(keras.layers.Wrapper):
         if isinstance(layer, PrunableSafe):
             raise UnsupportedModelError(f"Layer '{layer.name}' is already wrapped in PrunableSafe.")
         channel_pruning.check_granularity(granularity)
-        if granularity == "channel" and not channel_pruning.supports_channels(layer):
-            raise channel_pruning._unsupported(layer)
+        if granularity == "channel":
+            channel_pruning.check_channel_layer(layer)
         if granularity == "weight" and not is_prunable(layer):
             raise UnsupportedModelError(
                 f"Layer '{layer.name}' ({type(layer).__name__}) has nothing TF-MOT can prune. Give it a "
@@ -210,9 +210,7 @@ class PrunableSafe(keras.layers.Wrapper):
         self.apply_masks()
 
     def apply_masks(self):
-        """Zero the stored weights (and, per channel, biases) where the mask is 0.
-
-        The forward pass does this anyway."""
+        """Zero the stored weights (and, per channel, biases) where the mask is 0 (``call`` masks anyway)."""
         for weight, value in zip(self._masked_variables(), self._masked_values()):
             weight.assign(value)
 
