@@ -125,6 +125,33 @@ def test_prune_safe_channel_counts_are_exact():
     assert sum(layer.mask_counts()[0] for layer in prunable_wrappers(erk)) == round(0.5 * 27)
 
 
+def test_add_branches_and_depthwise_share_one_mask_so_every_pruned_channel_goes():
+    model = _randomize(_residual_model())
+    pruned = compile_classifier(prune_safe(model, 0.5, granularity="channel", init="uniform"))
+    wrapped = {layer.layer.name: layer for layer in prunable_wrappers(pruned)}
+    assert {name: layer.channel_group for name, layer in wrapped.items()} == {
+        "c1": "c1", "c2": "c1", "dw": "c1", "sep": None, "c3": None}
+    masks = [wrapped[name].masks[0].numpy().reshape(-1) for name in ("c1", "c2", "dw")]
+    assert all(np.array_equal(masks[0], m) for m in masks) and masks[0].sum() == 3
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(16, 8, 8, 3)).astype(np.float32), rng.integers(0, 3, 16)
+    callback = DynamicSparsity(update_every=1, drop_fraction=0.7, end_step=3, grow="gradient",
+                               grad_data=(data[0][:8], data[1][:8]), seed=2)
+    pruned.fit(*data, batch_size=8, epochs=1, callbacks=[callback], verbose=0)
+    after = [wrapped[name].masks[0].numpy().reshape(-1) for name in ("c1", "c2", "dw")]
+    assert callback.history[0]["changed"] > 0 and not np.array_equal(after[0], masks[0])
+    assert all(np.array_equal(after[0], m) for m in after) and after[0].sum() == 3
+    assert len(read_masks(prunable_wrappers(pruned))) == 3  # the group, sep, c3
+    plan = plan_channel_removal(pruned)
+    assert plan.kept_dead == {"c1": 0, "c2": 0, "sep": 0, "c3": 0}  # nothing dead had to stay
+    stripped = strip(pruned)
+    x = data[0][:4]
+    masked = pruned(x, training=False).numpy()
+    np.testing.assert_allclose(stripped(x, training=False).numpy(), masked, rtol=1e-5,
+                               atol=1e-5 * np.abs(masked).max())
+    assert stripped.get_layer("dw").depthwise_kernel.shape == (3, 3, 3, 1)
+
+
 def test_drop_and_grow_scores_channels_by_norm():
     kernel = np.array([[3.0, 0.1, 1.0, 0.0], [0.0, 0.1, -1.0, 0.0]])  # channel norms 3, 0.14, 1.41, 0
     mask = np.array([1.0, 1.0, 1.0, 0.0])

@@ -32,7 +32,7 @@ from tfsafe.errors import InputError, UnsupportedModelError
 
 __all__ = ["GRANULARITIES", "CHANNEL_NORMS", "CHANNEL_LAYERS", "supports_channels", "check_channel_layer",
            "check_granularity", "check_norm", "channel_weights",
-           "channel_scores", "output_layers", "channel_targets", "regrown_init"]
+           "channel_scores", "output_layers", "channel_targets", "tie_groups", "regrown_init"]
 
 GRANULARITIES = ("weight", "channel")
 CHANNEL_NORMS = ("l2", "l1")
@@ -179,6 +179,83 @@ def output_layers(model):
         if not isinstance(layer, _MIXING):
             stack.extend(inputs)
     return found
+
+
+_INDEX_PRESERVING = (
+    keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+    keras.layers.Dropout, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.ZeroPadding2D,
+)
+_ADD_LIKE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Average, keras.layers.Maximum,
+             keras.layers.Minimum, keras.layers.Multiply)
+
+
+def _producers(tensor, wrapped):
+    """Wrapped layers whose output channel ``c`` is channel ``c`` of ``tensor``, or None if another source is."""
+    layer, inputs = _history(tensor)
+    if layer is None or isinstance(layer, keras.layers.InputLayer):
+        return None
+    if layer.name in wrapped:
+        return {layer.name}
+    elementwise = isinstance(layer, keras.layers.Activation) and getattr(layer.activation, "__name__", "") not in (
+        "softmax", "log_softmax")
+    if (isinstance(layer, _INDEX_PRESERVING) or elementwise) and len(inputs) == 1:
+        return _producers(inputs[0], wrapped)
+    if isinstance(layer, _ADD_LIKE):
+        found = set()
+        for t in inputs:
+            part = _producers(t, wrapped)
+            if part is None:
+                return None
+            found |= part
+        return found
+    return None
+
+
+def tie_groups(model, wrapped):
+    """Sets of wrapped layer names whose channel masks must be equal for pruned channels to go.
+
+    The layers feeding one Add (through BatchNormalization, activations, pooling...) are
+    removed channel by channel from every branch or from none, and a DepthwiseConv2D (depth
+    multiplier 1) drops a channel together with the layer producing its input. Tying their
+    masks makes every pruned channel removable.
+
+    Args:
+        model: the unwrapped model.
+        wrapped: names of the layers that will be wrapped.
+
+    Returns:
+        A list of sets (two or more names each).
+    """
+    parent = {name: name for name in wrapped}
+
+    def find(name):
+        while parent[name] != name:
+            name = parent[name]
+        return name
+
+    def tie(names):
+        names = sorted(names)
+        for other in names[1:]:
+            parent[find(other)] = find(names[0])
+
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            if node.is_input:
+                continue
+            inputs = tf.nest.flatten(node.keras_inputs)
+            if isinstance(layer, _ADD_LIKE):
+                parts = [_producers(t, wrapped) for t in inputs]
+                if all(p is not None for p in parts):
+                    tie(set().union(*parts))
+            elif (isinstance(layer, keras.layers.DepthwiseConv2D) and layer.name in wrapped
+                  and layer.depth_multiplier == 1):
+                part = _producers(inputs[0], wrapped)
+                if part is not None:
+                    tie(part | {layer.name})
+    groups = {}
+    for name in wrapped:
+        groups.setdefault(find(name), set()).add(name)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def channel_targets(model, skip_layers, is_prunable):

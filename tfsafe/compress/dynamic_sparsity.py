@@ -115,15 +115,40 @@ def drop_and_grow(weights, masks, fraction, rng, grads=None, grow="random", scop
     return [n.reshape(m.shape).astype(m.dtype) for n, m in zip(new, masks)]
 
 
+def _slots(wrappers):
+    """One entry per independent mask: ``[(layer, weight, mask), ...]`` (several for a ``channel_group``)."""
+    slots, groups = [], {}
+    for layer in wrappers:
+        group = getattr(layer, "channel_group", None)
+        for weight, mask in zip(layer.pruned_weights, layer.masks):
+            if group is None:
+                slots.append([(layer, weight, mask)])
+            elif group in groups:
+                groups[group].append((layer, weight, mask))
+            else:
+                groups[group] = [(layer, weight, mask)]
+                slots.append(groups[group])
+    return slots
+
+
+def _joined(slot, arrays):
+    """A slot's arrays (one per member, shaped like its weight) as one ``(rows, channels)`` array."""
+    if len(slot) == 1 and getattr(slot[0][0], "channel_group", None) is None:
+        return arrays[0]
+    n = int(np.prod(slot[0][2].shape))
+    return np.concatenate([np.reshape(a, (-1, n)) for a in arrays], axis=0)
+
+
 def read_masks(wrappers):
-    """Masks of all wrappers as one flat list of arrays."""
-    return [m.numpy() for layer in wrappers for m in layer.masks]
+    """Masks of all wrappers as one flat list of arrays (one flat channel mask per ``channel_group``)."""
+    return [slot[0][2].numpy() if len(slot) == 1 and getattr(slot[0][0], "channel_group", None) is None
+            else slot[0][2].numpy().reshape(-1) for slot in _slots(wrappers)]
 
 
 def read_weights(wrappers):
     """The masked prunable weights of all wrappers (what the forward pass uses; full kernels also
-    for channel masks)."""
-    return [w.numpy() * m.numpy() for layer in wrappers for w, m in zip(layer.pruned_weights, layer.masks)]
+    for channel masks; a ``channel_group``'s kernels stacked as ``(rows, channels)``)."""
+    return [_joined(slot, [w.numpy() * m.numpy() for _, w, m in slot]) for slot in _slots(wrappers)]
 
 
 def write_masks(wrappers, masks, seed=0):
@@ -132,21 +157,19 @@ def write_masks(wrappers, masks, seed=0):
     Regrown channels of channel masks restart at the live channels' scale instead (``seed``
     seeds them); their bias restarts at zero.
     """
-    i = 0
-    for layer in wrappers:
-        for weight, mask in zip(layer.pruned_weights, layer.masks):
-            new = np.asarray(masks[i], mask.dtype.as_numpy_dtype)
+    for i, slot in enumerate(_slots(wrappers)):
+        for k, (layer, weight, mask) in enumerate(slot):
+            new = np.asarray(masks[i], mask.dtype.as_numpy_dtype).reshape(mask.shape)
             old = mask.numpy()
             value = weight.numpy() * old * new
             if tuple(mask.shape) != tuple(weight.shape):
                 regrown = (new > 0) & (old == 0)
                 if regrown.any():
-                    value = regrown_init(value, old * new, regrown, np.random.default_rng([seed, i, int(new.sum())]))
+                    value = regrown_init(value, old * new, regrown, np.random.default_rng([seed, i, k, int(new.sum())]))
             weight.assign(value)
             mask.assign(new)
-            i += 1
-        if getattr(layer, "channel_bias", None) is not None:
-            layer.apply_masks()
+            if getattr(layer, "channel_bias", None) is not None:
+                layer.apply_masks()
 
 
 def dense_gradients(model, x, y, wrappers=None):
@@ -161,7 +184,7 @@ def dense_gradients(model, x, y, wrappers=None):
 
     wrappers = prunable_wrappers(model) if wrappers is None else wrappers
     x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-    saved = read_masks(wrappers)
+    saved = [m.numpy() for layer in wrappers for m in layer.masks]
     for layer in wrappers:
         layer.apply_masks()
         for mask in layer.masks:
@@ -178,7 +201,9 @@ def dense_gradients(model, x, y, wrappers=None):
     finally:
         for mask, value in zip([m for layer in wrappers for m in layer.masks], saved):
             mask.assign(value)
-    return [np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy() for g, v in zip(grads, variables)]
+    by_variable = {id(v): np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy()
+                   for g, v in zip(grads, variables)}
+    return [_joined(slot, [by_variable[id(w)] for _, w, _ in slot]) for slot in _slots(wrappers)]
 
 
 def prune_to_target(wrappers, target_sparsity, norm="l2"):

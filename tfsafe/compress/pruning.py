@@ -101,6 +101,9 @@ class PrunableSafe(keras.layers.Wrapper):
             channel of a Dense / Conv2D / DepthwiseConv2D / SeparableConv2D, broadcast over the
             kernel and applied to the bias; see :mod:`tfsafe.compress.channel_pruning`).
             ``sparsity`` then counts channels.
+        channel_group: name shared by channel-granularity wrappers whose masks must stay equal
+            (the branches of an Add, a DepthwiseConv2D and its input's producer; set by
+            :func:`prune_safe`): dynamic sparsity updates them as one mask.
         **kwargs: standard layer arguments (``name``...).
 
     Example:
@@ -110,7 +113,8 @@ class PrunableSafe(keras.layers.Wrapper):
         16
     """
 
-    def __init__(self, layer, sparsity=0.0, mask_init="magnitude", seed=None, granularity="weight", **kwargs):
+    def __init__(self, layer, sparsity=0.0, mask_init="magnitude", seed=None, granularity="weight", channel_group=None,
+                 **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise UnsupportedModelError(f"PrunableSafe wraps a Keras layer, got {type(layer).__name__}.")
         if isinstance(layer, PrunableSafe):
@@ -135,6 +139,7 @@ class PrunableSafe(keras.layers.Wrapper):
         self.mask_init = mask_init
         self.seed = seed
         self.granularity = granularity
+        self.channel_group = channel_group if granularity == "channel" else None
         self._set_untracked("masks", [])
         self._set_untracked("channel_bias", None)
         if not hasattr(self, "_batch_input_shape") and hasattr(layer, "_batch_input_shape"):
@@ -246,7 +251,7 @@ class PrunableSafe(keras.layers.Wrapper):
     def get_config(self):
         config = super().get_config()
         config.update({"sparsity": self.sparsity, "mask_init": self.mask_init, "seed": self.seed,
-                       "granularity": self.granularity})
+                       "granularity": self.granularity, "channel_group": self.channel_group})
         return config
 
 
@@ -406,7 +411,9 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
             outputs), so that ``strip()`` removes them physically. ``target_sparsity`` then
             counts channels (ERK ratios from the kernel shapes, budgets in channels); the layers
             producing the model's outputs stay dense (the classes must stay), layers without
-            channels to prune (BatchNormalization...) are left as they are.
+            channels to prune (BatchNormalization...) are left as they are, and the layers whose
+            channels must go together (Add branches, a DepthwiseConv2D and its input's
+            producer) share one mask (``channel_group``, their keep counts averaged).
 
     Returns:
         A new ``tf_keras`` model.
@@ -450,6 +457,27 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
         counts = sizes
     else:
         counts = layer_densities(shapes, 1.0 - target, init, erk_power_scale, sizes=sizes)
+    groups = {}
+    if granularity == "channel":
+        for group in channel_pruning.tie_groups(model, {layer.name for layer in to_wrap}):
+            members = [i for i, layer in enumerate(to_wrap) if layer.name in group]
+            keep = int(round(np.mean([counts[i] for i in members])))
+            for i in members:
+                counts[i] = keep
+                groups[to_wrap[i].name] = min(group)
+        # Averaging moved the total: give the difference back to the untied layers.
+        diff = int(round((1.0 - target) * sum(sizes))) - sum(counts) if init != "dense" else 0
+        free = [i for i, layer in enumerate(to_wrap) if layer.name not in groups]
+        while diff and free:
+            moved = False
+            for i in free:
+                step = 1 if diff > 0 else -1
+                if diff and 1 <= counts[i] + step <= sizes[i]:
+                    counts[i] += step
+                    diff -= step
+                    moved = True
+            if not moved:
+                break
     sparsities, start = {}, 0
     for layer, n in zip(to_wrap, per_layer):
         sparsities[layer.name] = [1.0 - c / float(size) for c, size in zip(counts[start:start + n],
@@ -463,7 +491,8 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
         if id(layer) in wrapped_ids:
             s = sparsities[layer.name]
             copy = PrunableSafe(copy, sparsity=s[0] if len(s) == 1 else s, mask_init=mask_init,
-                                seed=seed + len(clones), granularity=granularity)
+                                seed=seed + len(clones), granularity=granularity,
+                                channel_group=groups.get(layer.name))
         clones[layer.name] = (layer, copy)
         return copy
 
@@ -474,6 +503,30 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
     for original, copy in clones.values():
         inner = copy.layer if isinstance(copy, PrunableSafe) else copy
         inner.set_weights(original.get_weights())
-        if isinstance(copy, PrunableSafe):
+        if isinstance(copy, PrunableSafe) and copy.channel_group is None:
             copy.reset_masks()
+    _tie_masks(prunable_wrappers(pruned), mask_init, seed)
     return pruned
+
+
+def _tie_masks(wrappers, mask_init, seed):
+    """One mask per ``channel_group``: the largest joint L2 channel norms (or a random draw)."""
+    groups = {}
+    for layer in wrappers:
+        if layer.channel_group is not None:
+            groups.setdefault(layer.channel_group, []).append(layer)
+    rng = np.random.default_rng(seed)
+    for members in groups.values():
+        size = int(np.prod(members[0].masks[0].shape))
+        keep = _keep_count(size, members[0]._sparsities()[0])
+        if mask_init == "magnitude":
+            scores = sum(channel_pruning.channel_scores(layer.pruned_weights[0].numpy(), layer.masks[0].shape)
+                         .reshape(-1) ** 2 for layer in members)
+            order = np.argsort(-scores, kind="stable")[:keep]
+        else:
+            order = rng.choice(size, keep, replace=False)
+        new = np.zeros(size, np.float32)
+        new[order] = 1
+        for layer in members:
+            layer.masks[0].assign(new.reshape(layer.masks[0].shape))
+            layer.apply_masks()
