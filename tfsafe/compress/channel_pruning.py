@@ -21,6 +21,8 @@ channel outputs exactly ``activation(0)``. Channel scores (the drop criterion of
 the L2 (or L1) norm of the channel's kernel slice; the regrowth criterion is the norm of its
 dense gradient, as in structured RigL variants. The layers whose outputs are the model's
 outputs (through activations, pooling, Add...) keep all their channels: the classes must stay.
+Layers whose channels can only be removed together (:func:`tie_groups`: the branches of an Add,
+a DepthwiseConv2D and the producer of its input) share one mask (``channel_group``).
 
 This module holds only the layer-level rules; it does not import :mod:`tfsafe.compress.pruning`.
 """

@@ -11,7 +11,9 @@ part of its weight's shape) are updated per channel: the drop score is the chann
 L1) norm, the regrowth score the norm of its dense gradient, and counts are in channels.
 Regrown channels restart at the scale of the live ones
 (:func:`~tfsafe.compress.channel_pruning.regrown_init`), since an all-zero channel would stay
-dead behind a ReLU.
+dead behind a ReLU. Wrappers sharing a ``channel_group`` form one slot of :func:`read_masks` /
+:func:`read_weights` / :func:`dense_gradients` / :func:`write_masks` (their kernels stacked as
+``(rows, channels)``), so every update keeps their masks equal.
 
 :class:`DynamicSparsity` is the Keras callback that runs it every ``update_every`` steps with a
 cosine-decayed fraction, on a model wrapped by :func:`~tfsafe.compress.pruning.prune_safe`.
