@@ -228,7 +228,10 @@ def _general_propagate(model, candidates):
             out = _live(out_n)
             removed_in = any(i.known().any() for i in inputs)
             core_type = type(getattr(layer, "layer", layer))
-            if core_type in _WEIGHTED and len(outputs) == 1 and len(inputs) == 1:
+            if _shared(layer):  # one set of weights for several calls: left as it is
+                for info in inputs:
+                    block(info)
+            elif core_type in _WEIGHTED and len(outputs) == 1 and len(inputs) == 1:
                 source = _channel_source(layer)
                 if source is None:
                     block(inputs[0])
@@ -282,6 +285,10 @@ def _general_propagate(model, candidates):
     roots = {groups.find(i) for i in blocked}
     inverse = {v: k for k, v in ids.items()}
     return records, {inverse[i] for i in range(len(groups.parent)) if groups.find(i) in roots}
+
+
+def _shared(layer):
+    return len(getattr(layer, "_inbound_nodes", ())) > 1
 
 
 def _weighted(source, info, out_n, candidates, ids, groups, block, records):
@@ -349,7 +356,7 @@ def plan_channel_removal(model):
         return plan
     sources = {}
     for layer in model.layers:
-        if type(getattr(layer, "layer", layer)) in _WEIGHTED and any(
+        if type(getattr(layer, "layer", layer)) in _WEIGHTED and not _shared(layer) and any(
                 cls in _CHANNEL_SOURCES for cls in type(layer).__mro__):
             source = _channel_source(layer)
             if source is not None and source[2] is not None and not isinstance(source[0], keras.layers.DepthwiseConv2D):
