@@ -235,3 +235,18 @@ def test_mobilenet_v2_strips_exactly():
     masked, plain = pruned(x, training=False).numpy(), stripped(x, training=False).numpy()
     np.testing.assert_allclose(plain, masked, rtol=1e-5, atol=1e-5 * np.abs(masked).max())
     assert stripped.count_params() < 0.6 * model.count_params()
+
+
+def test_shared_layer_keeps_its_channels_and_stays_exact():
+    a_in, b_in = keras.Input((6, 6, 2)), keras.Input((6, 6, 2))
+    shared = keras.layers.Conv2D(4, 1, name="shared")
+    h = keras.layers.Add()([shared(keras.layers.Conv2D(2, 1, name="pre")(a_in)), shared(b_in)])
+    h = keras.layers.Conv2D(3, 1, name="mid")(h)
+    model = _randomize(keras.Model([a_in, b_in], keras.layers.Dense(2, name="out")(keras.layers.Flatten()(h))))
+    pruned = prune_safe(model, 0.5, granularity="channel", init="uniform")
+    stripped = strip(pruned)
+    # One set of weights serves two calls: neither its outputs nor its inputs (pre's) can shrink.
+    assert stripped.get_layer("shared").filters == 4 and stripped.get_layer("pre").filters == 2
+    assert stripped.get_layer("mid").filters == 1
+    x = [np.random.default_rng(6).random((2, 6, 6, 2)).astype(np.float32)] * 2
+    np.testing.assert_allclose(stripped(x).numpy(), pruned(x).numpy(), rtol=1e-5, atol=1e-6)
