@@ -208,6 +208,7 @@ def _conv_fold_kernel(core, weights):
 def _general_propagate(model, candidates):
     """One pass of the constant analysis. Returns (records, blocked (key, channel) pairs, id map)."""
     infos, records, groups = {}, {}, _Groups()
+    shared = _shared_layers(model)
     ids, blocked = {}, set()
 
     def block(info, where=None):
@@ -228,7 +229,7 @@ def _general_propagate(model, candidates):
             out = _live(out_n)
             removed_in = any(i.known().any() for i in inputs)
             core_type = type(getattr(layer, "layer", layer))
-            if _shared(layer):  # one set of weights for several calls: left as it is
+            if id(layer) in shared:  # one set of weights for several calls: left as it is
                 for info in inputs:
                     block(info)
             elif core_type in _WEIGHTED and len(outputs) == 1 and len(inputs) == 1:
@@ -287,8 +288,14 @@ def _general_propagate(model, candidates):
     return records, {inverse[i] for i in range(len(groups.parent)) if groups.find(i) in roots}
 
 
-def _shared(layer):
-    return len(getattr(layer, "_inbound_nodes", ())) > 1
+def _shared_layers(model):
+    """ids of the layers called more than once in ``model``'s graph."""
+    calls = {}
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            if not node.is_input:
+                calls[id(node.layer)] = calls.get(id(node.layer), 0) + 1
+    return {key for key, n in calls.items() if n > 1}
 
 
 def _weighted(source, info, out_n, candidates, ids, groups, block, records):
@@ -354,9 +361,9 @@ def plan_channel_removal(model):
     plan = RemovalPlan()
     if not getattr(model, "_is_graph_network", False):
         return plan
-    sources = {}
+    sources, shared = {}, _shared_layers(model)
     for layer in model.layers:
-        if type(getattr(layer, "layer", layer)) in _WEIGHTED and not _shared(layer) and any(
+        if type(getattr(layer, "layer", layer)) in _WEIGHTED and id(layer) not in shared and any(
                 cls in _CHANNEL_SOURCES for cls in type(layer).__mro__):
             source = _channel_source(layer)
             if source is not None and source[2] is not None and not isinstance(source[0], keras.layers.DepthwiseConv2D):
