@@ -6,6 +6,15 @@ ones (not the ones it just dropped), at random (SET) or where the dense gradient
 (RigL). The count of active weights never changes, per weight tensor (``scope="layer"``) or
 over the whole model (``scope="global"``). Regrown weights start at zero.
 
+Channel masks (``prune_safe(..., granularity="channel")``: a mask whose shape is the trailing
+part of its weight's shape) are updated per channel: the drop score is the channel's L2 (or
+L1) norm, the regrowth score the norm of its dense gradient, and counts are in channels.
+Regrown channels restart at the scale of the live ones
+(:func:`~tfsafe.compress.channel_pruning.regrown_init`), since an all-zero channel would stay
+dead behind a ReLU. Wrappers sharing a ``channel_group`` form one slot of :func:`read_masks` /
+:func:`read_weights` / :func:`dense_gradients` / :func:`write_masks` (their kernels stacked as
+``(rows, channels)``), so every update keeps their masks equal.
+
 :class:`DynamicSparsity` is the Keras callback that runs it every ``update_every`` steps with a
 cosine-decayed fraction, on a model wrapped by :func:`~tfsafe.compress.pruning.prune_safe`.
 """
@@ -15,6 +24,7 @@ import math
 import numpy as np
 
 from tfsafe._keras import keras, tf
+from tfsafe.compress.channel_pruning import channel_scores, check_norm, regrown_init
 from tfsafe.compress.pruning import _keep_count, prunable_wrappers
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.validation import check_fraction
@@ -55,18 +65,20 @@ def _drop_grow_flat(w, m, g, fraction, rng, grow):
     return new
 
 
-def drop_and_grow(weights, masks, fraction, rng, grads=None, grow="random", scope="layer"):
+def drop_and_grow(weights, masks, fraction, rng, grads=None, grow="random", scope="layer", norm="l2"):
     """New masks after one drop-and-regrow update (pure: inputs are not modified).
 
     Args:
         weights: list of arrays (the prunable weights).
-        masks: list of 0/1 arrays of the same shapes.
+        masks: list of 0/1 arrays of the same shapes, or of a trailing part of them (channel
+            masks: one entry per output channel, scored by the channel's ``norm``).
         fraction: share of the active weights to drop (and regrow), in [0, 1].
         rng: a ``numpy.random.Generator``; different generators give different candidates.
         grads: list of dense gradients (required for ``grow="gradient"``).
         grow: ``"random"`` (SET) or ``"gradient"`` (RigL: largest ``|grad|``).
         scope: ``"layer"`` keeps every tensor's count; ``"global"`` ranks all weights together
             and keeps only the total count.
+        norm: ``"l2"`` or ``"l1"``: the channel score of channel masks.
 
     Returns:
         A list of new masks (same dtypes as ``masks``).
@@ -84,12 +96,16 @@ def drop_and_grow(weights, masks, fraction, rng, grads=None, grow="random", scop
     fraction = check_fraction(fraction, "fraction", 0.0, 1.0, include_high=True)
     if grow == "gradient" and grads is None:
         raise InputError("grow='gradient' needs grads (dense gradients of the loss, one per weight).")
+    check_norm(norm)
     weights = [np.asarray(w) for w in weights]
     masks = [np.asarray(m) for m in masks]
-    if len(weights) != len(masks) or any(w.shape != m.shape for w, m in zip(weights, masks)):
-        raise InputError("weights and masks must be lists of arrays of matching shapes.")
-    flat_grads = [np.zeros(w.size) if grads is None else np.asarray(g).ravel() for w, g in
-                  zip(weights, grads if grads is not None else weights)]
+    if len(weights) != len(masks) or any(w.ndim < m.ndim or w.shape[w.ndim - m.ndim:] != m.shape
+                                         for w, m in zip(weights, masks)):
+        raise InputError("weights and masks must be lists of arrays of matching shapes (a channel mask "
+                         "matches the trailing axes of its weight).")
+    flat_grads = [np.zeros(m.size) if grads is None else channel_scores(g, m.shape, norm).ravel() for m, g in
+                  zip(masks, grads if grads is not None else masks)]
+    weights = [channel_scores(w, m.shape, norm) if w.shape != m.shape else w for w, m in zip(weights, masks)]
     if scope == "layer":
         new = [_drop_grow_flat(w.ravel(), m.ravel(), g, fraction, rng, grow)
                for w, m, g in zip(weights, masks, flat_grads)]
@@ -101,25 +117,61 @@ def drop_and_grow(weights, masks, fraction, rng, grads=None, grow="random", scop
     return [n.reshape(m.shape).astype(m.dtype) for n, m in zip(new, masks)]
 
 
+def _slots(wrappers):
+    """One entry per independent mask: ``[(layer, weight, mask), ...]`` (several for a ``channel_group``)."""
+    slots, groups = [], {}
+    for layer in wrappers:
+        group = getattr(layer, "channel_group", None)
+        for weight, mask in zip(layer.pruned_weights, layer.masks):
+            if group is None:
+                slots.append([(layer, weight, mask)])
+            elif group in groups:
+                groups[group].append((layer, weight, mask))
+            else:
+                groups[group] = [(layer, weight, mask)]
+                slots.append(groups[group])
+    return slots
+
+
+def _joined(slot, arrays):
+    """A slot's arrays (one per member, shaped like its weight) as one ``(rows, channels)`` array."""
+    if len(slot) == 1 and getattr(slot[0][0], "channel_group", None) is None:
+        return arrays[0]
+    n = int(np.prod(slot[0][2].shape))
+    return np.concatenate([np.reshape(a, (-1, n)) for a in arrays], axis=0)
+
+
 def read_masks(wrappers):
-    """Masks of all wrappers as one flat list of arrays."""
-    return [m.numpy() for layer in wrappers for m in layer.masks]
+    """Masks of all wrappers as one flat list of arrays (one flat channel mask per ``channel_group``)."""
+    return [slot[0][2].numpy() if len(slot) == 1 and getattr(slot[0][0], "channel_group", None) is None
+            else slot[0][2].numpy().reshape(-1) for slot in _slots(wrappers)]
 
 
 def read_weights(wrappers):
-    """The masked prunable weights of all wrappers (what the forward pass uses)."""
-    return [w.numpy() * m.numpy() for layer in wrappers for w, m in zip(layer.pruned_weights, layer.masks)]
+    """The masked prunable weights of all wrappers (what the forward pass uses; full kernels also
+    for channel masks; a ``channel_group``'s kernels stacked as ``(rows, channels)``)."""
+    return [_joined(slot, [w.numpy() * m.numpy() for _, w, m in slot]) for slot in _slots(wrappers)]
 
 
-def write_masks(wrappers, masks):
-    """Install new masks; weights outside the old mask (including regrown ones) become zero."""
-    i = 0
-    for layer in wrappers:
-        for weight, mask in zip(layer.pruned_weights, layer.masks):
-            new = np.asarray(masks[i], mask.dtype.as_numpy_dtype)
-            weight.assign(weight.numpy() * mask.numpy() * new)
+def write_masks(wrappers, masks, seed=0):
+    """Install new masks; weights outside the old mask (including regrown ones) become zero.
+
+    Regrown channels of channel masks restart at the live channels' scale instead (``seed``
+    seeds them); their bias restarts at zero.
+    """
+    for i, slot in enumerate(_slots(wrappers)):
+        for k, (layer, weight, mask) in enumerate(slot):
+            new = np.asarray(masks[i], mask.dtype.as_numpy_dtype).reshape(mask.shape)
+            old = mask.numpy()
+            value = weight.numpy() * old * new
+            if tuple(mask.shape) != tuple(weight.shape):
+                regrown = (new > 0) & (old == 0)
+                if regrown.any():
+                    value = regrown_init(value, old * new, regrown, np.random.default_rng([seed, i, k, int(new.sum())]))
+            weight.assign(value)
             mask.assign(new)
-            i += 1
+            if getattr(layer, "channel_bias", None) is not None:
+                layer.apply_masks()
 
 
 def dense_gradients(model, x, y, wrappers=None):
@@ -134,7 +186,7 @@ def dense_gradients(model, x, y, wrappers=None):
 
     wrappers = prunable_wrappers(model) if wrappers is None else wrappers
     x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-    saved = read_masks(wrappers)
+    saved = [m.numpy() for layer in wrappers for m in layer.masks]
     for layer in wrappers:
         layer.apply_masks()
         for mask in layer.masks:
@@ -151,19 +203,22 @@ def dense_gradients(model, x, y, wrappers=None):
     finally:
         for mask, value in zip([m for layer in wrappers for m in layer.masks], saved):
             mask.assign(value)
-    return [np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy() for g, v in zip(grads, variables)]
+    by_variable = {id(v): np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy()
+                   for g, v in zip(grads, variables)}
+    return [_joined(slot, [by_variable[id(w)] for _, w, _ in slot]) for slot in _slots(wrappers)]
 
 
-def prune_to_target(wrappers, target_sparsity):
-    """One-shot global magnitude pruning of the wrappers' weights to ``target_sparsity``."""
-    weights = read_weights(wrappers)
-    sizes = [w.size for w in weights]
+def prune_to_target(wrappers, target_sparsity, norm="l2"):
+    """One-shot global magnitude pruning of the wrappers' weights (or channels, by ``norm``) to ``target_sparsity``."""
+    masks = read_masks(wrappers)
+    scores = [channel_scores(w, m.shape, norm) for w, m in zip(read_weights(wrappers), masks)]
+    sizes = [s.size for s in scores]
     keep = _keep_count(sum(sizes), target_sparsity)
-    flat = np.concatenate([np.abs(w).ravel() for w in weights])
+    flat = np.concatenate([s.ravel() for s in scores])
     chosen = np.zeros(flat.size, bool)
     chosen[np.argsort(-flat, kind="stable")[:keep]] = True
     parts = np.split(chosen, np.cumsum(sizes)[:-1])
-    write_masks(wrappers, [p.reshape(w.shape).astype(np.float32) for p, w in zip(parts, weights)])
+    write_masks(wrappers, [p.reshape(m.shape).astype(np.float32) for p, m in zip(parts, masks)])
 
 
 class DynamicSparsity(keras.callbacks.Callback):
@@ -185,6 +240,8 @@ class DynamicSparsity(keras.callbacks.Callback):
         target_sparsity: if given and the model is less sparse (``prune_safe(init="dense")``),
             prune to it by global magnitude when training starts.
         seed: seeds the regrowth.
+        norm: ``"l2"`` or ``"l1"``: channel score of channel-granularity masks (drop by the
+            channel's weight norm, regrow by its gradient norm).
 
     Example:
         >>> from tfsafe.models import small_cnn
@@ -194,7 +251,8 @@ class DynamicSparsity(keras.callbacks.Callback):
     """
 
     def __init__(self, update_every=100, drop_fraction=0.3, end_step=None, end_fraction=0.75,
-                 grow="random", scope="layer", grad_data=None, target_sparsity=None, seed=0, verbose=0):
+                 grow="random", scope="layer", grad_data=None, target_sparsity=None, seed=0, verbose=0,
+                 norm="l2"):
         super().__init__()
         if int(update_every) < 1:
             raise InputError(f"update_every must be >= 1, got {update_every}.")
@@ -212,6 +270,7 @@ class DynamicSparsity(keras.callbacks.Callback):
         self.target_sparsity = (None if target_sparsity is None
                                 else check_fraction(target_sparsity, "target_sparsity", 0.0, 1.0))
         self.seed, self.verbose = seed, verbose
+        self.norm = check_norm(norm)
         self.history = []
 
     def on_train_begin(self, logs=None):
@@ -230,7 +289,7 @@ class DynamicSparsity(keras.callbacks.Callback):
             active = sum(layer.mask_counts()[0] for layer in self.wrappers)
             total = sum(layer.mask_counts()[1] for layer in self.wrappers)
             if 1.0 - active / total < self.target_sparsity - 0.5 / total:
-                prune_to_target(self.wrappers, self.target_sparsity)
+                prune_to_target(self.wrappers, self.target_sparsity, self.norm)
 
     def fraction(self, step=None):
         """Share of active weights the update at ``step`` drops."""
@@ -248,13 +307,13 @@ class DynamicSparsity(keras.callbacks.Callback):
             x, y = self.grad_data
             grads = dense_gradients(self.model, x, y, self.wrappers)
         return drop_and_grow(read_weights(self.wrappers), read_masks(self.wrappers), self.fraction(), rng,
-                             grads=grads, grow=self.grow, scope=self.scope)
+                             grads=grads, grow=self.grow, scope=self.scope, norm=self.norm)
 
     def update(self):
         """Drop and regrow now."""
         old = read_masks(self.wrappers)
         new = self.new_masks(self._rng)
-        write_masks(self.wrappers, new)
+        write_masks(self.wrappers, new, seed=self.seed + self.step)
         changed = int(sum(np.sum((a > 0) & (b == 0)) for a, b in zip(old, new)))
         self.history.append({"step": self.step, "fraction": self.fraction(), "changed": changed})
         if self.verbose:

@@ -19,16 +19,19 @@ import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
 
 from tfsafe._keras import keras, tf
-from tfsafe.compress.strip import masked_weights, register_stripper
+from tfsafe.compress import channel_pruning
+from tfsafe.compress.channel_removal import register_channel_source, remove_dead_channels
+from tfsafe.compress.strip import masked_weights, register_model_pass, register_stripper
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.metrics import WeightStat, register_weight_stats, short_name
 from tfsafe.validation import check_fraction, check_model
 
 __all__ = ["PrunableSafe", "prune_safe", "is_prunable", "prunable_wrappers", "layer_densities",
-           "MASK_INITS", "DENSITY_INITS"]
+           "MASK_INITS", "DENSITY_INITS", "GRANULARITIES"]
 
 MASK_INITS = ("magnitude", "random")
 DENSITY_INITS = ("erk", "uniform", "dense")
+GRANULARITIES = channel_pruning.GRANULARITIES
 
 
 def is_prunable(layer):
@@ -94,6 +97,13 @@ class PrunableSafe(keras.layers.Wrapper):
             gives one value per prunable weight.
         mask_init: ``"magnitude"`` or ``"random"``.
         seed: seeds ``mask_init="random"``.
+        granularity: ``"weight"`` (one mask entry per weight) or ``"channel"`` (one per output
+            channel of a Dense / Conv2D / DepthwiseConv2D / SeparableConv2D, broadcast over the
+            kernel and applied to the bias; see :mod:`tfsafe.compress.channel_pruning`).
+            ``sparsity`` then counts channels.
+        channel_group: name shared by channel-granularity wrappers whose masks must stay equal
+            (the branches of an Add, a DepthwiseConv2D and its input's producer; set by
+            :func:`prune_safe`): dynamic sparsity updates them as one mask.
         **kwargs: standard layer arguments (``name``...).
 
     Example:
@@ -103,12 +113,16 @@ class PrunableSafe(keras.layers.Wrapper):
         16
     """
 
-    def __init__(self, layer, sparsity=0.0, mask_init="magnitude", seed=None, **kwargs):
+    def __init__(self, layer, sparsity=0.0, mask_init="magnitude", seed=None, granularity="weight", channel_group=None,
+                 **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise UnsupportedModelError(f"PrunableSafe wraps a Keras layer, got {type(layer).__name__}.")
         if isinstance(layer, PrunableSafe):
             raise UnsupportedModelError(f"Layer '{layer.name}' is already wrapped in PrunableSafe.")
-        if not is_prunable(layer):
+        channel_pruning.check_granularity(granularity)
+        if granularity == "channel":
+            channel_pruning.check_channel_layer(layer)
+        if granularity == "weight" and not is_prunable(layer):
             raise UnsupportedModelError(
                 f"Layer '{layer.name}' ({type(layer).__name__}) has nothing TF-MOT can prune. Give it a "
                 "get_prunable_weights() method (subclass tfmot.sparsity.keras.PrunableLayer) that returns "
@@ -124,25 +138,38 @@ class PrunableSafe(keras.layers.Wrapper):
         self._set_sparsity(sparsity)
         self.mask_init = mask_init
         self.seed = seed
+        self.granularity = granularity
+        self.channel_group = channel_group if granularity == "channel" else None
         self._set_untracked("masks", [])
+        self._set_untracked("channel_bias", None)
         if not hasattr(self, "_batch_input_shape") and hasattr(layer, "_batch_input_shape"):
             self._batch_input_shape = layer._batch_input_shape  # first layer of a Sequential
         self._call_has_training = "training" in inspect.signature(layer.call).parameters
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        self._set_untracked("pruned_weights", _prunable_weights(self.layer))
+        if self.granularity == "channel":
+            kernel, bias, mask_shapes = channel_pruning.channel_weights(self.layer)
+            self._set_untracked("pruned_weights", [kernel])
+            self._set_untracked("channel_bias", bias)
+            mask_shapes = [mask_shapes]
+        else:
+            self._set_untracked("pruned_weights", _prunable_weights(self.layer))
+            mask_shapes = [w.shape for w in self.pruned_weights]
         if not self.pruned_weights:
             raise UnsupportedModelError(f"Layer '{self.layer.name}' reports no prunable weights.")
         sparsities = self._sparsities()
         masks = []
-        for weight in self.pruned_weights:
+        for weight, shape in zip(self.pruned_weights, mask_shapes):
             masks.append(self.add_weight(
-                name=f"{short_name(weight)}_mask", shape=weight.shape, dtype=weight.dtype,
+                name=f"{short_name(weight)}_mask", shape=shape, dtype=weight.dtype,
                 initializer="ones", trainable=False,
             ))
         self._set_untracked("masks", masks)
-        self._set_untracked("_targets", [_locate(self.layer, w) for w in self.pruned_weights])
+        targets = [_locate(self.layer, w) for w in self.pruned_weights]
+        if self.channel_bias is not None:
+            targets.append(_locate(self.layer, self.channel_bias))
+        self._set_untracked("_targets", targets)
         if any(s > 0 for s in sparsities):
             with tf.init_scope():
                 self.reset_masks()
@@ -175,27 +202,37 @@ class PrunableSafe(keras.layers.Wrapper):
         rng = np.random.default_rng(self.seed)
         for weight, mask, s in zip(self.pruned_weights, self.masks, self._sparsities()):
             values = weight.numpy()
-            keep = _keep_count(values.size, s)
+            size = int(np.prod(mask.shape))
+            keep = _keep_count(size, s)
             if method == "magnitude":
-                order = np.argsort(-np.abs(values).ravel(), kind="stable")[:keep]
+                scores = channel_pruning.channel_scores(values, mask.shape)  # |w| when shapes match
+                order = np.argsort(-scores.ravel(), kind="stable")[:keep]
             else:
-                order = rng.choice(values.size, keep, replace=False)
-            new = np.zeros(values.size, dtype=mask.dtype.as_numpy_dtype)
+                order = rng.choice(size, keep, replace=False)
+            new = np.zeros(size, dtype=mask.dtype.as_numpy_dtype)
             new[order] = 1
-            new = new.reshape(values.shape)
-            mask.assign(new)
-            weight.assign(values * new)
+            mask.assign(new.reshape(mask.shape))
+        self.apply_masks()
 
     def apply_masks(self):
-        """Zero the stored weights where the mask is 0 (the forward pass does this anyway)."""
-        for weight, mask in zip(self.pruned_weights, self.masks):
-            weight.assign(weight * tf.cast(mask, weight.dtype))
+        """Zero the stored weights (and, per channel, biases) where the mask is 0 (``call`` masks anyway)."""
+        for weight, value in zip(self._masked_variables(), self._masked_values()):
+            weight.assign(value)
+
+    def _masked_variables(self):
+        extra = [] if self.channel_bias is None else [self.channel_bias]
+        return list(self.pruned_weights) + extra
+
+    def _masked_values(self):
+        values = [weight * tf.cast(mask, weight.dtype) for weight, mask in zip(self.pruned_weights, self.masks)]
+        if self.channel_bias is not None:
+            bias = self.channel_bias
+            values.append(bias * tf.reshape(tf.cast(self.masks[0], bias.dtype), [-1]))
+        return values
 
     def call(self, inputs, training=None, **kwargs):
-        masked, in_place = [], []
-        for weight, mask, target in zip(self.pruned_weights, self.masks, self._targets):
-            value = weight * tf.cast(mask, weight.dtype)
-            masked.append(value)
+        masked, in_place = self._masked_values(), []
+        for weight, value, target in zip(self._masked_variables(), masked, self._targets):
             if target is None:  # weight not held by an attribute: mask it in place
                 in_place.append(weight.assign(value))
         if self._call_has_training:
@@ -207,18 +244,24 @@ class PrunableSafe(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def mask_counts(self):
-        """``(active, total)`` entries over this layer's masks."""
+        """``(active, total)`` entries over this layer's masks (channels with ``granularity="channel"``)."""
         active = sum(int(np.count_nonzero(m.numpy())) for m in self.masks)
         return active, sum(int(np.prod(m.shape)) for m in self.masks)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"sparsity": self.sparsity, "mask_init": self.mask_init, "seed": self.seed})
+        config.update({"sparsity": self.sparsity, "mask_init": self.mask_init, "seed": self.seed,
+                       "granularity": self.granularity, "channel_group": self.channel_group})
         return config
 
 
 def _masked(layer):
-    return masked_weights(layer.layer, list(zip(layer.pruned_weights, layer.masks)))
+    masked = masked_weights(layer.layer, list(zip(layer.pruned_weights, layer.masks)))
+    if layer.channel_bias is None:
+        return masked
+    keep = layer.masks[0].numpy().reshape(-1)
+    return [(w, value * keep.astype(value.dtype) if w is layer.channel_bias else value, pruned)
+            for w, value, pruned in masked]
 
 
 def _strip_prunable_safe(layer):
@@ -237,6 +280,18 @@ def _prunable_safe_stats(layer):
 register_weight_stats(PrunableSafe, _prunable_safe_stats)
 
 
+def _channel_source(layer):
+    if layer.granularity != "channel":
+        return None
+    weights = {short_name(w): value for w, value, _ in _masked(layer)}
+    dead = layer.masks[0].numpy().reshape(-1) == 0
+    return layer.layer, weights, dead
+
+
+register_channel_source(PrunableSafe, _channel_source)
+register_model_pass(remove_dead_channels)
+
+
 def prunable_wrappers(model):
     """Every :class:`PrunableSafe` in ``model`` (nested models included), in layer order."""
     found = []
@@ -252,7 +307,7 @@ def _erk_raw(shape, power_scale):
     return (np.sum(shape) / np.prod(shape)) ** power_scale
 
 
-def layer_densities(shapes, density, init="erk", power_scale=1.0):
+def layer_densities(shapes, density, init="erk", power_scale=1.0, sizes=None):
     """Per-weight keep counts for a global ``density`` (= 1 - sparsity).
 
     ``"uniform"`` gives every weight the same density; ``"erk"`` (Erdos-Renyi-Kernel, as in
@@ -260,10 +315,15 @@ def layer_densities(shapes, density, init="erk", power_scale=1.0):
     and re-spreading the rest. Counts are integers whose sum is exactly
     ``round(density * total)`` (largest-remainder rounding), every weight keeping at least one.
 
+    ``sizes`` counts in other units than weights (channels, for ``granularity="channel"``): the
+    ERK ratio still comes from ``shapes``, the budget and the counts are in ``sizes``.
+
     Returns:
         A list of integer keep counts, one per shape.
     """
-    sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.float64)
+    if sizes is None:
+        sizes = [int(np.prod(s)) for s in shapes]
+    sizes = np.array(sizes, dtype=np.float64)
     total_keep = int(round(density * sizes.sum()))
     if init == "uniform":
         wanted = density * sizes
@@ -325,7 +385,7 @@ def _check_layers(model, skip_layers):
 
 
 def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_layers=(), seed=0,
-               erk_power_scale=1.0):
+               erk_power_scale=1.0, granularity="weight"):
     """Wrap every prunable layer of ``model`` in :class:`PrunableSafe` (like ``prune_low_magnitude``).
 
     The model is cloned (``keras.models.clone_model``), so ``model`` itself is not changed; the
@@ -346,6 +406,14 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
         skip_layers: names of layers to leave dense.
         seed: seeds random masks.
         erk_power_scale: exponent of the ERK ratio (1.0 = ERK; 0.0 = uniform).
+        granularity: ``"weight"`` or ``"channel"``: whole output filters / units of Dense,
+            Conv2D, DepthwiseConv2D (per depth channel) and SeparableConv2D (pointwise
+            outputs), so that ``strip()`` removes them physically. ``target_sparsity`` then
+            counts channels (ERK ratios from the kernel shapes, budgets in channels); the layers
+            producing the model's outputs stay dense (the classes must stay), layers without
+            channels to prune (BatchNormalization...) are left as they are, and the layers whose
+            channels must go together (Add branches, a DepthwiseConv2D and its input's
+            producer) share one mask (``channel_group``, their keep counts averaged).
 
     Returns:
         A new ``tf_keras`` model.
@@ -353,7 +421,8 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
     Raises:
         InputError: ``target_sparsity`` outside [0, 1) or an unknown ``init``.
         UnsupportedModelError: nothing to prune, or a custom layer with trainable weights and
-            no ``get_prunable_weights()``.
+            no ``get_prunable_weights()``; with ``granularity="channel"``, a prunable layer that
+            has no channels to prune (Embedding, RNN, a custom layer), named.
 
     Example:
         >>> from tfsafe.models import small_cnn
@@ -372,17 +441,47 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
         raise UnsupportedModelError("prune_safe() needs a built model with known inputs; call it on data "
                                     "or give the model an Input first.")
     skip_layers = set(skip_layers)
-    to_wrap = _check_layers(model, skip_layers)
-    shapes = [tuple(w.shape) for layer in to_wrap for w in _prunable_weights(layer)]
-    if init == "dense":
-        counts = [int(np.prod(s)) for s in shapes]
+    channel_pruning.check_granularity(granularity)
+    if granularity == "channel":
+        to_wrap = channel_pruning.channel_targets(model, skip_layers, is_prunable)
+        parts = [channel_pruning.channel_weights(layer) for layer in to_wrap]
+        shapes = [tuple(kernel.shape) for kernel, _, _ in parts]
+        sizes = [int(np.prod(mask_shape)) for _, _, mask_shape in parts]
+        per_layer = [1] * len(to_wrap)
     else:
-        counts = layer_densities(shapes, 1.0 - target, init, erk_power_scale)
+        to_wrap = _check_layers(model, skip_layers)
+        shapes = [tuple(w.shape) for layer in to_wrap for w in _prunable_weights(layer)]
+        sizes = [int(np.prod(s)) for s in shapes]
+        per_layer = [len(_prunable_weights(layer)) for layer in to_wrap]
+    if init == "dense":
+        counts = sizes
+    else:
+        counts = layer_densities(shapes, 1.0 - target, init, erk_power_scale, sizes=sizes)
+    groups = {}
+    if granularity == "channel":
+        for group in channel_pruning.tie_groups(model, {layer.name for layer in to_wrap}):
+            members = [i for i, layer in enumerate(to_wrap) if layer.name in group]
+            keep = int(round(np.mean([counts[i] for i in members])))
+            for i in members:
+                counts[i] = keep
+                groups[to_wrap[i].name] = min(group)
+        # Averaging moved the total: give the difference back to the untied layers.
+        diff = int(round((1.0 - target) * sum(sizes))) - sum(counts) if init != "dense" else 0
+        free = [i for i, layer in enumerate(to_wrap) if layer.name not in groups]
+        while diff and free:
+            moved = False
+            for i in free:
+                step = 1 if diff > 0 else -1
+                if diff and 1 <= counts[i] + step <= sizes[i]:
+                    counts[i] += step
+                    diff -= step
+                    moved = True
+            if not moved:
+                break
     sparsities, start = {}, 0
-    for layer in to_wrap:
-        n = len(_prunable_weights(layer))
-        sparsities[layer.name] = [1.0 - c / float(np.prod(s)) for c, s in zip(counts[start:start + n],
-                                                                              shapes[start:start + n])]
+    for layer, n in zip(to_wrap, per_layer):
+        sparsities[layer.name] = [1.0 - c / float(size) for c, size in zip(counts[start:start + n],
+                                                                           sizes[start:start + n])]
         start += n
     wrapped_ids = {id(layer) for layer in to_wrap}
     clones = {}
@@ -392,7 +491,8 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
         if id(layer) in wrapped_ids:
             s = sparsities[layer.name]
             copy = PrunableSafe(copy, sparsity=s[0] if len(s) == 1 else s, mask_init=mask_init,
-                                seed=seed + len(clones))
+                                seed=seed + len(clones), granularity=granularity,
+                                channel_group=groups.get(layer.name))
         clones[layer.name] = (layer, copy)
         return copy
 
@@ -403,6 +503,30 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
     for original, copy in clones.values():
         inner = copy.layer if isinstance(copy, PrunableSafe) else copy
         inner.set_weights(original.get_weights())
-        if isinstance(copy, PrunableSafe):
+        if isinstance(copy, PrunableSafe) and copy.channel_group is None:
             copy.reset_masks()
+    _tie_masks(prunable_wrappers(pruned), mask_init, seed)
     return pruned
+
+
+def _tie_masks(wrappers, mask_init, seed):
+    """One mask per ``channel_group``: the largest joint L2 channel norms (or a random draw)."""
+    groups = {}
+    for layer in wrappers:
+        if layer.channel_group is not None:
+            groups.setdefault(layer.channel_group, []).append(layer)
+    rng = np.random.default_rng(seed)
+    for members in groups.values():
+        size = int(np.prod(members[0].masks[0].shape))
+        keep = _keep_count(size, members[0]._sparsities()[0])
+        if mask_init == "magnitude":
+            scores = sum(channel_pruning.channel_scores(layer.pruned_weights[0].numpy(), layer.masks[0].shape)
+                         .reshape(-1) ** 2 for layer in members)
+            order = np.argsort(-scores, kind="stable")[:keep]
+        else:
+            order = rng.choice(size, keep, replace=False)
+        new = np.zeros(size, np.float32)
+        new[order] = 1
+        for layer in members:
+            layer.masks[0].assign(new.reshape(layer.masks[0].shape))
+            layer.apply_masks()

@@ -638,11 +638,23 @@ def _wrapper_stats(layer):
     return stats
 
 
+def _channel_source(layer):
+    """Dead (zero-bit) channels of a learnable-bit wrapper for the channel-removal pass."""
+    if not is_learnable_layer(layer):
+        return None
+    weights = {short_name(_kernel(layer)): quantized_kernel(layer)}
+    bias = quantized_bias(layer)
+    if bias is not None:
+        weights["bias"] = bias
+    return layer.layer, weights, dead_channels(layer)
+
+
 def _register():
-    from tfsafe.compress.channel_removal import remove_channels  # noqa: PLC0415
+    from tfsafe.compress.channel_removal import register_channel_source, remove_channels  # noqa: PLC0415
     from tfsafe.compress.strip import register_model_pass, register_stripper  # noqa: PLC0415
 
     register_stripper(QuantizeWrapper, _strip_wrapper)
+    register_channel_source(QuantizeWrapper, _channel_source, fixed_kernel=True)
     register_model_pass(remove_channels)
     register_weight_stats(QuantizeWrapper, _wrapper_stats)
 
