@@ -129,14 +129,16 @@ class TFLiteModel:
     def __repr__(self):
         return f"TFLiteModel('{self.path}', input_shape={self.input_shape}, num_classes={self.num_classes})"
 
-    def allocate(self, batch):
-        """Size the input for `batch` examples (dynamic-batch models) and allocate tensors."""
-        if batch == self._batch:
+    def allocate(self, batch, example_shape=None):
+        """Size the input for `batch` examples of `example_shape` (free dimensions of the file:
+        the batch, a sequence length) and allocate tensors."""
+        example_shape = tuple(example_shape) if example_shape is not None else tuple(
+            1 if d is None else d for d in self.input_shape)
+        if (batch, example_shape) == self._batch:
             return
         index = self.interpreter.get_input_details()[0]["index"]
-        if self._dynamic_batch:
-            shape = [batch] + [1 if d is None else d for d in self.input_shape]
-            self.interpreter.resize_tensor_input(index, shape, strict=False)
+        if self._dynamic_batch or None in self.input_shape:
+            self.interpreter.resize_tensor_input(index, [batch, *example_shape], strict=False)
         try:
             self.interpreter.allocate_tensors()
         except RuntimeError as err:
@@ -144,7 +146,7 @@ class TFLiteModel:
             raise UnsupportedModelError(
                 f"LiteRT could not prepare '{self.path}': {_short(err)}.{hint}"
             ) from err
-        self._batch = batch
+        self._batch = (batch, example_shape)
         self.input_details = self.interpreter.get_input_details()[0]
         self.output_details = self.interpreter.get_output_details()[0]
 
@@ -191,7 +193,7 @@ class TFLiteModel:
 
     def invoke(self, batch):
         """Run one already-quantized batch and return the raw output tensor."""
-        self.allocate(len(batch))
+        self.allocate(len(batch), np.shape(batch)[1:])
         if self.stateful:  # independent batches: start from the initial state, as Keras does
             self.interpreter.reset_all_variables()
         self.interpreter.set_tensor(self.input_details["index"], batch)
