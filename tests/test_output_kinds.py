@@ -72,7 +72,8 @@ def test_output_kind_looks_inside_nested_models():
 
 def test_class_scores_widen_one_unit_outputs():
     np.testing.assert_array_equal(class_scores(np.array([[2.0], [-1.0]]), "logits"), [[0, 2], [0, -1]])
-    np.testing.assert_allclose(class_scores(np.array([0.25, 0.9]), "probabilities"), [[0.75, 0.25], [0.1, 0.9]], atol=1e-6)
+    np.testing.assert_allclose(class_scores(np.array([0.25, 0.9]), "probabilities"), [[0.75, 0.25], [0.1, 0.9]],
+                               atol=1e-6)
     wide = np.ones((3, 4), np.float32)
     assert class_scores(wide, "logits") is not None and class_scores(wide, "logits").shape == (3, 4)
 

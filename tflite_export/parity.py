@@ -6,8 +6,8 @@ same inputs and reports top-1 agreement, the largest and mean absolute differenc
 
 What is compared: the model's own outputs. A Keras model that ends with a softmax or sigmoid
 is compared on **probabilities** (the exported file ends with the same activation); any other
-model on **logits**; a one-unit (binary) head as two classes. ``ParityReport.compared`` says which, so a logit difference of 0.3 is not
-mistaken for a probability difference.
+model on **logits**; a one-unit (binary) head as two classes. ``ParityReport.compared`` says
+which, so a logit difference of 0.3 is not mistaken for a probability difference.
 """
 
 import dataclasses

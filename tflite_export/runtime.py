@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from tfsafe.errors import InputError, MissingDependencyError, UnsupportedModelError
 from tflite_export.sidecar import read_output_kind
+from tfsafe.errors import InputError, MissingDependencyError, UnsupportedModelError
 from tfsafe.models import check_output_kind, class_scores, num_classes_of_outputs
 from tfsafe.validation import check_features
 

@@ -308,15 +308,19 @@ def copy_model(model):
 
 def compile_classifier(model, learning_rate=1e-3):
     """Compile ``model`` for plain training: Adam, cross-entropy (on logits, or on the
-    probabilities of a model that ends with a softmax) and accuracy.
+    probabilities of a model that ends with a softmax / sigmoid; binary for a one-unit head)
+    and accuracy.
 
     Example:
         >>> compile_classifier(small_cnn()).optimizer.__class__.__name__
         'Adam'
     """
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_with_softmax(model)),
-                  metrics=["accuracy"])
+    from_logits = output_kind(model) == "logits"
+    if model.outputs[0].shape[-1] == 1:  # a one-unit binary head on 0/1 labels
+        loss = keras.losses.BinaryCrossentropy(from_logits=from_logits)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
     return model
 
 
