@@ -218,7 +218,7 @@ def audit_outputs(member_outputs, nonmember_outputs, member_labels, nonmember_la
                            n_nonmembers=len(nonmember_outputs))
 
 
-def _model_outputs(model, x, batch_size, output):
+def _model_outputs(model, x, batch_size, output=None):
     """``(n, classes >= 2)`` outputs of any target and their kind (logits or probabilities)."""
     scores, kind = target_outputs(model, x, batch_size, output)
     if kind is None:
