@@ -113,12 +113,13 @@ def test_attacks_on_a_saturated_sigmoid_use_the_pre_sigmoid_logit():
 
 def test_sigmoid_head_exports_with_parity_and_runs_as_two_classes(sigmoid_head, tabular, tmp_path):
     x, y = tabular
-    result = to_tflite(sigmoid_head, tmp_path / "bin_int8.tflite", "int8", x[:200], verify=(x[300:], y[300:]))
-    assert result.parity.compared == "probabilities" and result.parity.top1_agreement >= 0.99
+    result = to_tflite(sigmoid_head, tmp_path / "bin_int8.tflite", "int8", x[:200], verify=(x[300:], y[300:]),
+                       min_agreement=0.97)
+    assert result.parity.compared == "probabilities" and result.parity.max_abs_diff < 0.05
     runner = TFLiteModel(tmp_path / "bin_int8.tflite")
     assert runner.output_kind == "probabilities" and runner.num_classes == 2
     keras_labels = (sigmoid_head(x[300:]).numpy()[:, 0] > 0.5).astype(int)
-    assert np.mean(runner.predict_labels(x[300:]) == keras_labels) >= 0.99
+    assert np.mean(runner.predict_labels(x[300:]) == keras_labels) >= 0.97
     assert runner.accuracy(x[300:], y[300:]) == pytest.approx(np.mean(keras_labels == y[300:]), abs=0.02)
     # The file is a black-box target: transfer attacks and audits read it as two classes.
     report = transfer_attack(sigmoid_head, str(tmp_path / "bin_int8.tflite"), x[300:], y[300:], eps=1.0,
