@@ -17,7 +17,7 @@ from tflite_export.sidecar import build_sidecar, check_labels_list, check_normal
 from tfsafe._keras import tf
 from tfsafe.errors import InputError, MissingDependencyError, UnsupportedModelError
 from tfsafe.io import atomic_path, atomic_write_json
-from tfsafe.models import ends_with_softmax
+from tfsafe.models import output_kind
 from tfsafe.validation import check_model, model_num_classes
 
 __all__ = ["to_onnx", "DEFAULT_OPSET"]
@@ -117,8 +117,7 @@ def to_onnx(model, path, opset=DEFAULT_OPSET, *, verify=None, min_agreement=None
             output=tensor_info(proto.graph.output[0].name, output_shape, np.float32, role="output"),
             metadata_path=sidecar_path(path), parity=parity,
         )
-        sidecar = build_sidecar(result, plain.name, "probabilities" if ends_with_softmax(plain) else "logits",
-                                labels, normalization)
+        sidecar = build_sidecar(result, plain.name, output_kind(plain), labels, normalization)
         sidecar["opset"] = opset
         atomic_write_json(result.metadata_path, sidecar)
     return result

@@ -15,7 +15,8 @@ import numpy as np
 
 from tfsafe.errors import InputError
 
-__all__ = ["SCHEMA", "tensor_info", "check_labels_list", "check_normalization", "build_sidecar", "sidecar_path"]
+__all__ = ["SCHEMA", "tensor_info", "check_labels_list", "check_normalization", "build_sidecar", "sidecar_path",
+           "read_output_kind"]
 
 SCHEMA = "tfsafe.export/1"
 
@@ -98,3 +99,14 @@ def build_sidecar(result, model_name, output_kind, labels=None, normalization=No
         # int4 / learned modes: {layer: {"storage_bits", "needed_bits", "learned_bits", ...}}.
         "layer_bits": getattr(result, "layer_bits", None),
     }
+
+
+def read_output_kind(path):
+    """``output.kind`` (``"logits"`` / ``"probabilities"``) from the side-car of ``path``, or None
+    when there is no readable side-car or it does not say."""
+    try:
+        with open(sidecar_path(path)) as f:
+            kind = json.load(f).get("output", {}).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind in ("logits", "probabilities") else None

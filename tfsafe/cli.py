@@ -104,7 +104,8 @@ def audit(fv):
         model = fv.model
     else:
         model = load_model(fv.model)
-    result = audit_membership(model, members, nonmembers, attacks=fv.attacks, seed=fv.seed)
+    result = audit_membership(model, members, nonmembers, attacks=fv.attacks, seed=fv.seed,
+                              output=fv.output_kind)
     if fv.reference_models and not audit_lira_rows(fv, model, members, nonmembers, result):
         return
     target = as_target(model)

@@ -75,6 +75,9 @@ def define_audit(fv):
     flags.DEFINE_string("nonmembers", None, ".npz with arrays x, y the model never saw. Required.", flag_values=fv)
     _required(fv, "nonmembers", "--nonmembers is required: an .npz file with arrays x and y.")
     flags.DEFINE_list("attacks", None, "Membership attacks (default: all).", flag_values=fv)
+    flags.DEFINE_enum("output_kind", None, ["logits", "probabilities"], "What the model outputs, when the model "
+                      "cannot say (a .tflite file without its side-car JSON whose last op is neither "
+                      "SOFTMAX/LOGISTIC nor affine).", flag_values=fv)
     flags.DEFINE_integer("reference_models", 0, "Also run LiRA / offset with this many reference models (same "
                          "architecture as --model, trained on halves of members + non-members).", flag_values=fv,
                          lower_bound=0)

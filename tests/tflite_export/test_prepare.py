@@ -65,9 +65,11 @@ def test_prepare_model_rejects_what_it_cannot_export():
     two_inputs = keras.Model([a, b], keras.layers.Add()([a, b]))
     with pytest.raises(UnsupportedModelError, match="2 inputs"):
         prepare_model(two_inputs)
-    ids = keras.Input((4,), dtype="int32")
-    with pytest.raises(UnsupportedModelError, match="int32 inputs"):
-        prepare_model(keras.Model(ids, keras.layers.Embedding(10, 2)(ids)))
+    ids = keras.Input((4,), dtype="int32")  # token ids are exported as int32 inputs
+    assert prepare_model(keras.Model(ids, keras.layers.Embedding(10, 2)(ids))).inputs[0].dtype == "int32"
+    half = keras.Input((4,), dtype="float16")
+    with pytest.raises(UnsupportedModelError, match="float16 inputs"):
+        prepare_model(keras.Model(half, keras.layers.Dense(2)(half)))
     with pytest.raises(UnsupportedModelError, match="Expected a Keras model"):
         prepare_model(object())
 

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,14 @@ def test_multi_output_files_are_refused(tmp_path):
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     with pytest.raises(UnsupportedModelError, match="2 outputs"):
         TFLiteModel(path)
+
+
+def test_output_kind_from_the_sidecar_else_the_last_op(int8_tflite, tmp_path):
+    assert TFLiteModel(int8_tflite.path).output_kind == "logits"  # side-car written by to_tflite
+    bare = tmp_path / "bare.tflite"
+    shutil.copyfile(int8_tflite.path, bare)  # no side-car: FULLY_CONNECTED is the last op
+    runner = TFLiteModel(bare)
+    assert runner.output_kind == "logits" and not runner.stateful
+    assert TFLiteModel(bare, output_kind="probabilities").output_kind == "probabilities"
+    with pytest.raises(InputError, match="output_kind must be"):
+        TFLiteModel(bare, output_kind="scores")
