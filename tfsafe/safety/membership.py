@@ -18,12 +18,15 @@ Example:
 """
 
 import dataclasses
+import os
 import sys
 import warnings
 
 import numpy as np
 
 from tfsafe.errors import InputError, MissingDependencyError
+from tfsafe.models import class_scores
+from tfsafe.safety.tflite_model import as_target, target_outputs
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "FAST_ATTACKS", "MembershipAudit", "audit_membership", "audit_outputs",
            "tpr_at_fpr"]
@@ -108,6 +111,19 @@ def _resolve_attacks(attacks, data_structures):
     return [getattr(data_structures.AttackType, ATTACKS[a]) for a in attacks]
 
 
+def _attack_logits(outputs, kind):
+    """Logits for tensorflow-privacy, each row's maximum at 0.
+
+    Probabilities become their logs (``softmax(log p) = p`` renormalized; a dequantized 0 is
+    floored at 1e-30), because tensorflow-privacy's entropy attack reads only logits. Shifting
+    each row to a maximum of 0 leaves softmax and losses unchanged and keeps tensorflow-privacy
+    from taking logits that happen to sum to one for probabilities.
+    """
+    if kind == "probabilities":
+        outputs = np.log(np.maximum(outputs, 1e-30))
+    return outputs - outputs.max(axis=1, keepdims=True)
+
+
 def _balance(member_outputs, member_labels, nonmember_outputs, nonmember_labels, seed):
     n = min(len(member_outputs), len(nonmember_outputs))
     rng = np.random.default_rng(seed)
@@ -143,6 +159,8 @@ def audit_outputs(member_outputs, nonmember_outputs, member_labels, nonmember_la
     arrays = []
     for name, arr in (("member outputs", member_outputs), ("non-member outputs", nonmember_outputs)):
         arr = np.asarray(arr, dtype=np.float64)
+        if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1):  # a one-unit binary head
+            arr = class_scores(arr, outputs).astype(np.float64)
         if arr.ndim != 2 or arr.shape[0] < 2:
             raise InputError(f"{name} must have shape (examples >= 2, classes), got {arr.shape}.")
         if not np.all(np.isfinite(arr)):
@@ -162,9 +180,8 @@ def audit_outputs(member_outputs, nonmember_outputs, member_labels, nonmember_la
 
     data_structures, mia = _tf_privacy()
     attack_types = _resolve_attacks(attacks, data_structures)
-    key = "logits" if outputs == "logits" else "probs"
     attack_input = data_structures.AttackInputData(
-        **{f"{key}_train": member_outputs, f"{key}_test": nonmember_outputs},
+        logits_train=_attack_logits(member_outputs, outputs), logits_test=_attack_logits(nonmember_outputs, outputs),
         labels_train=member_labels, labels_test=nonmember_labels,
     )
     np_state = np.random.get_state()
@@ -201,48 +218,55 @@ def audit_outputs(member_outputs, nonmember_outputs, member_labels, nonmember_la
                            n_nonmembers=len(nonmember_outputs))
 
 
-def _model_outputs(model, x, batch_size):
-    """Logits of a Keras model, or float outputs of a .tflite path / TFLiteModel / callable."""
-    import os  # noqa: PLC0415
-
-    from tfsafe._keras import keras  # noqa: PLC0415
-
-    if isinstance(model, keras.Model):
-        from tfsafe.models import predict_logits  # noqa: PLC0415
-
-        return predict_logits(model, x, batch_size), "logits"
-    if isinstance(model, (str, os.PathLike)):
-        from tflite_export.runtime import TFLiteModel  # noqa: PLC0415
-
-        model = TFLiteModel(model)
-    if hasattr(model, "predict") or callable(model):
-        fn = model.predict if hasattr(model, "predict") else model
-        out = np.asarray(fn(x), np.float64)
-        kind = "probabilities" if out.min() >= 0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3) else "logits"
-        return out, kind
-    raise InputError(f"Cannot audit a {type(model).__name__}; pass a Keras model, a .tflite path or a callable.")
+def _model_outputs(model, x, batch_size, output):
+    """``(n, classes >= 2)`` outputs of any target and their kind (logits or probabilities)."""
+    scores, kind = target_outputs(model, x, batch_size, output)
+    if kind is None:
+        raise InputError(
+            f"Cannot tell whether {_describe(model)} returns logits or probabilities, and the "
+            "membership attacks read them differently. State it: audit_membership(..., "
+            "output='logits'|'probabilities') (tfsafe audit --output_kind=...)."
+        )
+    return scores, kind
 
 
-def audit_membership(model, members, nonmembers, attacks=None, balance=True, seed=0, batch_size=512):
+def _describe(model):
+    path = getattr(model, "path", model)
+    return f"'{os.fspath(path)}'" if isinstance(path, (str, os.PathLike)) else f"the {type(model).__name__}"
+
+
+def audit_membership(model, members, nonmembers, attacks=None, balance=True, seed=0, batch_size=512,
+                     output=None):
     """Audit a model for membership inference with tensorflow-privacy's attacks.
 
     Args:
-        model: a Keras model (its logits are used), a ``.tflite`` path (black-box outputs),
-            or any callable / object with ``predict(x)`` returning logits or probabilities.
+        model: a Keras model (its logits are used; a one-unit sigmoid or logit head is the
+            two-class ``[0, z]``), a ``.tflite`` path or ``TFLiteModel`` (black-box outputs;
+            whether they are probabilities is read from the side-car JSON or the file's last
+            op), or any callable / object with ``predict(x)``.
         members: ``(x, y)`` drawn from the model's training data.
         nonmembers: ``(x, y)`` never used for training or model selection.
         attacks: names from :data:`ATTACKS` (default: all six).
         balance: use equally many members and non-members (the protocol requires it).
         seed: seeds balancing and the trained attackers.
+        batch_size: examples per model call.
+        output: ``"logits"`` or ``"probabilities"``: what a callable or ``.tflite`` file
+            returns. Needed for callables, and for files without a side-car whose last op
+            does not say; never guessed from the values (dequantized int8 probabilities do
+            not sum to one).
 
     Returns:
         A :class:`MembershipAudit`; ``audit.worst`` is the headline.
+
+    Raises:
+        InputError: bad data, or outputs whose kind cannot be known and ``output`` is None.
     """
     from tfsafe.validation import check_features  # noqa: PLC0415
 
     (xm, ym), (xn, yn) = members, nonmembers
-    xm = check_features(xm, "members x")
-    xn = check_features(xn, "non-members x", xm.shape[1:])
-    out_m, kind = _model_outputs(model, xm, batch_size)
-    out_n, _ = _model_outputs(model, xn, batch_size)
+    xm = check_features(xm, "members x", dtype=None)
+    xn = check_features(xn, "non-members x", xm.shape[1:], dtype=None)
+    model = as_target(model)
+    out_m, kind = _model_outputs(model, xm, batch_size, output)
+    out_n, _ = _model_outputs(model, xn, batch_size, output)
     return audit_outputs(out_m, out_n, ym, yn, outputs=kind, attacks=attacks, balance=balance, seed=seed)
