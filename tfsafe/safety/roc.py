@@ -93,5 +93,5 @@ def worst_case(rows):
         raise InputError("No membership attack produced a result.")
     worst = {metric: max(r[metric] for r in rows) for metric in METRICS}
     worst["attack"] = max(rows, key=lambda r: r["auc"])["attack"]
-    worst["unresolved"] = sorted({key for r in rows for key in r.get("unresolved", ())})
+    worst["unresolved"] = [key for key in FPR_TARGETS if any(key in r.get("unresolved", ()) for r in rows)]
     return worst
