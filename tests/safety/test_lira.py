@@ -13,7 +13,7 @@ from tfsafe.safety.lira import (
     logit_confidence,
     train_reference_models,
 )
-from tfsafe.safety.reference_audit import audit_pool, reference_audit
+from tfsafe.safety.reference_attacks import audit_pool, reference_audit
 from tfsafe.safety.roc import roc_row
 
 

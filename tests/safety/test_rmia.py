@@ -4,7 +4,7 @@ from reference_setup import reference_setup
 
 from tfsafe.errors import InputError
 from tfsafe.safety.membership import audit_membership
-from tfsafe.safety.reference_audit import reference_audit
+from tfsafe.safety.reference_attacks import reference_audit
 from tfsafe.safety.rmia import fit_offline_a, marginal_probability, rmia_audit, rmia_scores, true_class_probability
 
 

@@ -110,7 +110,7 @@ class MembershipAudit:
 
         Args:
             other: a :class:`MembershipAudit` over the same examples, e.g. from
-                :func:`tfsafe.safety.reference_audit.reference_audit`.
+                :func:`tfsafe.safety.reference_attacks.reference_audit`.
             headline: make ``other``'s worst case the headline (LiRA / RMIA).
         """
         attacks = list(self.attacks) + list(other.attacks)
