@@ -73,8 +73,8 @@ def test_lira_on_an_input_blind_model_is_chance():
     s = reference_setup()
     audit = reference_audit(constant, s["pool"], s["is_member"], s["pool_dir"], attacks=("lira",), output="logits")
     for row in audit.attacks:
-        assert abs(row["auc"] - 0.5) < 0.08, row["attack"]
-        assert row["tpr_at_1pct_fpr"] < 0.06, row["attack"]  # ~1% (one or two of 200 members)
+        assert abs(row["auc"] - 0.5) < 0.1, row["attack"]  # 3.5 sd of the AUC of 200 + 200 random scores
+        assert row["tpr_at_1pct_fpr"] < 0.08, row["attack"]  # ~1%: a few of 200 members (0.01-0.035 measured)
 
 
 def test_lira_scores_tpr_at_low_fpr_is_near_the_fpr_without_signal():

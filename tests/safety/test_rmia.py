@@ -65,7 +65,7 @@ def test_rmia_with_one_reference_model():
     assert audit.skipped[0]["attack"] == "rmia_online" and "online RMIA would equal offline" in \
         audit.skipped[0]["reason"]
     blind = rmia_audit(constant, *args, population=s["population"], output="logits")
-    assert abs(blind.worst["auc"] - 0.5) < 0.08 and blind.worst["tpr_at_1pct_fpr"] < 0.06
+    assert abs(blind.worst["auc"] - 0.5) < 0.1 and blind.worst["tpr_at_1pct_fpr"] < 0.08
 
 
 def test_reference_audit_is_the_headline_beside_tf_privacy():
