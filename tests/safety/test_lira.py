@@ -6,6 +6,7 @@ from reference_setup import POOL, build, reference_setup
 from scipy.special import softmax
 
 from tfsafe.errors import InputError
+from tfsafe.models import predict_logits
 from tfsafe.safety.lira import (
     lira_audit,
     lira_scores,
@@ -125,3 +126,15 @@ def test_audit_pool_balances_members_first():
     x = np.arange(10.0).reshape(10, 1)
     (px, py), is_member = audit_pool((x[:3], np.zeros(3)), (x[3:], np.ones(7)))
     assert px[:, 0].tolist() == [0, 1, 2, 3, 4, 5] and is_member.tolist() == [True] * 3 + [False] * 3
+
+
+def test_probability_outputs_give_the_same_lira_scores_as_logits():
+    s = reference_setup()
+
+    def probabilities(batch):
+        return softmax(predict_logits(s["target"], np.asarray(batch)).astype(np.float64), axis=1)
+
+    by_logits = lira_audit(s["target"], s["pool"], s["is_member"], s["pool_dir"], modes=("online",))
+    by_probs = lira_audit(probabilities, s["pool"], s["is_member"], s["pool_dir"], modes=("online",),
+                          output="probabilities")
+    assert by_probs.attacks[0]["auc"] == pytest.approx(by_logits.attacks[0]["auc"], abs=2e-3)
