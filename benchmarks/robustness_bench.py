@@ -1,7 +1,7 @@
 """Standard vs PGD adversarial training of LeNet on MNIST: clean, PGD, FGSM and corruption accuracy.
 
 Trains the ATMC LeNet (``tfsafe.models.lenet``) twice on the same data -- plain cross-entropy and
-Madry PGD training (:class:`tfsafe.safety.adversarial.AdversarialModel`, eps ramped up over the
+Madry PGD training (:class:`tfsafe.safety.adversarial_training.AdversarialModel`, eps ramped up over the
 first epoch(s) by :class:`EpsilonRamp`) -- then evaluates both on the same held-out test subset:
 clean accuracy, PGD (Linf, random start, ``--eval_steps`` steps, ``--eval_restarts`` starts,
 worst case over cross-entropy and margin losses) at each eps, FGSM at the largest eps,
@@ -26,7 +26,7 @@ from bench_common import EpochTimer, load_data  # noqa: E402
 from tfsafe._keras import keras  # noqa: E402
 from tfsafe.io import atomic_write_json, save_model  # noqa: E402
 from tfsafe.models import accuracy, compile_classifier, lenet, small_cnn  # noqa: E402
-from tfsafe.safety.adversarial import AdversarialModel, EpsilonRamp  # noqa: E402
+from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp  # noqa: E402
 from tfsafe.safety.corruptions import corruption_accuracy  # noqa: E402
 from tfsafe.safety.tests import FGSMTest, PGDTest  # noqa: E402
 

@@ -13,8 +13,8 @@ from conftest import clone, compile_classifier
 from tfsafe._keras import keras
 from tfsafe.errors import InputError
 from tfsafe.models import accuracy, small_cnn
-from tfsafe.safety.adversarial import adversarial_accuracy
 from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp
+from tfsafe.safety.robust_accuracy import adversarial_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     import tfsafe
     from tfsafe._keras import keras
     from tfsafe.models import mlp
-    from tfsafe.safety.adversarial import AdversarialModel, EpsilonRamp
+    from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp
     (x, y), _ = tfsafe.load_digits()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
