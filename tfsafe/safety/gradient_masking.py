@@ -88,10 +88,13 @@ def gradient_masking_checks(model, x, y, eps, accuracy_by_eps=None, clean_accura
         model: Keras model (or callable) under test; with ``whitebox=False`` (a ``.tflite``
             file) only the checks on given numbers and the transfer check run.
         x, y: Attack examples (the first ``max_examples`` are used by the checks that attack).
-        eps: The headline radius (the largest evaluated).
+        eps: Radius of the attack-strength checks (``more_iterations``, ``transfer``); most
+            telling where the attack breaks about half of the examples.
         accuracy_by_eps: ``{eps: robust accuracy}`` already measured (for ``monotone_eps``).
         clean_accuracy: Clean accuracy on the same examples.
-        whitebox_accuracy: The white-box (and BPDA) accuracy at ``eps`` for the transfer check.
+        whitebox_accuracy: The white-box (and BPDA) accuracy at ``eps`` on all of ``x`` (the
+            transfer check attacks all of ``x``, the other attacking checks the first
+            ``max_examples``).
         source: Float model for the transfer check (skipped without one).
         steps, restarts, norm, clip: The evaluation attack's settings.
 
@@ -99,7 +102,8 @@ def gradient_masking_checks(model, x, y, eps, accuracy_by_eps=None, clean_accura
         dict ``{"passed": bool, "checks": {name: result}, "flags": [str]}``; ``passed`` is
         False when any check that ran failed.
     """
-    x, y = np.asarray(x[:max_examples], np.float32), np.asarray(y[:max_examples])
+    x_all, y_all = np.asarray(x, np.float32), np.asarray(y)
+    x, y = x_all[:max_examples], y_all[:max_examples]
     checks = {}
     if accuracy_by_eps:
         checks["monotone_eps"] = check_monotone_eps(accuracy_by_eps, clean_accuracy)
@@ -110,7 +114,7 @@ def gradient_masking_checks(model, x, y, eps, accuracy_by_eps=None, clean_accura
         checks["more_iterations"] = check_more_iterations(model, x, y, eps, steps, restarts, **kwargs)
         checks["large_eps"] = check_large_eps(model, x, y, steps=steps, **kwargs)
     if source is not None and whitebox_accuracy is not None and len(x):
-        checks["transfer"] = check_transfer(model, source, x, y, eps, whitebox_accuracy, steps=steps,
+        checks["transfer"] = check_transfer(model, source, x_all, y_all, eps, whitebox_accuracy, steps=steps,
                                             restarts=restarts, norm=norm, clip=clip)
     flags = [_flag(name, c) for name, c in checks.items() if c["passed"] is False]
     more = checks.get("more_iterations")

@@ -2,8 +2,9 @@
 
 :func:`adversarial_accuracy` runs FGSM, PGD (:mod:`tfsafe.safety.adversarial`) or APGD
 (:mod:`tfsafe.safety.apgd`) and reports the fraction of examples still classified correctly;
-``attack="worst"`` takes the per-example worst case over PGD, APGD-CE and APGD-DLR, each later
-attack running only on what the earlier ones left correct. :func:`transfer_attack` crafts on a
+``attack="worst"`` takes the per-example worst case over PGD, APGD-CE and APGD-DLR, each run
+on every example exactly as it runs alone (same batches, same seeds), so "worst" is never above
+any of them. :func:`transfer_attack` crafts on a
 differentiable source (e.g. the float model) and evaluates any target, an int8 ``.tflite``
 file included. :func:`zero_gradient_fraction` measures gradient masking.
 """
@@ -116,10 +117,9 @@ def adversarial_accuracy(model, x, y, eps, attack="pgd", steps=20, restarts=1, r
         warnings.warn(note, stacklevel=2)
     mask = np.ones(len(x), bool)
     for name in WORST_CASE if attack == "worst" else (attack,):
-        idx = np.flatnonzero(mask)  # later attacks only need the examples still correct
-        if len(idx):
-            x_adv = adversarial_examples(model, x[idx], y[idx], eps, name, steps, restarts, **kwargs)
-            mask[idx] = predict_labels(model, x_adv, kwargs.get("batch_size", 256)) == y[idx]
+        if len(x):
+            x_adv = adversarial_examples(model, x, y, eps, name, steps, restarts, **kwargs)
+            mask &= predict_labels(model, x_adv, kwargs.get("batch_size", 256)) == y
     return (float(mask.mean()), mask) if return_mask else float(mask.mean())
 
 
