@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from safety_helpers import rounded_model
 
+from tflite_export.runtime import TFLiteModel
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.models import accuracy, mlp
 from tfsafe.safety.apgd import apgd_attack, checkpoints, dlr_loss, resolve_loss, targeted_dlr_loss
 from tfsafe.safety.robust_accuracy import adversarial_accuracy, attack_notes, transfer_attack
 from tfsafe.safety.tests import PGDTest
-from tflite_export.runtime import TFLiteModel
 
 N = 150
 APGD = ("apgd-ce", "apgd-dlr", "apgd-t")
