@@ -35,7 +35,11 @@ setup(
     packages=find_packages(include=["tfsafe", "tfsafe.*", "tflite_export", "tflite_export.*"]),
     package_data={"tfsafe": ["recipes/*.json"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # benchmarks/art_check.py: an independent AutoAttack / APGD to check tfsafe's robust accuracy
+        "bench": ["adversarial-robustness-toolbox>=1.20"],
+    },
     entry_points={"console_scripts": ["tfsafe=tfsafe.cli:run"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )
