@@ -38,7 +38,8 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
         # benchmarks/art_check.py: an independent AutoAttack / APGD to check tfsafe's robust accuracy
-        "bench": ["adversarial-robustness-toolbox>=1.20"],
+        # (ART's AutoAttack.generate imports multiprocess)
+        "bench": ["adversarial-robustness-toolbox>=1.20", "multiprocess"],
     },
     entry_points={"console_scripts": ["tfsafe=tfsafe.cli:run"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
