@@ -164,7 +164,10 @@ class AdversarialModel(keras.Model):
         return delta if self.clip is None else tf.clip_by_value(x + delta, *self.clip) - x
 
     def _loss(self, x, x_adv, y, sample_weight):
-        clean_logits = self._logits(x, training=True)
+        if self.adv_weight == 1.0:  # the clean pass only feeds the metrics: keep it off the tape
+            clean_logits = tf.stop_gradient(self._logits(x, training=False))
+        else:
+            clean_logits = self._logits(x, training=True)
         adv_logits = self._logits(x_adv, training=True)
         clean_loss = weighted_softmax_cross_entropy(y, clean_logits, sample_weight)
         adv_loss = weighted_softmax_cross_entropy(y, adv_logits, sample_weight)
