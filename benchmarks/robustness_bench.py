@@ -142,7 +142,8 @@ def fast_markdown(rows, args):
     pgd_name = list(rows)[1]
     base = rows[pgd_name]
     lines = [f"| training | PGD-{args.eval_steps} acc eps={args.eps:g} | ratio to PGD-{args.train_steps} | "
-             "epochs | train s (epochs) | time ratio | guard s | guard | target (>= 0.95x acc, <= 0.3x time) |",
+             "epochs | train s (epochs) | time ratio | s outside epochs (guard) | guard | "
+             "target (>= 0.95x acc, <= 0.3x time) |",
              "|---|" + "---|" * 8]
     for name, row in rows.items():
         if name == "standard" or row.get(key) is None:
