@@ -36,7 +36,12 @@ setup(
     packages=find_packages(include=["tfsafe", "tfsafe.*", "tflite_export", "tflite_export.*", "tfsafe_cli"]),
     package_data={"tfsafe": ["recipes/*.json"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # benchmarks/art_check.py: an independent AutoAttack / APGD to check tfsafe's robust accuracy
+        # (ART's AutoAttack.generate imports multiprocess)
+        "bench": ["adversarial-robustness-toolbox>=1.20", "multiprocess"],
+    },
     entry_points={"console_scripts": ["tfsafe=tfsafe_cli:run"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )

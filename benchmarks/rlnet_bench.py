@@ -43,8 +43,8 @@ from tfsafe.methods.rlnet import (  # noqa: E402
 )
 from tfsafe.metrics import relu_count  # noqa: E402
 from tfsafe.models import accuracy, compile_classifier  # noqa: E402
-from tfsafe.safety.adversarial import adversarial_accuracy, transfer_attack  # noqa: E402
 from tfsafe.safety.corruptions import corruption_accuracy  # noqa: E402
+from tfsafe.safety.robust_accuracy import adversarial_accuracy, transfer_attack  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,19 +1,29 @@
-"""Standard vs PGD adversarial training of LeNet on MNIST: clean, PGD, FGSM and corruption accuracy.
+"""Standard vs PGD vs fast adversarial training of LeNet on MNIST: clean, PGD, FGSM, corruptions, time.
 
 Trains the ATMC LeNet (``tfsafe.models.lenet``) twice on the same data -- plain cross-entropy and
-Madry PGD training (:class:`tfsafe.safety.adversarial.AdversarialModel`, eps ramped up over the
+Madry PGD training (:class:`tfsafe.safety.adversarial_training.AdversarialModel`, eps ramped up over the
 first epoch(s) by :class:`EpsilonRamp`) -- then evaluates both on the same held-out test subset:
 clean accuracy, PGD (Linf, random start, ``--eval_steps`` steps, ``--eval_restarts`` starts,
 worst case over cross-entropy and margin losses) at each eps, FGSM at the largest eps,
 corruption mean accuracy and mCE (reference: the standard model), and seconds per training
 epoch after the first, which also traces the graph (ratio PGD / standard).
 
+Fast rows (``--fast fgsm_rs,free``): FGSM with a random start and step 1.25 eps (Wong et al.,
+2020) and free training (Shafahi et al., 2019; ``--free_replays`` replays per minibatch, for
+``--free_epochs`` epochs, default ``ceil(2 * adv_epochs / free_replays)`` so it does about as
+many gradient computations as FGSM-RS), both with the catastrophic-overfitting guard on a
+held-out batch of 256 training-pool images. A second table compares each with PGD-``--train_steps``
+training in the same run: PGD-``--eval_steps`` accuracy at the training eps and total training
+wall time, as ratios (issue 20's target: >= 0.95x the accuracy at <= 0.3x the time).
+
 Usage:
     .venv/bin/python benchmarks/robustness_bench.py --data_dir /work/shared/data/mnist
     .venv/bin/python benchmarks/robustness_bench.py --quick        # digits, about a minute
+    .venv/bin/python benchmarks/robustness_bench.py --data_dir ... --train_size 5000 --fast fgsm_rs,free
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -26,7 +36,11 @@ from bench_common import EpochTimer, load_data  # noqa: E402
 from tfsafe._keras import keras  # noqa: E402
 from tfsafe.io import atomic_write_json, save_model  # noqa: E402
 from tfsafe.models import accuracy, compile_classifier, lenet, small_cnn  # noqa: E402
-from tfsafe.safety.adversarial import AdversarialModel, EpsilonRamp  # noqa: E402
+from tfsafe.safety.adversarial_training import (  # noqa: E402
+    AdversarialModel,
+    CatastrophicOverfittingGuard,
+    EpsilonRamp,
+)
 from tfsafe.safety.corruptions import corruption_accuracy  # noqa: E402
 from tfsafe.safety.tests import FGSMTest, PGDTest  # noqa: E402
 
@@ -49,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--eval_restarts", type=int, default=2, help="random starts per example (2 = one restart)")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--fast", default="", help="comma-separated fast trainings to add: fgsm_rs, free")
+    p.add_argument("--free_replays", type=int, default=4, help="replays per minibatch of free training (m)")
+    p.add_argument("--free_epochs", type=int, default=None, help="default ceil(2 * adv_epochs / free_replays)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/robustness.json")
     p.add_argument("--save_dir", default=None, help="also save both trained models here (.keras)")
@@ -67,15 +84,28 @@ def train_standard(args, x, y):
     return model, timer.seconds
 
 
-def train_pgd(args, x, y):
+def train_pgd(args, x, y, attack="pgd", holdout=None):
+    """PGD (or, with ``attack``, FGSM-RS / free) training; the guard watches ``holdout`` if given."""
     keras.utils.set_random_seed(args.seed)
     adv = AdversarialModel(build(args, x.shape[1:]), eps=args.eps, steps=args.train_steps,
-                           step_size=args.train_step_size, adv_weight=args.adv_weight)
+                           step_size=args.train_step_size, adv_weight=args.adv_weight, attack=attack,
+                           free_replays=args.free_replays)
     adv.compile(optimizer=keras.optimizers.Adam(args.lr), metrics=["accuracy"])
     timer = EpochTimer()
-    adv.fit(x, y, epochs=args.adv_epochs, batch_size=args.batch_size, verbose=2,
-            callbacks=[EpsilonRamp(args.ramp_epochs), timer])
-    return adv.model, timer.seconds
+    callbacks = [EpsilonRamp(args.ramp_epochs), timer]
+    guard = None
+    if holdout is not None:
+        guard = CatastrophicOverfittingGuard(*holdout, steps=10)
+        callbacks.append(guard)
+    epochs = args.adv_epochs
+    if attack == "free":
+        epochs = args.free_epochs or max(1, math.ceil(2 * args.adv_epochs / args.free_replays))
+        callbacks[0] = EpsilonRamp(args.ramp_epochs * epochs / args.adv_epochs)
+    start = time.perf_counter()
+    adv.fit(x, y, epochs=epochs, batch_size=args.batch_size, verbose=2, callbacks=callbacks)
+    info = {"train_seconds": time.perf_counter() - start, "epochs": epochs,
+            "guard": None if guard is None else {"triggered_epoch": guard.triggered_epoch, "records": guard.records}}
+    return adv.model, timer.seconds, info
 
 
 def evaluate(model, args, xe, ye, eval_eps, reference):
@@ -106,6 +136,33 @@ def markdown(rows, eval_eps, ratio):
     return "\n".join(lines)
 
 
+def fast_markdown(rows, args):
+    """Fast training vs PGD training of the same run: accuracy at the training eps and wall time."""
+    key = f"pgd_{args.eps:g}"
+    pgd_name = list(rows)[1]
+    base = rows[pgd_name]
+    lines = [f"| training | PGD-{args.eval_steps} acc eps={args.eps:g} | ratio to PGD-{args.train_steps} | "
+             "epochs | train s (epochs) | time ratio | s outside epochs (guard) | guard | "
+             "target (>= 0.95x acc, <= 0.3x time) |",
+             "|---|" + "---|" * 8]
+    for name, row in rows.items():
+        if name == "standard" or row.get(key) is None:
+            continue
+        acc_ratio = row[key] / base[key] if base[key] else float("nan")
+        # Training time = the epochs' wall time (first-epoch tracing included); the guard's
+        # held-out PGD checks run between epochs and are listed on their own.
+        seconds = float(sum(row["epoch_seconds"]))
+        time_ratio = seconds / float(sum(base["epoch_seconds"]))
+        guard_seconds = row["train_seconds"] - seconds
+        guard = row.get("guard")
+        guard_text = "-" if guard is None else ("quiet" if guard["triggered_epoch"] is None
+                                                else f"fell back to PGD at epoch {guard['triggered_epoch']}")
+        met = "-" if name == pgd_name else ("met" if acc_ratio >= 0.95 and time_ratio <= 0.3 else "MISSED")
+        lines.append(f"| {name} | {row[key]:.4f} | {acc_ratio:.3f} | {row['epochs']} | {seconds:.0f} | "
+                     f"{time_ratio:.3f} | {guard_seconds:.0f} | {guard_text} | {met} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     (x, y), (xt, yt) = load_data(args.quick, args.data_dir)
@@ -117,28 +174,44 @@ def main(argv=None):
     train_idx = rng.permutation(len(x))[: args.train_size]
     eval_idx = rng.permutation(len(xt))[: args.eval_size]
     x, y, xe, ye = x[train_idx], y[train_idx], xt[eval_idx], yt[eval_idx]
+    fast = [a for a in args.fast.split(",") if a]
+    holdout = None
+    if fast:  # the overfitting guard's batch: 256 pool images the models never train on
+        x, y, holdout = x[256:], y[256:], (x[:256], y[:256])
     eval_eps = [float(e) for e in args.eval_eps.split(",")]
+    if args.fast and args.eps not in eval_eps:  # the fast rows compare accuracy at the training eps
+        eval_eps = sorted(eval_eps + [args.eps])
     print(f"train {len(x)} examples, eval {len(xe)}; args {vars(args)}", flush=True)
 
     start = time.perf_counter()
     standard, std_secs = train_standard(args, x, y)
-    robust, adv_secs = train_pgd(args, x, y)
+    robust, adv_secs, pgd_info = train_pgd(args, x, y)
+    trained = [("standard", standard, std_secs, None), (f"PGD (eps {args.eps:g})", robust, adv_secs, pgd_info)]
+    for attack in fast:
+        model, secs, info = train_pgd(args, x, y, attack, holdout)
+        trained.append((f"{attack} (eps {args.eps:g})", model, secs, info))
     train_seconds = time.perf_counter() - start
     if args.save_dir:
-        save_model(standard, os.path.join(args.save_dir, "standard.keras"))
-        save_model(robust, os.path.join(args.save_dir, "pgd.keras"))
+        for name, model, _, _ in trained:
+            save_model(model, os.path.join(args.save_dir, name.split(" ")[0].lower() + ".keras"))
     rows = {}
-    for name, model, secs in (("standard", standard, std_secs), (f"PGD (eps {args.eps:g})", robust, adv_secs)):
+    for name, model, secs, info in trained:
         t0 = time.perf_counter()
         rows[name] = evaluate(model, args, xe, ye, eval_eps, reference=standard)
         # Steady state: the first epoch also traces the training function.
         rows[name]["s_per_epoch"] = float(np.mean(secs[1:] if len(secs) > 1 else secs))
         rows[name]["epoch_seconds"] = secs
         rows[name]["eval_seconds"] = time.perf_counter() - t0
+        if info is not None:
+            rows[name].update(info)
         print(f"{name}: {({k: v for k, v in rows[name].items() if not isinstance(v, dict)})}", flush=True)
     ratio = rows[list(rows)[1]]["s_per_epoch"] / rows["standard"]["s_per_epoch"]
     table = markdown(rows, eval_eps, ratio)
     print("\n" + table, flush=True)
+    if fast:
+        fast_table = fast_markdown(rows, args)
+        print("\n" + fast_table, flush=True)
+        table += "\n\n" + fast_table
     goal = rows[list(rows)[1]][f"pgd_{max(eval_eps):g}"]
     print(f"\nGoal (PGD-trained > 0.7 PGD accuracy at eps {max(eval_eps):g}, standard near 0): "
           f"{'met' if goal > 0.7 else 'NOT met'} ({goal:.4f} vs {rows['standard'][f'pgd_{max(eval_eps):g}']:.4f})")

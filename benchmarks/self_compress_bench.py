@@ -53,7 +53,7 @@ from tfsafe.compress.exact_int8 import exact_int8_model, to_int8_tflite  # noqa:
 from tfsafe.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tfsafe.methods.self_compress import SelfCompressingModel, self_compress  # noqa: E402
 from tfsafe.models import accuracy, compile_classifier, lenet, small_cnn  # noqa: E402
-from tfsafe.safety.adversarial import adversarial_accuracy  # noqa: E402
+from tfsafe.safety.robust_accuracy import adversarial_accuracy  # noqa: E402
 from tfsafe.safety.safety_set import select_safety_set  # noqa: E402
 
 QUICK = {"val_size": 300, "safety_size": 100, "eval_size": 300, "epochs": 15, "qat_epochs": 3, "sc_epochs": 30,

@@ -52,18 +52,13 @@ from tfsafe.pipeline import compress_model  # noqa: E402
 from tfsafe.preprocessing import InputRangeWarning, Preprocessing, decide_preprocessing, default_attack_eps  # noqa: E402
 from tfsafe.recipes import load_recipe  # noqa: E402
 from tfsafe.report import SafetyReport  # noqa: E402
-from tfsafe.safety.adversarial import (  # noqa: E402
-    AdversarialModel,
-    EpsilonRamp,
-    adversarial_accuracy,
-    fgsm_attack,
-    pgd_attack,
-    transfer_attack,
-)
+from tfsafe.safety.adversarial import fgsm_attack, pgd_attack  # noqa: E402
+from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp  # noqa: E402
 from tfsafe.safety.corruptions import CORRUPTIONS, corrupt, corruption_accuracy  # noqa: E402
 from tfsafe.safety.evaluate import evaluate_safety  # noqa: E402
 from tfsafe.safety.lira import lira_audit, train_reference_models  # noqa: E402
 from tfsafe.safety.membership import MembershipAudit, audit_membership  # noqa: E402
+from tfsafe.safety.robust_accuracy import adversarial_accuracy, transfer_attack  # noqa: E402
 from tfsafe.safety.safety_set import select_safety_set  # noqa: E402
 from tfsafe.user_data import UserData, check_data_matches_model, load_user_data  # noqa: E402
 

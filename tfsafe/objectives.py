@@ -216,7 +216,7 @@ def weighted_mean(values, sample_weight=None):
 def weighted_softmax_cross_entropy(y_true, logits, sample_weight=None):
     """Softmax cross-entropy of integer labels against logits, averaged with Keras sample weights.
 
-    What the adversarial training steps (:class:`~tfsafe.safety.adversarial.AdversarialModel`,
+    What the adversarial training steps (:class:`~tfsafe.safety.adversarial_training.AdversarialModel`,
     :class:`~tfsafe.methods.atmc.ATMCModel`) use for their clean and adversarial terms.
     """
     labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)

@@ -18,7 +18,7 @@ from tfsafe.methods.atmc import (
     topk_masks,
 )
 from tfsafe.objectives import admm_penalty
-from tfsafe.safety.adversarial import adversarial_accuracy
+from tfsafe.safety.robust_accuracy import adversarial_accuracy
 
 
 def _nnz(variables):

@@ -20,7 +20,7 @@ from tfsafe.methods.rlnet import (
 )
 from tfsafe.metrics import relu_count
 from tfsafe.models import accuracy, small_cnn
-from tfsafe.safety.adversarial import adversarial_accuracy
+from tfsafe.safety.robust_accuracy import adversarial_accuracy
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from conftest import clone
 
 from tfsafe._keras import keras, tf
-from tfsafe.safety.adversarial import register_bpda_surrogate
+from tfsafe.safety.bpda import register_bpda_surrogate
 
 
 class RoundInput(keras.layers.Layer):

@@ -8,15 +8,9 @@ from safety_helpers import int8_tflite, rounded_model
 from tfsafe._keras import tf
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.models import accuracy
-from tfsafe.safety.adversarial import (
-    adversarial_accuracy,
-    fgsm_attack,
-    has_bpda_layers,
-    pgd_attack,
-    pgd_perturb,
-    transfer_attack,
-    zero_gradient_fraction,
-)
+from tfsafe.safety.adversarial import fgsm_attack, pgd_attack, pgd_perturb
+from tfsafe.safety.bpda import has_bpda_layers
+from tfsafe.safety.robust_accuracy import adversarial_accuracy, transfer_attack, zero_gradient_fraction
 from tfsafe.safety.tflite_model import TFLiteModel
 
 N = 200

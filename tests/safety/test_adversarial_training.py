@@ -13,8 +13,8 @@ from conftest import clone, compile_classifier
 from tfsafe._keras import keras
 from tfsafe.errors import InputError
 from tfsafe.models import accuracy, small_cnn
-from tfsafe.safety.adversarial import adversarial_accuracy
-from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp
+from tfsafe.safety.adversarial_training import AdversarialModel, CatastrophicOverfittingGuard, EpsilonRamp
+from tfsafe.safety.robust_accuracy import adversarial_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     import tfsafe
     from tfsafe._keras import keras
     from tfsafe.models import mlp
-    from tfsafe.safety.adversarial import AdversarialModel, EpsilonRamp
+    from tfsafe.safety.adversarial_training import AdversarialModel, CatastrophicOverfittingGuard, EpsilonRamp
     (x, y), _ = tfsafe.load_digits()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
@@ -82,8 +82,14 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     before = [w.copy() for w in adv.get_weights()]
     hist = adv.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, callbacks=[EpsilonRamp(1.0)])
     changed = any(abs(a - b).max() > 0 for a, b in zip(before, adv.get_weights()))
+    fast = {}
+    for attack in ("fgsm_rs", "free"):
+        with strategy.scope():
+            model = AdversarialModel(mlp((8, 8, 1), 10, units=(32,)), eps=0.1, attack=attack, free_replays=2)
+            model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+        fast[attack] = model.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0).history["loss"]
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": hist.history["loss"],
-                      "eps": float(adv.current_eps.numpy()), "changed": bool(changed)}))
+                      "eps": float(adv.current_eps.numpy()), "changed": bool(changed), "fast": fast}))
 """)
 
 
@@ -95,6 +101,8 @@ def test_adversarial_training_under_mirrored_strategy():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["changed"] and result["eps"] == pytest.approx(0.1)
     assert all(np.isfinite(result["loss"])) and result["loss"][-1] < result["loss"][0]
+    for attack, loss in result["fast"].items():
+        assert all(np.isfinite(loss)) and loss[-1] < loss[0], (attack, loss)
 
 
 def test_compile_requires_no_loss(trained_cnn):
@@ -106,8 +114,84 @@ def test_compile_requires_no_loss(trained_cnn):
 
 def test_bad_arguments():
     for kwargs in ({"eps": -1.0}, {"eps": 0.1, "steps": 0}, {"eps": 0.1, "loss": "fgsm"},
-                   {"eps": 0.1, "adv_weight": 1.5}, {"eps": 0.1, "norm": "l1"}):
-        with pytest.raises(InputError):
+                   {"eps": 0.1, "adv_weight": 1.5}, {"eps": 0.1, "norm": "l1"}, {"eps": 0.1, "attack": "cw"},
+                   {"eps": 0.1, "attack": "fgsm_rs", "loss": "trades"},
+                   {"eps": 0.1, "attack": "free", "free_replays": 0},
+                   {"eps": 0.1, "attack": "fgsm_rs", "fgsm_alpha": 0}):
+        with pytest.raises(InputError) as err:
             AdversarialModel(small_cnn(), **kwargs)
+        assert "\n" not in str(err.value)
     with pytest.raises(InputError):
         EpsilonRamp(ramp_epochs=-1)
+    with pytest.raises(InputError):
+        CatastrophicOverfittingGuard(np.zeros((2, 8, 8, 1)), np.zeros(2), action="restart")
+
+
+def _fast_model(attack, seed, **kwargs):
+    keras.utils.set_random_seed(seed)
+    adv = AdversarialModel(small_cnn(), eps=0.1, steps=5, adv_weight=1.0, attack=attack, **kwargs)
+    adv.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"])
+    return adv
+
+
+def test_fgsm_rs_training_is_robust_and_the_guard_stays_quiet(digits, trained_cnn, test_set):
+    (x, y), _ = digits
+    xt, yt = test_set
+    adv = _fast_model("fgsm_rs", 3)
+    guard = CatastrophicOverfittingGuard(x[-200:], y[-200:], steps=10)
+    history = adv.fit(x[:-200], y[:-200], epochs=6, batch_size=32, verbose=0, callbacks=[guard])
+    assert guard.triggered_epoch is None and not bool(adv.use_pgd.numpy())
+    assert history.history["overfitting_guard"] == [0.0] * 6
+    assert [r["holdout_pgd_accuracy"] for r in guard.records] == history.history["holdout_pgd_accuracy"]
+    robust = adversarial_accuracy(adv.model, xt, yt, 0.1)
+    assert robust > adversarial_accuracy(trained_cnn, xt, yt, 0.1) + 0.1 and accuracy(adv.model, xt, yt) > 0.8
+
+
+@pytest.mark.parametrize("action", ["pgd", "stop"])
+def test_guard_acts_when_pgd_accuracy_collapses(digits, action):
+    (x, y), _ = digits
+    adv = _fast_model("fgsm_rs", 4)
+    guard = CatastrophicOverfittingGuard(x[-200:], y[-200:], steps=10, max_drop=0.2, action=action)
+
+    def collapse(epoch, logs):
+        # Epochs 0-2 train; at the end of epoch 3 the logits layer is negated, so held-out PGD
+        # accuracy collapses (to ~0) as it does in catastrophic overfitting.
+        if epoch == 3:
+            adv.model.set_weights([-w if i >= len(adv.model.get_weights()) - 2 else w
+                                   for i, w in enumerate(adv.model.get_weights())])
+
+    history = adv.fit(x[:600], y[:600], epochs=5, batch_size=32, verbose=0,
+                      callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=collapse), guard])
+    accs = history.history["holdout_pgd_accuracy"]
+    assert guard.triggered_epoch == 3 and max(accs[:3]) - accs[3] > 0.2, accs
+    assert history.history["overfitting_guard"][2:4] == [0.0, 1.0] and guard.records[3]["action"] == action
+    if action == "pgd":
+        assert bool(adv.use_pgd.numpy()) and len(accs) == 5  # training went on, now with PGD examples
+    else:
+        assert len(accs) == 4 and not bool(adv.use_pgd.numpy())  # stopped, best epoch's weights restored
+        best = int(np.argmax(accs))
+        assert adversarial_accuracy(adv.model, x[-200:], y[-200:], 0.1, steps=10) == pytest.approx(accs[best])
+
+
+def test_free_training_improves_pgd_accuracy_and_saves(digits, trained_cnn, test_set, tmp_path):
+    (x, y), _ = digits
+    xt, yt = test_set
+    adv = _fast_model("free", 5, free_replays=4)
+    history = adv.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    assert adv.optimizer.iterations.numpy() == 4 * 3 * int(np.ceil(len(x) / 32))  # m updates per minibatch
+    delta = adv.free_delta.numpy()
+    assert delta.shape == (32, 8, 8, 1) and 0 < np.abs(delta).max() <= 0.1 + 1e-6
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    robust = adversarial_accuracy(adv.model, xt, yt, 0.1)
+    assert robust > adversarial_accuracy(trained_cnn, xt, yt, 0.1) + 0.05, robust
+    path = str(tmp_path / "free.keras")
+    adv.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    assert loaded.attack == "free" and loaded.free_replays == 4
+    np.testing.assert_allclose(loaded.predict(xt[:16], verbose=0), adv.predict(xt[:16], verbose=0), atol=1e-6)
+    ckpt = str(tmp_path / "free.weights.h5")
+    adv.save_weights(ckpt)
+    restored = AdversarialModel(keras.models.clone_model(adv.model), eps=0.1, attack="free", free_replays=4)
+    restored(xt[:2])
+    restored.load_weights(ckpt)
+    np.testing.assert_allclose(restored.predict(xt[:16], verbose=0), adv.predict(xt[:16], verbose=0), atol=1e-6)

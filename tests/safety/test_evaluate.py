@@ -41,6 +41,11 @@ def test_full_evaluation_is_json_and_consistent(trained_cnn, digits_splits):
     pgd = [tests[f"pgd_linf_{e}"]["accuracy"] for e in ("0.05", "0.1", "0.2")]
     assert pgd[0] >= pgd[1] >= pgd[2] and pgd[2] < 0.2
     assert tests["pgd_linf_0.2"]["accuracy"] <= tests["fgsm_0.2"]["accuracy"] + 0.02
+    # Each robust number is the worst case over PGD (CE, margin), APGD-CE and APGD-DLR, and says so.
+    assert tests["pgd_linf_0.1"]["attack_set"] == res["robustness"]["attacks"] == ["pgd", "apgd-ce", "apgd-dlr"]
+    assert list(tests["pgd_linf_0.1"]["attacks"]) == ["whitebox_ce", "whitebox_margin", "whitebox_apgd-ce",
+                                                      "whitebox_apgd-dlr"]
+    assert res["flags"] == [] and res["gradient_masking"]["passed"] and res["robustness"]["masked"] is False
     assert res["accuracy"] == pytest.approx(accuracy(trained_cnn, *digits_splits.test))
     assert res["robustness"]["pgd_accuracy"] == pgd[2] and res["robustness"]["corruption_mce"] == pytest.approx(1.0)
     assert 0.5 <= res["membership"]["worst"]["auc"] <= 1.0

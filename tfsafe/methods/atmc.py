@@ -29,7 +29,9 @@ from tfsafe._keras import keras, tf
 from tfsafe.compress.factorization import check_bits, factorize, frozen_kernels, matrix_layers
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.objectives import admm_penalty, weighted_softmax_cross_entropy
-from tfsafe.safety.adversarial import AdversarialModel, EpsilonRamp, adversarial_accuracy, pgd_perturb
+from tfsafe.safety.adversarial import pgd_perturb
+from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp
+from tfsafe.safety.robust_accuracy import adversarial_accuracy
 
 __all__ = [
     "ATMCModel", "ADMMUpdate", "BestProjectedCheckpoint", "ATMCResult", "atmc_compress",
@@ -259,7 +261,7 @@ class ATMCModel(AdversarialModel):
     """Adversarial training with a global non-zero budget and k-means quantization through ADMM.
 
     Wraps ``model`` (usually from :func:`~tfsafe.compress.factorization.factorize`); ``fit``
-    trains it in place. Use with :class:`tfsafe.safety.adversarial.EpsilonRamp`,
+    trains it in place. Use with :class:`tfsafe.safety.adversarial_training.EpsilonRamp`,
     :class:`ADMMUpdate` and :class:`BestProjectedCheckpoint`, or call :func:`atmc_compress`.
 
     Args:

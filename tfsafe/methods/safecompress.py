@@ -105,14 +105,14 @@ def tm_score(val_accuracy, attack_accuracy, mia_weight=1.0, safety_scores=None, 
 class AdversarialAccuracyTest:
     """Safety test: PGD accuracy (``score`` in [0, 1]) on a small validation batch.
 
-    Uses :func:`tfsafe.safety.adversarial.adversarial_accuracy` (random start).
+    Uses :func:`tfsafe.safety.robust_accuracy.adversarial_accuracy` (random start).
     """
 
     def __init__(self, x, y, eps, steps=10, restarts=1, name="pgd_accuracy"):
         self.x, self.y, self.eps, self.steps, self.restarts, self.name = x, y, eps, steps, restarts, name
 
     def score(self, model):
-        from tfsafe.safety.adversarial import adversarial_accuracy  # noqa: PLC0415
+        from tfsafe.safety.robust_accuracy import adversarial_accuracy  # noqa: PLC0415
 
         return adversarial_accuracy(model, self.x, self.y, self.eps, steps=self.steps, restarts=self.restarts)
 

@@ -1,7 +1,10 @@
 """What a compressed model must survive: one module per threat.
 
-- :mod:`~tfsafe.safety.adversarial`: FGSM, PGD (Linf / L2, restarts), BPDA, transfer attacks;
-  :mod:`~tfsafe.safety.adversarial_training`: Madry / TRADES training in ``train_step``.
+- :mod:`~tfsafe.safety.adversarial`: FGSM, PGD (Linf / L2, restarts); :mod:`~tfsafe.safety.apgd`:
+  APGD (CE, DLR, targeted DLR); :mod:`~tfsafe.safety.bpda`: straight-through surrogates;
+  :mod:`~tfsafe.safety.robust_accuracy`: accuracy under attack, worst case, transfer attacks;
+  :mod:`~tfsafe.safety.gradient_masking`: checks that a robustness number is not masked;
+  :mod:`~tfsafe.safety.adversarial_training`: Madry / TRADES / FGSM-RS / free training in ``train_step``.
 - :mod:`~tfsafe.safety.corruptions`: natural corruptions x 5 severities, mean accuracy, mCE.
 - :mod:`~tfsafe.safety.membership`: tensorflow-privacy audits; :mod:`~tfsafe.safety.lira`:
   sharded reference models and LiRA (online / offline); :mod:`~tfsafe.safety.rmia`: RMIA;
@@ -13,21 +16,13 @@
   and :func:`evaluate_safety`, which runs them on a Keras model or a ``.tflite`` file.
 """
 
-from tfsafe.safety.adversarial import (
-    AdversarialModel,
-    EpsilonRamp,
-    adversarial_accuracy,
-    fgsm_attack,
-    has_bpda_layers,
-    pgd_attack,
-    pgd_perturb,
-    register_bpda_surrogate,
-    straight_through,
-    transfer_attack,
-    zero_gradient_fraction,
-)
+from tfsafe.safety.adversarial import fgsm_attack, pgd_attack, pgd_perturb
+from tfsafe.safety.adversarial_training import AdversarialModel, CatastrophicOverfittingGuard, EpsilonRamp
+from tfsafe.safety.apgd import apgd_attack
+from tfsafe.safety.bpda import has_bpda_layers, register_bpda_surrogate, straight_through
 from tfsafe.safety.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_accuracy
 from tfsafe.safety.evaluate import TEST_NAMES, default_eps, default_tests, evaluate_safety
+from tfsafe.safety.gradient_masking import gradient_masking_checks
 from tfsafe.safety.lira import lira_audit, train_reference_models
 from tfsafe.safety.membership import (
     ATTACKS,
@@ -39,6 +34,7 @@ from tfsafe.safety.membership import (
 )
 from tfsafe.safety.reference_attacks import audit_pool, reference_audit
 from tfsafe.safety.rmia import rmia_audit
+from tfsafe.safety.robust_accuracy import adversarial_accuracy, transfer_attack, zero_gradient_fraction
 from tfsafe.safety.safety_set import safety_scores, select_safety_set
 from tfsafe.safety.simulated_attacker import SimulatedAttacker, nasr_attacker
 from tfsafe.safety.tests import (
@@ -56,8 +52,9 @@ from tfsafe.safety.tflite_model import as_target, predict_labels, predict_output
 
 __all__ = [
     # attacks and adversarial training
-    "pgd_perturb", "pgd_attack", "fgsm_attack", "adversarial_accuracy", "transfer_attack", "register_bpda_surrogate",
-    "has_bpda_layers", "straight_through", "zero_gradient_fraction", "AdversarialModel", "EpsilonRamp",
+    "pgd_perturb", "pgd_attack", "fgsm_attack", "apgd_attack", "adversarial_accuracy", "transfer_attack",
+    "register_bpda_surrogate", "has_bpda_layers", "straight_through", "zero_gradient_fraction",
+    "gradient_masking_checks", "AdversarialModel", "EpsilonRamp", "CatastrophicOverfittingGuard",
     # natural corruptions
     "CORRUPTIONS", "SEVERITIES", "corrupt", "corruption_accuracy",
     # membership inference

@@ -1,4 +1,4 @@
-"""Adversarial attacks (FGSM, PGD in Linf / L2, BPDA, transfer) and adversarial training.
+"""Gradient attacks: FGSM and PGD (Linf / L2, random start, restarts, CE / margin losses).
 
 Attacks take a classifier and return adversarial inputs in the clip range (default [0, 1]).
 The evaluation attacks are built to be strong, since a robustness number from a weak attack
@@ -8,16 +8,16 @@ is a bug:
   (the point with the largest misclassification margin, the clean input included) and takes
   the worst case per example over restarts. So eps = 0 gives clean accuracy exactly, and
   more restarts never raise accuracy.
-- Models with non-differentiable parts are attacked with BPDA: ``bpda=True`` runs registered
-  layers (:func:`register_bpda_surrogate`, or layers with a ``bpda_surrogate(inputs)`` method)
-  exactly in the forward pass and backpropagates through their differentiable surrogate;
-  ``bpda=<model>`` uses a whole differentiable model (e.g. the float model) for the backward
-  pass. :func:`transfer_attack` crafts on a source model and evaluates any target, including
-  an int8 ``.tflite`` file.
+- Models with non-differentiable parts are attacked with BPDA (:mod:`tfsafe.safety.bpda`):
+  ``bpda=True`` runs registered layers exactly in the forward pass and backpropagates through
+  their differentiable surrogate; ``bpda=<model>`` uses a whole differentiable model (e.g. the
+  float model) for the backward pass.
 
-Training: :class:`AdversarialModel` (from :mod:`tfsafe.safety.adversarial_training`, re-exported
-here) wraps a Keras model; its ``train_step`` crafts PGD inputs (Madry, or TRADES), so ``fit``,
-callbacks, checkpoints and ``tf.distribute`` strategies work. :class:`EpsilonRamp` warms eps up.
+This module also holds what every attack shares (the logits function, argument checks,
+success margin, projections), which :mod:`tfsafe.safety.apgd` builds on. Accuracy under
+attack, the worst case over attacks and transfer attacks are in
+:mod:`tfsafe.safety.robust_accuracy`; adversarial training is in
+:mod:`tfsafe.safety.adversarial_training`.
 """
 
 import contextlib
@@ -29,89 +29,13 @@ import numpy as np
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.models import compiled_logits, logits_model
-from tfsafe.safety._hooks import patched_calls
+from tfsafe.safety.bpda import straight_through
 from tfsafe.validation import check_features, check_labels, model_input_shape, model_num_classes
 
-__all__ = [
-    "NORMS", "LOSSES", "pgd_perturb", "pgd_attack", "fgsm_attack", "adversarial_accuracy",
-    "transfer_attack", "register_bpda_surrogate", "has_bpda_layers", "straight_through", "AdversarialModel",
-    "EpsilonRamp", "zero_gradient_fraction",
-]
+__all__ = ["NORMS", "LOSSES", "pgd_perturb", "pgd_attack", "fgsm_attack"]
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
-
-# ---------------------------------------------------------------------------------------------
-# BPDA: straight-through surrogates for non-differentiable layers
-# ---------------------------------------------------------------------------------------------
-_BPDA_SURROGATES = {}
-
-
-def register_bpda_surrogate(layer_cls, fn=None):
-    """Declare ``layer_cls`` non-differentiable and give the surrogate BPDA backpropagates through.
-
-    Args:
-        layer_cls: A Keras layer class (subclasses match too).
-        fn: ``fn(layer, inputs) -> tensor`` shaped like the layer's output, differentiable and
-            close to the layer's forward pass. ``None`` means the identity (the usual choice for
-            rounding and quantization layers whose output has the input's shape).
-
-    Example:
-        >>> class Round(keras.layers.Layer):
-        ...     def call(self, x):
-        ...         return tf.round(x * 4.0) / 4.0
-        >>> register_bpda_surrogate(Round)
-    """
-    if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
-        raise InputError(f"register_bpda_surrogate needs a Keras layer class, got {layer_cls!r}.")
-    _BPDA_SURROGATES[layer_cls] = fn if fn is not None else (lambda layer, inputs: inputs)
-
-
-def _surrogate_for(layer):
-    method = getattr(layer, "bpda_surrogate", None)
-    if callable(method):
-        return method
-    for cls in type(layer).__mro__:
-        if cls in _BPDA_SURROGATES:
-            fn = _BPDA_SURROGATES[cls]
-            return lambda inputs, _fn=fn, _layer=layer: _fn(_layer, inputs)
-    return None
-
-
-def has_bpda_layers(model):
-    """True when ``model`` contains a layer with a BPDA surrogate (registered or its own method)."""
-    layers = [model] + [m for m in getattr(model, "submodules", ()) if isinstance(m, keras.layers.Layer)]
-    return any(_surrogate_for(layer) is not None for layer in layers)
-
-
-@contextlib.contextmanager
-def straight_through(model):
-    """Within this block, ``model``'s non-differentiable layers backpropagate through surrogates.
-
-    The forward pass is unchanged (``surrogate + stop_gradient(exact - surrogate)``). Use it
-    around code that traces or runs the model, e.g. a custom attack.
-
-    Example:
-        >>> with straight_through(model):
-        ...     grads = tape.gradient(loss, x)  # doctest: +SKIP
-    """
-    layers = [model] + [m for m in getattr(model, "submodules", ()) if isinstance(m, keras.layers.Layer)]
-
-    def make_call(layer, original):
-        surrogate = _surrogate_for(layer)
-        if surrogate is None:
-            return None
-
-        def call(inputs, *args, **kwargs):
-            exact = original(inputs, *args, **kwargs)
-            approx = tf.cast(surrogate(inputs), exact.dtype)
-            return approx + tf.stop_gradient(exact - approx)
-
-        return call
-
-    with patched_calls(layers, make_call):
-        yield
-
 
 # ---------------------------------------------------------------------------------------------
 # The PGD core (graph-safe)
@@ -158,6 +82,21 @@ def _check_attack_args(eps, steps, norm, loss, step_size=None):
         raise InputError(f"norm must be one of {NORMS}, got {norm!r}.")
     if not (loss in LOSSES or callable(loss)):
         raise InputError(f"loss must be one of {LOSSES} or a callable(y, logits) -> per-example loss, got {loss!r}.")
+
+
+
+def _check_eps_range(eps, norm, clip, x_shape=None):
+    """eps must fit the data range: Linf <= high - low, L2 <= (high - low) * sqrt(input size)."""
+    if clip is None or not isinstance(eps, (int, float, np.number)):
+        return
+    span = float(clip[1]) - float(clip[0])
+    if not span > 0:
+        raise InputError(f"clip must be (low, high) with low < high, got {tuple(clip)}.")
+    limit = span if norm == "linf" else (span * float(np.sqrt(np.prod(x_shape))) if x_shape is not None else None)
+    if limit is not None and float(eps) > limit + 1e-9:
+        raise InputError(f"eps={eps:g} is outside the data range: a {norm} radius above {limit:g} covers every "
+                         f"input in clip={tuple(clip)}; use a radius in the data's units (e.g. 0.3 for [0, 1] "
+                         f"MNIST, 8/255 for [0, 1] CIFAR-10).")
 
 
 def _margin(logits, y, targeted):
@@ -296,6 +235,7 @@ def pgd_perturb(model, x, y, eps, steps, step_size=None, norm="linf", random_sta
         >>> x_adv = pgd_perturb(model, x[:8], y[:8], eps=0.1, steps=10)  # doctest: +SKIP
     """
     _check_attack_args(eps, steps, norm, loss, step_size)
+    _check_eps_range(eps, norm, clip)
     fn = _logits_fn(model, training, bpda)
     if isinstance(seed, (int, np.integer)):
         seed = tf.constant([int(seed), 0], tf.int32)
@@ -383,6 +323,7 @@ def pgd_attack(model, x, y, eps, steps=20, step_size=None, restarts=1, norm="lin
     if int(restarts) < 1:
         raise InputError(f"restarts must be >= 1, got {restarts}.")
     x, y = _validated(model, x, y, targeted)
+    _check_eps_range(eps, norm, clip, x.shape[1:])
     attack = _compiled_attack(model, x.shape[1:], norm, bool(random_start), clip, bool(targeted), loss, bpda,
                               bool(training))
     default_step = 2.5 * float(eps) / int(steps)
@@ -412,109 +353,3 @@ def fgsm_attack(model, x, y, eps, clip=(0.0, 1.0), targeted=False, loss="ce", bp
     return pgd_attack(model, x, y, eps, steps=1, step_size=max(float(eps), 1e-12), restarts=1,
                       random_start=False, clip=clip, targeted=targeted, loss=loss, bpda=bpda,
                       batch_size=batch_size)
-
-
-def _predict_labels(model, x, batch_size=256):
-    from tfsafe.safety.tflite_model import predict_labels  # noqa: PLC0415
-
-    return predict_labels(model, x, batch_size)
-
-
-def adversarial_accuracy(model, x, y, eps, attack="pgd", steps=20, restarts=1, return_mask=False, **kwargs):
-    """Accuracy of ``model`` on adversarial examples (untargeted).
-
-    Args:
-        model: Keras model or callable returning logits.
-        x, y: Inputs and integer labels.
-        eps: Attack radius, or a list of radii (then a dict ``{eps: accuracy}`` is returned).
-        attack: ``"pgd"`` or ``"fgsm"``.
-        steps, restarts: PGD settings (ignored by FGSM).
-        return_mask: Also return the per-example boolean "still correct" array.
-        **kwargs: More :func:`pgd_attack` options (``norm``, ``step_size``, ``loss``, ``bpda``...).
-
-    Returns:
-        Accuracy as a float (and the mask if asked).
-
-    Example:
-        >>> adversarial_accuracy(model, x, y, eps=0.3, steps=40, restarts=2)  # doctest: +SKIP
-        0.01
-    """
-    if isinstance(eps, (list, tuple, np.ndarray)):
-        return {float(e): adversarial_accuracy(model, x, y, e, attack, steps, restarts, return_mask, **kwargs)
-                for e in eps}
-    if attack == "pgd":
-        x_adv = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, **kwargs)
-    elif attack == "fgsm":
-        allowed = {k: v for k, v in kwargs.items() if k in ("clip", "loss", "bpda", "batch_size")}
-        x_adv = fgsm_attack(model, x, y, eps, **allowed)
-    else:
-        raise InputError(f"attack must be 'pgd' or 'fgsm', got {attack!r}.")
-    _, y = _validated(model, x, y, False)
-    mask = _predict_labels(model, x_adv) == y
-    return (float(mask.mean()), mask) if return_mask else float(mask.mean())
-
-
-def zero_gradient_fraction(model, x, y, batch_size=256):
-    """Fraction of examples whose loss gradient with respect to the input is exactly zero.
-
-    A high value means white-box attacks cannot move (rounding, quantization or other
-    gradient masking); attack such a model with ``bpda`` or :func:`transfer_attack` instead.
-    """
-    x, y = _validated(model, x, y, False)
-    fn = _logits_fn(model, False, None)
-    zero = []
-    for start in range(0, len(x), batch_size):
-        xb = tf.constant(x[start:start + batch_size])
-        with tf.GradientTape() as tape:
-            tape.watch(xb)
-            loss = tf.reduce_sum(_objective("ce", fn(xb), tf.constant(y[start:start + batch_size], tf.int32), False))
-        grad = tape.gradient(loss, xb)
-        if grad is None:
-            zero.append(np.ones(len(xb), bool))
-        else:
-            zero.append(np.all(np.reshape(grad.numpy(), (len(xb), -1)) == 0, axis=1))
-    return float(np.concatenate(zero).mean())
-
-
-def transfer_attack(source, target, x, y, eps, attack="pgd", steps=20, restarts=1, batch_size=256, **kwargs):
-    """Craft adversarial examples on ``source`` and evaluate them on ``target``.
-
-    Args:
-        source: Differentiable Keras model (or callable returning logits) to craft on.
-        target: Keras model, ``.tflite`` path or :class:`tflite_export.runtime.TFLiteModel`.
-        x, y: Inputs and integer labels.
-        eps: Attack radius.
-        attack, steps, restarts, **kwargs: As in :func:`adversarial_accuracy`.
-
-    Returns:
-        dict with ``target_clean_accuracy``, ``target_adv_accuracy``, ``source_adv_accuracy``,
-        ``eps`` and the per-example ``mask`` (target still correct on clean and adversarial).
-
-    Example:
-        >>> transfer_attack(float_model, "model_int8.tflite", x, y, eps=0.1)  # doctest: +SKIP
-    """
-    from tfsafe.safety.tflite_model import as_target  # noqa: PLC0415
-
-    target = as_target(target)
-    x, y = _validated(source, x, y, False)
-    if attack == "pgd":
-        x_adv = pgd_attack(source, x, y, eps, steps=steps, restarts=restarts, batch_size=batch_size, **kwargs)
-    elif attack == "fgsm":
-        x_adv = fgsm_attack(source, x, y, eps, batch_size=batch_size)
-    else:
-        raise InputError(f"attack must be 'pgd' or 'fgsm', got {attack!r}.")
-    clean_ok = _predict_labels(target, x, batch_size) == y
-    adv_ok = _predict_labels(target, x_adv, batch_size) == y
-    source_ok = _predict_labels(source, x_adv, batch_size) == y
-    return {
-        "eps": float(eps),
-        "target_clean_accuracy": float(clean_ok.mean()),
-        "target_adv_accuracy": float((clean_ok & adv_ok).mean()),
-        "source_adv_accuracy": float(source_ok.mean()),
-        "mask": clean_ok & adv_ok,
-    }
-
-
-# Adversarial training lives in its own module; it is re-exported here (it calls back into this
-# module only at run time, so either module may be imported first).
-from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp  # noqa: E402

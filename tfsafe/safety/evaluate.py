@@ -3,14 +3,18 @@
 :func:`evaluate_safety` runs a list of :mod:`tfsafe.safety.tests` (by default: clean
 accuracy, PGD at several eps, FGSM, corruptions, membership when the data has members and
 non-members, the safety set when it has validation data) on a Keras model or a ``.tflite``
-file. A ``.tflite`` file gets the black-box tests plus transfer attacks from ``source``. For
-models with non-differentiable parts, each attack's accuracy is the worst case per example
-over white-box, BPDA and transfer-from-``source`` attacks.
+file. A ``.tflite`` file gets the black-box tests plus transfer attacks from ``source``. Each
+PGD-test number is the worst case per example over PGD (CE and margin losses), APGD-CE and
+APGD-DLR (:data:`DEFAULT_ATTACKS`; the result's ``attack_set`` / ``robustness.attacks`` say which),
+and for models with non-differentiable parts also over BPDA and transfer-from-``source``
+attacks. :mod:`tfsafe.safety.gradient_masking` checks then test whether those numbers can be
+trusted; every failed check is a line in the result's ``flags``.
 """
 
 import os
 
 from tfsafe.errors import InputError
+from tfsafe.safety.gradient_masking import gradient_masking_checks
 from tfsafe.safety.tests import (
     CleanTest,
     CorruptionTest,
@@ -25,9 +29,11 @@ from tfsafe.safety.tests import (
 from tfsafe.safety.tflite_model import as_target, is_tflite_path
 from tfsafe.validation import check_model
 
-__all__ = ["evaluate_safety", "default_eps", "default_tests", "TEST_NAMES", "DATASET_EPS"]
+__all__ = ["evaluate_safety", "default_eps", "default_tests", "TEST_NAMES", "DATASET_EPS", "DEFAULT_ATTACKS"]
 
 TEST_NAMES = ("clean", "pgd", "fgsm", "corruptions", "membership", "safety_set")
+# The attacks behind every robust-accuracy number of the report (worst case per example).
+DEFAULT_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr")
 
 # The usual Linf training / headline radius per dataset (8x8 digits are coarse: 0.3 erases them).
 DATASET_EPS = {"digits": 0.1, "mnist": 0.3, "fashion_mnist": 0.1, "cifar10": 8 / 255}
@@ -40,14 +46,18 @@ def default_eps(model_or_shape):
 
 
 def default_tests(names=TEST_NAMES, eps=(0.1, 0.2, 0.3), steps=20, restarts=1, membership_attacks=None,
-                  safety_set_size=100):
-    """The protocol's tests for the given names (``"pgd"`` gives one test per eps)."""
+                  safety_set_size=100, attacks=DEFAULT_ATTACKS):
+    """The protocol's tests for the given names (``"pgd"`` gives one test per eps, each the worst
+    case over ``attacks``: PGD plus APGD names)."""
+    if "pgd" not in attacks:
+        raise InputError(f"attacks must include 'pgd' (plus APGD names), got {tuple(attacks)}.")
+    extra = tuple(a for a in attacks if a != "pgd")
     tests = []
     for name in names:
         if name == "clean":
             tests.append(CleanTest())
         elif name == "pgd":
-            tests.extend(PGDTest(e, steps=steps, restarts=restarts) for e in eps)
+            tests.extend(PGDTest(e, steps=steps, restarts=restarts, extra_attacks=extra) for e in eps)
         elif name == "fgsm":
             tests.append(FGSMTest(max(eps)))
         elif name == "corruptions":
@@ -74,6 +84,8 @@ def _summary(results):
         # PGD runs on a subset (max_examples); its clean accuracy is the bound the PGD numbers sit under.
         "pgd_clean_accuracy": pgd_results[max(pgd)]["clean_accuracy"] if pgd else None,
         "pgd_examples": pgd_results[max(pgd)]["n"] if pgd else None,
+        # Which attacks produced the pgd numbers (worst case per example over them).
+        "attacks": pgd_results[max(pgd)].get("attack_set", ["pgd"]) if pgd else None,
         "fgsm_accuracy": min(fgsm) if fgsm else None,
         "corruption_mean_accuracy": corruption.get("mean_accuracy"),
         "corruption_mce": corruption.get("mce"),
@@ -87,8 +99,26 @@ def _summary(results):
     }
 
 
+def _masking(target, kind, data, results, source):
+    pgd = [r for r in results if r["name"].startswith("pgd_") and r.get("accuracy") is not None]
+    if not pgd:
+        return None
+    head = max(pgd, key=lambda r: r["eps"])
+    # The attack-strength checks are most telling where the attack breaks about half the examples.
+    probe = min((r for r in pgd if r["norm"] == head["norm"]),
+                key=lambda r: abs(r["accuracy"] - r["clean_accuracy"] / 2))
+    x, y = data.attack_set()
+    whitebox = [a for name, a in probe.get("attacks", {}).items() if name != "transfer_from_source"]
+    return gradient_masking_checks(
+        target, x, y, probe["eps"], accuracy_by_eps={r["eps"]: r["accuracy"] for r in pgd if r["norm"] == head["norm"]},
+        clean_accuracy=head["clean_accuracy"], whitebox_accuracy=whitebox[-1] if whitebox else None,
+        source=source if kind == "keras" else None, steps=head.get("steps", 20), restarts=head.get("restarts", 1),
+        norm=head["norm"], whitebox=kind == "keras")
+
+
 def evaluate_safety(model, data, tests=None, source=None, reference=None, eps=None, steps=20, restarts=1,
-                    max_examples=None, membership_attacks=None, weights=None):
+                    max_examples=None, membership_attacks=None, weights=None, attacks=DEFAULT_ATTACKS,
+                    masking_checks=True):
     """Run safety tests on ``model`` and return a JSON-able dict.
 
     Args:
@@ -102,17 +132,27 @@ def evaluate_safety(model, data, tests=None, source=None, reference=None, eps=No
             models with non-differentiable parts).
         reference: Dense reference model for mCE and safety-set selection.
         eps: PGD radii; default :func:`default_eps` of the input shape.
-        steps, restarts: PGD settings of the default tests (>= 20 steps for the protocol).
+        steps, restarts: PGD / APGD settings of the default tests (>= 20 steps for the protocol).
         max_examples: Cap on test examples used by attacks and corruptions.
         membership_attacks: Attack names for the default membership test (default: all).
         weights: ``{test name: weight}`` for the combined ``score``.
+        attacks: Attacks of the default PGD tests, worst case per example (``"pgd"`` plus any
+            of ``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"``); DLR on a 2-class model falls back
+            to CE and the test's ``notes`` say so.
+        masking_checks: Run :func:`tfsafe.safety.gradient_masking.gradient_masking_checks` on
+            the PGD results (on up to 200 attack examples).
 
     Returns:
         dict with ``model``, ``kind``, ``accuracy``, ``robustness`` (``pgd_accuracy`` at the
-        largest eps, ``fgsm_accuracy``, ``corruption_mean_accuracy``, ``corruption_mce``,
-        ``safety_set_accuracy``), ``membership`` (worst case), ``tests`` ({name: result}) and
-        ``score`` (:func:`tfsafe.safety.tests.selection_score`). ``accuracy``, ``robustness``
-        and ``membership`` can be passed straight to ``SafetyReport.add_model``.
+        largest eps, ``attacks`` (the attack set behind the pgd numbers), ``masked`` (zero
+        input gradients), ``fgsm_accuracy``, ``corruption_mean_accuracy``, ``corruption_mce``,
+        ``safety_set_accuracy``), ``membership`` (worst case), ``tests`` ({name: result}),
+        ``gradient_masking`` (the checks), ``flags`` (one line per failed check) and ``score``
+        (:func:`tfsafe.safety.tests.selection_score`). ``accuracy``, ``robustness`` and
+        ``membership`` can be passed straight to ``SafetyReport.add_model``.
+
+    Raises:
+        InputError: unknown test names, duplicate test names, bad data, a missing ``.tflite``.
 
     Example:
         >>> res = evaluate_safety(model, (x_test, y_test), tests=["clean", "pgd"], eps=[0.1])  # doctest: +SKIP
@@ -142,7 +182,7 @@ def evaluate_safety(model, data, tests=None, source=None, reference=None, eps=No
     objects = []
     for test in tests:
         if isinstance(test, str):
-            objects.extend(default_tests([test], eps, steps, restarts, membership_attacks))
+            objects.extend(default_tests([test], eps, steps, restarts, membership_attacks, attacks=attacks))
         elif isinstance(test, SafetyTest) or (hasattr(test, "run") and hasattr(test, "name")):
             objects.append(test)
         else:
@@ -154,5 +194,12 @@ def evaluate_safety(model, data, tests=None, source=None, reference=None, eps=No
     out = {"model": name, "kind": kind, "source": None if source is None else source.name,
            "eps": list(eps), "tests": {r["name"]: r for r in results}, "score": selection_score(results, weights)}
     out.update(_summary(results))
+    checks = _masking(target, kind, data, results, source) if masking_checks else None
+    out["gradient_masking"] = checks
+    out["flags"] = [] if checks is None else list(checks["flags"])
+    if checks is not None and out["robustness"]["pgd_accuracy"] is not None:
+        zero = checks["checks"].get("zero_gradients")
+        out["robustness"]["masked"] = bool(zero is not None and not zero["passed"])
+        out["robustness"]["gradient_masking_passed"] = checks["passed"]
     return out
 

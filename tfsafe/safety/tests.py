@@ -22,7 +22,7 @@ import numpy as np
 
 from tfsafe._keras import keras
 from tfsafe.errors import InputError
-from tfsafe.safety import adversarial
+from tfsafe.safety import adversarial, bpda, robust_accuracy
 from tfsafe.safety.tflite_model import as_target, predict_labels
 from tfsafe.validation import check_features, check_labels, model_input_shape
 
@@ -150,24 +150,30 @@ class _AttackTest(SafetyTest):
     """Worst case per example over white-box, BPDA and transfer attacks (score = accuracy).
 
     The result's ``attacks`` maps each attack, in the order run, to the accuracy left after it
-    and all earlier ones (cumulative); ``accuracy`` is the last value.
+    and all earlier ones (cumulative); ``accuracy`` is the last value. ``attack_set`` names the
+    attack families behind it (``extra_attacks`` adds APGD ones, e.g. ``("apgd-ce", "apgd-dlr")``).
     """
 
     attack = "pgd"
 
     def __init__(self, eps, steps=20, restarts=1, norm="linf", losses=("ce", "margin"), step_size=None,
-                 source=None, bpda="auto", batch_size=256, seed=0):
+                 source=None, bpda="auto", batch_size=256, seed=0, extra_attacks=()):
         adversarial._check_attack_args(eps, steps, norm, "ce", step_size)
         self.eps, self.steps, self.restarts, self.norm = float(eps), int(steps), int(restarts), norm
         self.losses, self.step_size, self.source = tuple(losses), step_size, source
         self.bpda, self.batch_size, self.seed = bpda, int(batch_size), int(seed)
+        unknown = [a for a in extra_attacks if a not in robust_accuracy.ATTACKS or a in ("pgd", "fgsm", "worst")]
+        if unknown:
+            raise InputError(f"extra_attacks must be APGD names ('apgd-ce', 'apgd-dlr', 'apgd-t'), got {unknown}.")
+        self.extra_attacks = tuple(extra_attacks)
 
-    def _attack(self, model, x, y, loss, bpda):
+    def _attack(self, model, x, y, loss, bpda, attack=None):
         kwargs = {"loss": loss, "bpda": bpda, "batch_size": self.batch_size}
         if self.attack == "pgd":
             kwargs.update(norm=self.norm, step_size=self.step_size, seed=self.seed)
-        return adversarial.adversarial_accuracy(model, x, y, self.eps, attack=self.attack, steps=self.steps,
-                                                restarts=self.restarts, return_mask=True, **kwargs)
+        return robust_accuracy.adversarial_accuracy(model, x, y, self.eps, attack=attack or self.attack,
+                                                    steps=self.steps, restarts=self.restarts, return_mask=True,
+                                                    **kwargs)
 
     def _run(self, model, data):
         x, y = data.attack_set()
@@ -176,6 +182,7 @@ class _AttackTest(SafetyTest):
         attacks, result = {}, {"eps": self.eps, "norm": self.norm, "n": len(x), "clean_accuracy": float(ok.mean())}
         if self.attack == "pgd":
             result.update(steps=self.steps, restarts=self.restarts)
+        result["attack_set"] = [self.attack, *self.extra_attacks]
 
         def add(name, run):
             # Each attack runs only on the examples every earlier one left correct (same worst case,
@@ -186,12 +193,18 @@ class _AttackTest(SafetyTest):
             attacks[name] = float(ok.mean())
 
         if _is_keras(model):
-            use_bpda = adversarial.has_bpda_layers(model) if self.bpda == "auto" else bool(self.bpda)
-            for bpda in ((False, True) if use_bpda else (False,)):
+            use_bpda = bpda.has_bpda_layers(model) if self.bpda == "auto" else bool(self.bpda)
+            for mode in ((False, True) if use_bpda else (False,)):
                 for loss in self.losses:
-                    add(f"{'bpda' if bpda else 'whitebox'}_{loss}",
-                        lambda xs, ys, loss=loss, bpda=bpda: self._attack(model, xs, ys, loss, bpda)[1])
-            masked = adversarial.zero_gradient_fraction(model, x[:256], y[:256])
+                    add(f"{'bpda' if mode else 'whitebox'}_{loss}",
+                        lambda xs, ys, loss=loss, mode=mode: self._attack(model, xs, ys, loss, mode)[1])
+                for extra in self.extra_attacks:
+                    add(f"{'bpda' if mode else 'whitebox'}_{extra}",
+                        lambda xs, ys, extra=extra, mode=mode: self._attack(model, xs, ys, "ce", mode, extra)[1])
+            notes = robust_accuracy.attack_notes(model, x, self.extra_attacks)
+            if notes:
+                result["notes"] = notes
+            masked = robust_accuracy.zero_gradient_fraction(model, x[:256], y[:256])
             result["zero_gradient_fraction"] = masked
             if masked > 0.5 and not use_bpda and source is None:
                 result["warning"] = (f"the input gradient is zero on {masked:.0%} of examples (gradient masking): "
@@ -200,7 +213,7 @@ class _AttackTest(SafetyTest):
         if source is not None:
             steps = self.steps if self.attack == "pgd" else 1
             restarts = self.restarts if self.attack == "pgd" else 1
-            add("transfer_from_source", lambda xs, ys: adversarial.transfer_attack(
+            add("transfer_from_source", lambda xs, ys: robust_accuracy.transfer_attack(
                 source, model, xs, ys, self.eps, attack=self.attack, steps=steps, restarts=restarts,
                 batch_size=self.batch_size)["mask"])
         if not attacks:
