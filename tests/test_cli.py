@@ -147,7 +147,7 @@ def test_audit_with_reference_models_in_two_shards(tmp_path, trained_cnn, digits
     assert not os.path.exists(tmp_path / "audit.json")
     assert run_cli("audit", *common, "--shard=1/2") == 0
     out = capsys.readouterr().out
-    assert "LiRA" in out and "offset" in out and os.path.exists(tmp_path / "audit.html")
+    assert "LiRA (online)" in out and "RMIA (offline)" in out and os.path.exists(tmp_path / "audit.html")
 
 
 QUIET = """

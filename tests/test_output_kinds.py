@@ -13,8 +13,9 @@ from tflite_export.runtime import TFLiteModel
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
 from tfsafe.models import class_scores, logits_model, output_kind, predict_logits, predict_proba
-from tfsafe.safety.adversarial import adversarial_accuracy, fgsm_attack, pgd_attack, transfer_attack
+from tfsafe.safety.adversarial import fgsm_attack, pgd_attack
 from tfsafe.safety.membership import audit_membership, audit_outputs
+from tfsafe.safety.robust_accuracy import adversarial_accuracy, transfer_attack
 from tfsafe.safety.tflite_model import predict_labels
 
 FAST = ("threshold", "entropy")

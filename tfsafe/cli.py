@@ -28,8 +28,9 @@ from tfsafe.io import load_model
 from tfsafe.pipeline import compress_model
 from tfsafe.report import SafetyReport
 from tfsafe.report_audit import AuditReport
-from tfsafe.safety.lira import lira_audit, train_reference_models
-from tfsafe.safety.membership import FAST_ATTACKS, METRICS, audit_membership
+from tfsafe.safety.lira import train_reference_models
+from tfsafe.safety.membership import FAST_ATTACKS, audit_membership
+from tfsafe.safety.reference_attacks import audit_pool, reference_audit
 from tfsafe.safety.tflite_model import as_target, predict_labels
 from tfsafe_cli import run  # console scripts installed from tfsafe <= 0.1 call tfsafe.cli:run
 
@@ -106,8 +107,10 @@ def audit(fv):
         model = load_model(fv.model)
     result = audit_membership(model, members, nonmembers, attacks=fv.attacks, seed=fv.seed,
                               output=fv.output_kind)
-    if fv.reference_models and not audit_lira_rows(fv, model, members, nonmembers, result):
-        return
+    if fv.reference_models:
+        result = audit_reference_attacks(fv, model, members, nonmembers, result)
+        if result is None:
+            return
     target = as_target(model)
     accuracy = {name: float(np.mean(predict_labels(target, x) == np.asarray(y).reshape(-1)))
                 for name, (x, y) in (("members", members), ("nonmembers", nonmembers))}
@@ -117,14 +120,13 @@ def audit(fv):
     print("wrote " + ", ".join(report.save(fv.out)))
 
 
-def audit_lira_rows(fv, model, members, nonmembers, result):
-    """Train this shard's reference models; once all exist, add LiRA / offset rows to ``result``."""
+def audit_reference_attacks(fv, model, members, nonmembers, result):
+    """Train this shard's reference models; once all exist, return ``result`` with LiRA and RMIA
+    (online and offline) merged in as the headline, else ``None``."""
     if not isinstance(model, keras.Model):
         raise InputError("--reference_models needs a Keras model (its architecture trains the reference "
                          "models); audit the .tflite without it, or pass the .keras model.")
-    n = min(len(members[0]), len(nonmembers[0]))
-    pool = (np.concatenate([members[0][:n], nonmembers[0][:n]]), np.concatenate([members[1][:n], nonmembers[1][:n]]))
-    is_member = np.arange(2 * n) < n
+    pool, is_member = audit_pool(members, nonmembers)
     ref_dir = fv.reference_dir or os.path.join(fv.out, "reference_models")
     train_reference_models(model, pool, ref_dir, num_models=fv.reference_models, shard=fv.shard,
                            seed=fv.seed, fit_kwargs={"epochs": fv.reference_epochs})
@@ -132,13 +134,8 @@ def audit_lira_rows(fv, model, members, nonmembers, result):
     if present < fv.reference_models:
         print(f"shard {fv.shard} done: {present} of {fv.reference_models} reference models in {ref_dir}; "
               "run the other shards, then run again to merge.")
-        return False
-    lira = lira_audit(model, pool, is_member, ref_dir)
-    result.attacks.extend(lira.attacks)
-    for metric in METRICS:
-        result.worst[metric] = max(result.worst[metric], lira.worst[metric])
-    result.worst["attack"] = max(result.attacks, key=lambda r: r["auc"])["attack"]
-    return True
+        return None
+    return result.merge(reference_audit(model, pool, is_member, ref_dir, output=fv.output_kind))
 
 
 def export(fv):

@@ -20,7 +20,8 @@ THREATS = [
 
 ATTACK_NAMES = {"threshold": "loss threshold", "entropy": "entropy threshold", "logistic_regression":
                 "logistic regression", "random_forest": "random forest", "knn": "k-NN", "mlp": "MLP",
-                "lira": "LiRA", "offset": "offset"}
+                "lira": "LiRA", "offset": "offset", "lira_online": "LiRA (online)", "lira_offline": "LiRA (offline)",
+                "rmia_online": "RMIA (online)", "rmia_offline": "RMIA (offline)"}
 
 
 def attack_label(name):
