@@ -34,11 +34,13 @@ DENSITY_INITS = ("erk", "uniform", "dense")
 
 def is_prunable(layer):
     """True when TF-MOT knows which weights of ``layer`` to prune (and there are some)."""
-    if isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
+    if isinstance(layer, prunable_layer.PrunableLayer):
         return True
     registry = prune_registry.PruneRegistry
     if not registry.supports(layer):
-        return False
+        return hasattr(layer, "get_prunable_weights")
+    # Decided by the class (TF-MOT's registry), even when prune_low_magnitude has already given
+    # the layer a get_prunable_weights() returning [] (BatchNormalization after strip_pruning).
     if registry._is_rnn_layer(layer) or registry._is_mha_layer(layer):
         return True
     return bool(registry._weight_names(layer))
