@@ -43,7 +43,8 @@ def support_matrix(models=zoo.MODELS, cells=tuple(zoo.CELLS)):
                     row.append(f"limit {note(limit[2])}")
                 else:
                     pending = zoo.h2_reason(name, cell)
-                    text = f"{type(err).__name__}: {line[:160]}" + (f" (fixed on branch h2: {pending})" if pending else "")
+                    text = f"{type(err).__name__}: {line[:160]}"
+                    text += f" (fixed on branch h2: {pending})" if pending else ""
                     row.append(f"FAILS {note(text)}")
         rows.append((name, row))
     return rows, notes

@@ -48,7 +48,8 @@ def _backbone(family, lib):
     if family == "mobilenetv2":  # BatchNormalization, DepthwiseConv2D, ReLU6, Add
         full = apps.MobileNetV2(IMAGE, alpha=0.35, include_top=False, weights=None)
         cut = "block_2_add"
-    elif family == "efficientnet":  # swish, squeeze-and-excitation (GAP + Reshape + Multiply), Rescaling, Normalization, Add
+    elif family == "efficientnet":  # swish, squeeze-and-excitation (GAP + Reshape + Multiply), Rescaling,
+        # Normalization, Add
         module = _private(lib, "efficientnet")
         blocks = [dict(module.DEFAULT_BLOCKS_ARGS[0]), dict(module.DEFAULT_BLOCKS_ARGS[1], repeats=2)]
         return module.EfficientNet(0.25, 1.0, 32, blocks_args=blocks, include_top=False, weights=None,
@@ -127,13 +128,13 @@ MODELS = tuple(BUILDERS)
 # ----------------------------------------------------------------------------- cached models and data
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model(name):
     """The model as its author built it (Keras 3 or tf_keras), built once per process."""
     return BUILDERS[name][0]()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def converted(name):
     """The flat tf_keras model every mechanism receives (``check_model``: converted, inlined)."""
     return check_model(model(name))
@@ -150,7 +151,7 @@ def _inputs(kind, n, seed):
     return rng.normal(size=(n, 64 if kind == "vector64" else 12)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data(name, seed=0):
     """``(x, y)``: ``N`` inputs and the model's own predicted labels (so clean accuracy is 1)."""
     x = _inputs(BUILDERS[name][1], N, seed)
@@ -197,7 +198,7 @@ def _tmp(suffix):
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tmpdir():
     return tempfile.mkdtemp(prefix="tfsafe-conformance-")
 
@@ -222,7 +223,7 @@ def cell_to_tf_keras(name):
     return f"max diff {diff:.1e}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pruned(name):
     """``prune_safe(model, 0.5)`` after one DynamicSparsity update (cached: save/load reuses it)."""
     x, y = data(name)
