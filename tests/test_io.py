@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from tflite_export.commands import export_command
 from tfsafe._keras import keras, tfmot
 from tfsafe.compress.strip import is_wrapped, strip
 from tfsafe.errors import InputError
@@ -66,3 +67,11 @@ def test_tf_mot_quantized_checkpoint_loads_from_h5_and_explains_keras(tmp_path):
     qat.save(str(tmp_path / "qat.keras"))
     with pytest.raises(InputError, match="TF-MOT quantize_model.*model.h5"):
         load_model(tmp_path / "qat.keras")
+
+
+def test_tf_mot_checkpoint_exports_with_the_cli_command(tmp_path, trained_cnn):
+    path = str(tmp_path / "tfmot_pruned.keras")
+    tfmot.sparsity.keras.prune_low_magnitude(trained_cnn).save(path)
+    results = export_command(path, str(tmp_path / "out"), modes=["int8"], dataset="digits", calibration_samples=100,
+                             print_fn=lambda *a: None)
+    assert results[0].parity.top1_agreement >= 0.99 and os.path.exists(results[0].path)
