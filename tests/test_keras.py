@@ -138,3 +138,18 @@ def test_keras3_hard_swish_and_hard_sigmoid_keep_their_formula():
     k3 = keras3.Sequential([keras3.Input((5,)), keras3.layers.Activation("hard_silu"),
                             keras3.layers.Activation("hard_sigmoid")])
     _close(to_tf_keras(k3), k3, np.linspace(-5, 5, 10, dtype="float32").reshape(2, 5))
+
+
+def test_an_op_that_cannot_be_replayed_is_named():
+    class HostOp(keras3.Operation):
+        def call(self, x):
+            return np.asarray(x) * 2.0  # needs concrete values: cannot run on symbolic tensors
+
+        def compute_output_spec(self, x):
+            return keras3.KerasTensor(x.shape, x.dtype)
+
+    inputs = keras3.Input((4,))
+    k3 = keras3.Model(inputs, keras3.layers.Dense(2)(HostOp(name="host_op")(keras3.layers.Dense(4)(inputs))))
+    with pytest.raises(UnsupportedModelError, match="inline op 'host_op' \\(HostOp\\)") as info:
+        to_tf_keras(k3)
+    assert "shared" not in str(info.value) and "nested" not in str(info.value)
