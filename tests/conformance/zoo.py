@@ -226,14 +226,16 @@ def cell_to_tf_keras(name):
 @functools.cache
 def pruned(name):
     """``prune_safe(model, 0.5)`` after one DynamicSparsity update (cached: save/load reuses it)."""
-    x, y = data(name)
     p = _compile(prune_safe(converted(name), 0.5))
     wrappers = prunable_wrappers(p)
-    active = sum(w.mask_counts()[0] for w in wrappers)
+    before = [w.mask_counts()[0] for w in wrappers]
     callback = DynamicSparsity(update_every=1, drop_fraction=0.3, end_step=100)
-    p.fit(x[:8], y[:8], batch_size=8, epochs=1, callbacks=[callback], verbose=0)
-    assert len(callback.history) == 1, callback.history
-    assert sum(w.mask_counts()[0] for w in wrappers) == active, "DynamicSparsity changed the active count"
+    callback.set_model(p)
+    callback.on_train_begin()
+    callback.on_train_batch_end(0)  # what Model.fit calls after a step
+    callback.on_train_end()
+    assert len(callback.history) == 1 and callback.history[0]["changed"] > 0, callback.history
+    assert [w.mask_counts()[0] for w in wrappers] == before, "DynamicSparsity changed the active count"
     return p
 
 
@@ -303,7 +305,7 @@ def cell_to_onnx(name):
 
 def cell_audit_membership(name):
     m, (xm, ym), (xn, yn) = converted(name), data(name, 0), data(name, 1)
-    audit = audit_membership(m, (xm, ym), (xn, yn), attacks=("threshold", "logistic_regression"))
+    audit = audit_membership(m, (xm, ym), (xn, yn), attacks=("threshold",))
     auc = audit.worst["auc"]
     assert 0.0 <= auc <= 1.0
     return f"worst AUC {auc:.2f}"
@@ -337,6 +339,16 @@ LIMITS = {
     (r"(efficientnet.*|lstm|gru)/.*", "linearize"): (
         UnsupportedModelError, r"has no ReLU to linearize",
         "linearize: the model has no ReLU (swish / tanh activations), so there is nothing to linearize"),
+    (r"text/.*", "pgd_attack"): (
+        UnsupportedModelError, r"takes int32 inputs \(e\.g\. token ids\), which have no gradient",
+        "pgd_attack: token ids (int32 inputs) have no gradient; attack the embeddings instead"),
+    (r"text/.*", "to_tflite_int8"): (
+        UnsupportedModelError, r"takes int32 inputs; tflite_export handles float32 inputs",
+        "tfsafe gap, not a runtime limit: tflite_export converts float32-input models only (TFLite itself "
+        "accepts int32 token inputs); integer-input export is a follow-up in tflite_export/"),
+    (r"text/.*", "to_onnx"): (
+        UnsupportedModelError, r"takes int32 inputs; tflite_export handles float32 inputs",
+        "tfsafe gap, not a runtime limit: to_onnx shares the float32-input check of tflite_export"),
 }
 
 # Cells that fail only because of faults fixed on branch h2 (the output side); marked
