@@ -399,3 +399,17 @@ def test_relu6_only_model_and_search_hook(digits):
     stripped = strip(linearize(model, relu_budget=total, x=x[:32]))
     assert [type(layer).__name__ for layer in stripped.layers][-3] == "ReLU"
     assert stripped.layers[-3].max_value == 6.0
+
+
+def test_nested_backbone_is_linearized_and_made_dual(digits):
+    (x, _), _ = digits
+    backbone = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="nb_conv"),
+                                 keras.layers.BatchNormalization(name="nb_bn"),
+                                 keras.layers.ReLU(6.0, name="nb_relu6")], name="nested_backbone")
+    model = keras.Sequential([keras.Input((8, 8, 1)), backbone, keras.layers.Flatten(), keras.layers.Dense(3)])
+    masked = linearize(model)
+    assert [m.name for m in mask_layers(masked)] == ["nb_relu6"]
+    np.testing.assert_allclose(masked(x[:4]).numpy(), model(x[:4]).numpy(), atol=1e-6)
+    dual = dual_batchnorm(model)
+    assert [layer.name for layer in dual_bn_layers(dual)] == ["nb_bn"]
+    np.testing.assert_allclose(dual(x[:4]).numpy(), model(x[:4]).numpy(), atol=1e-5)

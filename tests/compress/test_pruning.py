@@ -285,3 +285,13 @@ def test_nested_backbone_is_pruned_in_place_of_the_model_layer():
         dense = prune_safe(model, 0.0, init="dense")
         np.testing.assert_allclose(dense.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
         np.testing.assert_allclose(strip(pruned).predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
+
+
+def test_strip_reaches_wrappers_inside_a_nested_model():
+    inner = keras.Sequential([keras.Input((6,)), PrunableSafe(keras.layers.Dense(4), sparsity=0.5)], name="inner")
+    outer = keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(2)])
+    stripped = strip(outer)
+    assert [type(layer).__name__ for layer in stripped.layers] == ["InputLayer", "Dense", "Dense"]
+    x = np.random.default_rng(0).random((3, 6)).astype(np.float32)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), outer.predict(x, verbose=0), atol=1e-6)
+    assert int(np.count_nonzero(stripped.layers[1].kernel.numpy())) == 12

@@ -153,11 +153,12 @@ def _inputs(kind, n, seed):
 
 @functools.cache
 def data(name, seed=0):
-    """``(x, y)``: ``N`` inputs and the model's own predicted labels (so clean accuracy is 1)."""
+    """``(x, y)``: ``N`` inputs and the model's own predicted labels (so clean accuracy is 1);
+    for a one-unit sigmoid head, balanced 0/1 labels (an untrained head may predict one class)."""
     x = _inputs(BUILDERS[name][1], N, seed)
     out = predict(converted(name), x)
-    y = (out[:, 0] > 0.5).astype(np.int64) if out.shape[-1] == 1 else out.argmax(-1)
-    return x, y
+    y = np.arange(N) % 2 if out.shape[-1] == 1 else out.argmax(-1)
+    return x, y.astype(np.int64)
 
 
 def predict(m, x):
