@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 
 from tfsafe.errors import InputError
 
@@ -98,15 +99,29 @@ def save_model(model, path):
     return path
 
 
+def _holds_tfmot_quantization(path):
+    """True when the ``.keras`` archive's config names TF-MOT quantization layers."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("config.json").decode("utf-8", "replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
+    return '"QuantizeWrapperV2"' in config or '"QuantizeLayer"' in config
+
+
 def load_model(path, compile=False):  # noqa: A002 - mirrors keras.models.load_model
     """Load a Keras model saved by tf_keras or Keras 3, returned as a tf_keras model.
 
-    tfsafe layers are registered, so wrapped models load without custom scopes.
+    tfsafe layers are registered, and TF-MOT's pruning and quantization wrappers load inside
+    ``prune_scope()`` / ``quantize_scope()``, so models saved from ``prune_low_magnitude`` or
+    ``quantize_model`` load as they are (``tfsafe.strip`` then removes the wrappers). TF-MOT
+    quantization wrappers load from ``.h5`` only (TF-MOT cannot reload them from ``.keras``; that
+    case raises an InputError saying so).
 
     Raises:
         InputError: when the path does not exist or is not a loadable Keras model.
     """
-    from tfsafe._keras import keras, to_tf_keras  # noqa: PLC0415
+    from tfsafe._keras import keras, tfmot, to_tf_keras  # noqa: PLC0415
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -116,7 +131,8 @@ def load_model(path, compile=False):  # noqa: A002 - mirrors keras.models.load_m
     import tfsafe.compress  # noqa: F401,PLC0415 - registers tfsafe layers for deserialization
 
     try:
-        return keras.models.load_model(path, compile=compile)
+        with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope():
+            return keras.models.load_model(path, compile=compile)
     except Exception as err_tf_keras:  # noqa: BLE001 - tried with both Keras versions below
         try:
             import keras as keras3  # noqa: PLC0415
@@ -124,6 +140,13 @@ def load_model(path, compile=False):  # noqa: A002 - mirrors keras.models.load_m
             return to_tf_keras(keras3.models.load_model(path, compile=False))
         except Exception:  # noqa: BLE001
             first_line = str(err_tf_keras).strip().splitlines()[0] if str(err_tf_keras) else ""
+            if path.endswith(".keras") and _holds_tfmot_quantization(path):
+                raise InputError(
+                    f"'{path}' holds TF-MOT quantize_model layers, which TF-MOT cannot reload from the "
+                    ".keras format (its QuantizeWrapper lists its variables differently once "
+                    f"deserialized: {first_line[:120]}). Save the QAT model as .h5 "
+                    "(model.save('model.h5')); tfsafe.load_model reads that, and strip() exports it."
+                ) from err_tf_keras
             raise InputError(
                 f"'{path}' is not a Keras model tfsafe can load ({type(err_tf_keras).__name__}: "
                 f"{first_line[:200]}). Save models with model.save('model.keras')."

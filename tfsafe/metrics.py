@@ -207,7 +207,7 @@ def compression_ratio(model, reference=None):
 
 
 def _is_relu(fn):
-    return fn is keras.activations.relu or getattr(fn, "__name__", None) == "relu"
+    return fn is keras.activations.relu or getattr(fn, "__name__", None) in ("relu", "relu6")
 
 
 def _output_units(layer, model):
@@ -249,8 +249,9 @@ def _layer_relu_count(layer, model):
 def relu_count(model):
     """Number of ReLU units evaluated in one forward pass of one example.
 
-    Counts the outputs of ``ReLU`` layers, ``Activation('relu')`` layers and layers built with
-    ``activation='relu'`` (Conv, Dense...), recursing into nested models; layers that mask
+    Counts the outputs of ``ReLU`` layers (ReLU6 included; not leaky ones),
+    ``Activation('relu')`` / ``Activation('relu6')`` layers and layers built with
+    ``activation='relu'`` / ``'relu6'`` (Conv, Dense...), recursing into nested models; layers that mask
     ReLUs report their own count (:func:`register_relu_counter`).
     """
     return int(sum(_layer_relu_count(layer, model) for layer in model.layers))

@@ -2,10 +2,11 @@
 
 import numpy as np
 
+from tfsafe._keras import flatten_nested, to_tf_keras
 from tfsafe.errors import InputError, UnsupportedModelError
 
 __all__ = ["check_features", "check_labels", "check_xy", "check_model", "check_fraction", "model_input_shape",
-           "model_num_classes"]
+           "model_num_classes", "check_continuous_inputs"]
 
 
 def check_features(x, name="x", expected_shape=None, dtype=np.float32):
@@ -72,14 +73,31 @@ def check_labels(y, num_classes=None, name="y", n=None):
 
 
 def check_model(model, name="model"):
-    """Return ``model`` as a tf_keras model (Keras 3 models are converted)."""
-    from tfsafe._keras import to_tf_keras  # noqa: PLC0415
+    """Return ``model`` as a flat tf_keras model.
 
+    Keras 3 models are converted (:func:`tfsafe._keras.to_tf_keras`) and nested models (a
+    backbone used as a layer) are inlined into one Functional model that shares the layers
+    (:func:`tfsafe._keras.flatten_nested`); a flat tf_keras model is returned unchanged.
+    """
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         raise UnsupportedModelError(
             f"{name} is a path; load it first with tfsafe.load_model('{model}')."
         )
-    return to_tf_keras(model)
+    return flatten_nested(to_tf_keras(model))
+
+
+def check_continuous_inputs(model, what):
+    """Refuse a model whose input is not floating point (token ids, categories) for ``what``.
+
+    Gradient attacks perturb inputs continuously; an integer input (e.g. token ids into an
+    Embedding) has no gradient and a perturbed id is not an input the model can receive.
+    """
+    dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else None
+    if dtype is not None and not dtype.is_floating:
+        raise UnsupportedModelError(
+            f"{what} perturbs inputs along their gradient, but '{model.name}' takes {dtype.name} inputs "
+            "(e.g. token ids), which have no gradient. Attack a float input (e.g. the embeddings) instead."
+        )
 
 
 def model_input_shape(model):

@@ -16,17 +16,15 @@ from tfsafe.compress.dual_bn import (
 )
 from tfsafe.compress.linearization import (
     PolyReLUMask,
-    ReLUBudgetSchedule,
-    ReLUMaskSearch,
     binarize_masks,
     find_relus,
     linearize,
     mask_layers,
     mask_relu_count,
-    search_relu_mask,
 )
 from tfsafe.compress.strip import strip
 from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.methods.relu_mask_search import ReLUBudgetSchedule, ReLUMaskSearch, search_relu_mask
 from tfsafe.metrics import model_size, relu_count
 from tfsafe.objectives import attention_transfer_loss, distillation_loss
 
@@ -95,7 +93,8 @@ def test_linearize_finds_every_relu_kind_and_keeps_outputs(digits):
     model = keras.Sequential([
         keras.Input((8, 8, 1)),
         keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
-        keras.layers.ReLU(max_value=6.0, name="relu6"),  # capped: not a plain ReLU, left alone
+        keras.layers.ReLU(max_value=6.0, name="relu6"),
+        keras.layers.LeakyReLU(0.1, name="leaky"),  # not a ReLU to relu_count: left alone
         keras.layers.Flatten(),
         keras.layers.Dense(8, name="d1"),
         keras.layers.ReLU(name="relu_layer"),
@@ -103,12 +102,13 @@ def test_linearize_finds_every_relu_kind_and_keeps_outputs(digits):
         keras.layers.Activation("relu", name="act"),
         keras.layers.Dense(3, name="out"),
     ])
-    assert find_relus(model) == ["conv", "relu_layer", "act"]
+    assert find_relus(model) == ["conv", "relu6", "relu_layer", "act"]
     masked = linearize(model)
     kinds = {layer.name: type(layer).__name__ for layer in masked.layers}
     assert kinds["conv"] == "Conv2D" and masked.get_layer("conv").get_config()["activation"] == "linear"
-    assert kinds["conv_relu"] == kinds["relu_layer"] == kinds["act"] == "PolyReLUMask"
-    assert kinds["relu6"] == "ReLU"
+    assert kinds["conv_relu"] == kinds["relu_layer"] == kinds["act"] == kinds["relu6"] == "PolyReLUMask"
+    assert masked.get_layer("relu6").max_value == 6.0 and kinds["leaky"] == "LeakyReLU"
+    assert mask_relu_count(masked) == relu_count(model) == 6 * 6 * 4 * 2 + 8 + 8
     np.testing.assert_allclose(masked(x[:16]).numpy(), model(x[:16]).numpy(), atol=1e-6)
     assert model.get_layer("conv").get_config()["activation"] == "relu"  # input untouched
 
@@ -135,8 +135,10 @@ def test_bad_budgets_and_models(trained_cnn, digits):
     for bad in (0, -5, 2.5, "10", True):
         with pytest.raises(InputError, match="relu_budget"):
             linearize(trained_cnn, relu_budget=bad, x=x, y=y)
-    with pytest.raises(InputError, match="pass x and y"):
+    with pytest.raises(InputError, match="pass x"):
         linearize(trained_cnn, relu_budget=10)
+    with pytest.raises(InputError, match="pass x"):
+        linearize(trained_cnn, relu_budget=10, x=x, search=search_relu_mask)  # a search needs y
     no_relu = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
     with pytest.raises(UnsupportedModelError, match="no ReLU"):
         linearize(no_relu)
@@ -332,3 +334,82 @@ def test_distillation_and_attention_transfer_losses():
     assert float(attention_transfer_loss([a], [tf.reverse(a, axis=[1])])) > 0
     with pytest.raises(ValueError, match="pair up"):
         attention_transfer_loss([a], [a, a])
+
+
+# --------------------------------------------------------------------------- every ReLU form, exact budgets
+
+
+def _relu6_residual_cnn():
+    """MobileNet-style: fused relu6, ReLU(max_value=6), Activation('relu6'), a residual Add."""
+    inputs = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu6", name="c1")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="c2")(a)
+    b = keras.layers.ReLU(max_value=6.0, name="r6")(b)
+    x = keras.layers.Add(name="add")([a, b])
+    x = keras.layers.Conv2D(4, 1, name="c3")(x)
+    x = keras.layers.Activation("relu6", name="act6")(x)
+    x = keras.layers.Dense(8, activation="relu", name="d1")(keras.layers.Flatten()(x))
+    return keras.Model(inputs, keras.layers.Dense(10, name="out")(x), name="relu6_res")
+
+
+def test_masked_relu6_unit_is_relu6_when_kept():
+    layer = PolyReLUMask(max_value=6.0)
+    x = tf.constant([[-2.0, 3.0, 9.0, 9.0]])
+    np.testing.assert_allclose(layer(x).numpy(), [[0.0, 3.0, 6.0, 6.0]])
+    layer.alpha.assign([1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_allclose(layer(x).numpy(), [[0.0, 3.0, 6.0, 9.0]])
+    thresholded = PolyReLUMask(relu_threshold=1.0)
+    np.testing.assert_allclose(thresholded(tf.constant([[0.5, 2.0]])).numpy(), [[0.0, 2.0]])
+
+
+def test_relu6_residual_cnn_budget_is_met_exactly(digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    model = _relu6_residual_cnn()
+    total = relu_count(model)
+    assert total == 8 * 8 * 4 * 3 + 8  # ReLU6 in every form is counted
+    masked = linearize(model)
+    assert mask_relu_count(masked) == total
+    np.testing.assert_allclose(masked(x[:8]).numpy(), model(x[:8]).numpy(), atol=1e-5)
+    frozen = linearize(model, relu_budget=total // 10, x=x[:128])
+    assert relu_count(frozen) == mask_relu_count(frozen) == total // 10  # exactly 10x fewer
+    stripped = strip(frozen)
+    assert relu_count(stripped) == total // 10
+    np.testing.assert_allclose(stripped(x[:8]).numpy(), frozen(x[:8]).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_relu6_only_model_and_search_hook(digits):
+    (x, y), _ = digits
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu6"),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    total = relu_count(model)
+    assert total == 6 * 6 * 4
+    calls = []
+
+    def search(masked, xs, ys, budget, **kwargs):
+        calls.append((budget, kwargs))
+        for layer in mask_layers(masked):  # a "search" that prefers the last units
+            layer.alpha.assign(np.linspace(0, 1, layer.alpha.shape.num_elements(), dtype=np.float32)
+                               .reshape(layer.alpha.shape))
+
+    frozen = linearize(model, relu_budget=7, x=x[:32], y=y[:32], search=search, epochs=1)
+    assert calls == [(7, {"epochs": 1})]
+    kept = mask_layers(frozen)[0].alpha.numpy().ravel()
+    assert kept[-7:].sum() == 7 and kept.sum() == 7
+    stripped = strip(linearize(model, relu_budget=total, x=x[:32]))
+    assert [type(layer).__name__ for layer in stripped.layers][-3] == "ReLU"
+    assert stripped.layers[-3].max_value == 6.0
+
+
+def test_nested_backbone_is_linearized_and_made_dual(digits):
+    (x, _), _ = digits
+    backbone = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="nb_conv"),
+                                 keras.layers.BatchNormalization(name="nb_bn"),
+                                 keras.layers.ReLU(6.0, name="nb_relu6")], name="nested_backbone")
+    model = keras.Sequential([keras.Input((8, 8, 1)), backbone, keras.layers.Flatten(), keras.layers.Dense(3)])
+    masked = linearize(model)
+    assert [m.name for m in mask_layers(masked)] == ["nb_relu6"]
+    np.testing.assert_allclose(masked(x[:4]).numpy(), model(x[:4]).numpy(), atol=1e-6)
+    dual = dual_batchnorm(model)
+    assert [layer.name for layer in dual_bn_layers(dual)] == ["nb_bn"]
+    np.testing.assert_allclose(dual(x[:4]).numpy(), model(x[:4]).numpy(), atol=1e-5)

@@ -240,3 +240,58 @@ def test_bad_input():
         prune_safe(prune_safe(small_cnn(), 0.5), 0.5)
     with pytest.raises(UnsupportedModelError):
         PrunableSafe(keras.layers.Flatten())
+
+
+def _conv_bn():
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3), keras.layers.BatchNormalization(),
+                             keras.layers.Flatten(), keras.layers.Dense(10)])
+
+
+def test_layers_tf_mot_leaves_dense_stay_dense():
+    model = _conv_bn()
+    pruned = prune_safe(model, 0.5, init="uniform")
+    assert [type(layer).__name__ for layer in pruned.layers] == [
+        "PrunableSafe", "BatchNormalization", "Flatten", "PrunableSafe"]
+    tfmot_pruned = tfmot.sparsity.keras.prune_low_magnitude(model)  # TF-MOT decides the same per class
+    assert [bool(layer.pruning_vars) for layer in tfmot_pruned.layers] == [True, False, False, True]
+    assert sparsity(pruned) == pytest.approx(0.5, abs=1e-3)
+    inputs = keras.Input((6, 4))
+    h = keras.layers.LayerNormalization(name="ln")(keras.layers.Dense(4)(inputs))
+    h = keras.layers.Reshape((6, 4, 1))(h)
+    h = keras.layers.DepthwiseConv2D(3, name="dw")(h)  # TF-MOT knows it and prunes nothing in it
+    functional = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    kinds = [type(layer).__name__ for layer in prune_safe(functional, 0.5).layers]
+    assert kinds.count("PrunableSafe") == 2 and "LayerNormalization" in kinds and "DepthwiseConv2D" in kinds
+
+
+def test_tf_mot_pruned_model_is_refused_up_front():
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(_conv_bn())
+    with pytest.raises(UnsupportedModelError, match="prune_low_magnitude.*strip_pruning"):
+        prune_safe(wrapped, 0.5)
+    assert isinstance(prune_safe(tfmot.sparsity.keras.strip_pruning(wrapped), 0.5).layers[0], PrunableSafe)
+
+
+def test_nested_backbone_is_pruned_in_place_of_the_model_layer():
+    backbone = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, name="bb_conv"),
+                                 keras.layers.BatchNormalization(name="bb_bn")], name="backbone")
+    inputs = keras.Input((8, 8, 1))
+    functional = keras.Model(inputs, keras.layers.Dense(10, name="head")(keras.layers.Flatten()(backbone(inputs))))
+    sequential = keras.Sequential([keras.Input((8, 8, 1)), backbone, keras.layers.Flatten(), keras.layers.Dense(10)])
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    for model in (sequential, functional):
+        pruned = prune_safe(model, 0.5, init="uniform")
+        names = [w.layer.name for w in prunable_wrappers(pruned)]
+        assert names[0] == "bb_conv" and len(names) == 2
+        dense = prune_safe(model, 0.0, init="dense")
+        np.testing.assert_allclose(dense.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+        np.testing.assert_allclose(strip(pruned).predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
+
+
+def test_strip_reaches_wrappers_inside_a_nested_model():
+    inner = keras.Sequential([keras.Input((6,)), PrunableSafe(keras.layers.Dense(4), sparsity=0.5)], name="inner")
+    outer = keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(2)])
+    stripped = strip(outer)
+    assert [type(layer).__name__ for layer in stripped.layers] == ["InputLayer", "Dense", "Dense"]
+    x = np.random.default_rng(0).random((3, 6)).astype(np.float32)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), outer.predict(x, verbose=0), atol=1e-6)
+    assert int(np.count_nonzero(stripped.layers[1].kernel.numpy())) == 12

@@ -39,14 +39,11 @@ from tfsafe.compress.factorization import (
 )
 from tfsafe.compress.linearization import (
     PolyReLUMask,
-    ReLUBudgetSchedule,
-    ReLUMaskSearch,
     UnitInterval,
     binarize_masks,
     linearize,
     mask_layers,
     mask_relu_count,
-    search_relu_mask,
 )
 from tfsafe.compress.pruning import PrunableSafe, is_prunable, prunable_wrappers, prune_safe
 from tfsafe.compress.quantization import (
@@ -76,8 +73,7 @@ __all__ = [
     "FactorizedDense", "FactorizedConv2D", "LowRankDense", "LowRankConv2D", "factorize", "low_rank",
     "low_rank_ranks_for_budget", "matrix_layers", "frozen_kernels",
     # fewer ReLUs (RLNet / SNL) and dual batch norm
-    "PolyReLUMask", "UnitInterval", "linearize", "search_relu_mask", "binarize_masks", "mask_layers",
-    "mask_relu_count", "ReLUMaskSearch", "ReLUBudgetSchedule",
+    "PolyReLUMask", "UnitInterval", "linearize", "binarize_masks", "mask_layers", "mask_relu_count",
     "DualBatchNormalization", "dual_batchnorm", "dual_bn_layers", "set_bn_route", "bn_route", "with_inference_path",
     # strip() registries
     "register_stripper", "register_model_pass", "is_wrapped",

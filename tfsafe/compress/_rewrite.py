@@ -9,12 +9,13 @@ a ``Conv2D(activation="relu")`` becomes the convolution plus a separate mask lay
 batch norm in between). :func:`rebuild` edits the model config instead: the first layer of a chain
 takes the replaced layer's inputs, downstream references are redirected to the last layer of the
 chain, and the new model is built with ``from_config`` and given the old weights by layer name.
-Works for Sequential and Functional ``tf_keras`` models, including shared layers.
+Works for Sequential and Functional ``tf_keras`` models, including shared layers; nested models
+(a backbone used as a layer) are inlined first (:func:`tfsafe._keras.flatten_nested`).
 """
 
 import copy
 
-from tfsafe._keras import keras
+from tfsafe._keras import flatten_nested, keras
 from tfsafe.errors import UnsupportedModelError
 
 __all__ = ["clone_with_weights", "rebuild", "copy_layer_weights", "layer_entry"]
@@ -35,6 +36,8 @@ def clone_with_weights(model, clone_fn, what="clone"):
     Raises:
         UnsupportedModelError: the model cannot be cloned (e.g. a subclassed model).
     """
+    if isinstance(model, keras.Model) and getattr(model, "_is_graph_network", False):
+        model = flatten_nested(model)  # wrappers inside a nested backbone are reached too
     pending = {}
 
     def clone_layer(layer):
@@ -121,16 +124,9 @@ def rebuild(model, replace):
             f"'{model.name}' is a subclassed model; tfsafe can rewrite only Sequential and "
             "Functional models. Express it as a Functional model."
         )
+    model = flatten_nested(model)
     chains = {}
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            for inner in layer.layers:
-                if replace(inner):
-                    raise UnsupportedModelError(
-                        f"Layer '{inner.name}' sits inside the nested model '{layer.name}'; "
-                        "flatten nested models into one Functional model first."
-                    )
-            continue
         chain = replace(layer)
         if chain:
             chains[layer.name] = chain

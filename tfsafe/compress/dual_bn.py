@@ -17,6 +17,7 @@ from tfsafe.compress._rewrite import layer_entry, rebuild
 from tfsafe.compress.strip import register_stripper
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.metrics import WeightStat, register_weight_stats, short_name
+from tfsafe.validation import check_model
 
 __all__ = ["DualBatchNormalization", "BN_PATHS", "set_bn_route", "bn_route", "dual_bn_layers",
            "dual_batchnorm", "with_inference_path"]
@@ -144,7 +145,7 @@ def _bn_weights(bn):
 
 def dual_batchnorm(model, inference_path="clean"):
     """Replace every ``BatchNormalization`` of ``model`` by a :class:`DualBatchNormalization`
-    whose two paths both start from the original layer's weights.
+    whose two paths both start from the original layer's weights. Nested models are inlined.
 
     Raises:
         UnsupportedModelError: when the model has no BatchNormalization layer.
@@ -156,6 +157,7 @@ def dual_batchnorm(model, inference_path="clean"):
         3
     """
     _path_index(inference_path)
+    model = check_model(model)  # Keras 3 converted, nested backbones inlined
 
     def replace(layer):
         if type(layer) is not keras.layers.BatchNormalization:

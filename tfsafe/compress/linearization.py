@@ -6,10 +6,12 @@ nonlinearity on fewer units is faster. :class:`PolyReLUMask` replaces a ReLU wit
     alpha * ReLU(x) + (1 - alpha) * p(x)
 
 per unit (channel x pixel for feature maps), where ``p`` is the identity or a learned
-polynomial ``a x^2 + b x`` (one ``a, b`` per channel). The search (:class:`ReLUMaskSearch` +
-:class:`ReLUBudgetSchedule`) trains ``alpha`` in [0, 1] with an L1 penalty whose weight grows
-1.1x whenever the ReLU count stalls, until the count reaches the budget;
-:func:`binarize_masks` then keeps exactly ``relu_budget`` units and freezes the mask.
+polynomial ``a x^2 + b x`` (one ``a, b`` per channel) and ``ReLU`` is the layer's own form
+(plain, ReLU6 / ``max_value``, ``threshold``). :func:`linearize` puts a mask on every ReLU that
+:func:`tfsafe.metrics.relu_count` counts; with a budget and data it keeps the units whose ReLU
+differs most from the identity on that data, or runs a mask search passed as ``search`` (the
+SNL search lives in :mod:`tfsafe.methods.relu_mask_search`). :func:`binarize_masks` keeps
+exactly ``relu_budget`` units and freezes the mask.
 
 The ReLU count of a mask layer is the number of units whose mask is on (``alpha > threshold``;
 after binarization ``alpha`` is exactly 0 or 1).
@@ -21,13 +23,14 @@ from tfsafe._keras import keras, tf
 from tfsafe.compress._rewrite import copy_layer_weights, layer_entry, rebuild
 from tfsafe.compress.strip import register_stripper
 from tfsafe.errors import InputError, UnsupportedModelError
-from tfsafe.metrics import WeightStat, register_relu_counter, register_weight_stats
+from tfsafe.metrics import WeightStat, register_relu_counter, register_weight_stats, relu_count
+from tfsafe.models import logits_model
 from tfsafe.objectives import softmax_cross_entropy
+from tfsafe.validation import check_features, check_model
 
 __all__ = [
     "PolyReLUMask", "UnitInterval", "linearize", "find_relus", "mask_layers", "mask_relu_count",
-    "mask_unit_count", "binarize_masks", "ReLUMaskSearch", "ReLUBudgetSchedule", "search_relu_mask",
-    "check_relu_budget",
+    "mask_unit_count", "binarize_masks", "check_relu_budget", "relu_form",
 ]
 
 LINEAR_MODES = ("identity", "poly")
@@ -46,7 +49,9 @@ class PolyReLUMask(keras.layers.Layer):
     """A ReLU whose units can be switched to a linear or low-degree polynomial function.
 
     ``output = p(x) + alpha * (ReLU(x) - p(x))`` with one ``alpha`` per unit (the full
-    per-example shape: channel x pixel for feature maps) and ``p(x) = x`` (``linear="identity"``)
+    per-example shape: channel x pixel for feature maps), ``ReLU`` the masked layer's form
+    (``max(x, 0)``, capped at ``max_value`` (ReLU6), zero below ``relu_threshold``) and
+    ``p(x) = x`` (``linear="identity"``)
     or ``p(x) = a x^2 + b x`` with ``a, b`` learned per channel (``linear="poly"``, initialised to
     ``poly_init = (a, b)``, a small ``a`` so the start is nearly linear and stable).
 
@@ -60,6 +65,8 @@ class PolyReLUMask(keras.layers.Layer):
         poly_init: Initial ``(a, b)`` of the polynomial.
         threshold: A unit counts as a ReLU when ``alpha > threshold``.
         initial_alpha: Initial mask value (1.0: the layer starts as an exact ReLU).
+        max_value: Cap of the ReLU a kept unit computes (6.0 for ReLU6; ``None``: no cap).
+        relu_threshold: Inputs below it give 0 in a kept unit (``ReLU(threshold=...)``).
 
     Example:
         >>> layer = PolyReLUMask()
@@ -71,7 +78,7 @@ class PolyReLUMask(keras.layers.Layer):
     """
 
     def __init__(self, linear="identity", frozen=False, poly_init=(0.01, 1.0), threshold=0.01,
-                 initial_alpha=1.0, **kwargs):
+                 initial_alpha=1.0, max_value=None, relu_threshold=0.0, **kwargs):
         super().__init__(**kwargs)
         if linear not in LINEAR_MODES:
             raise InputError(f"linear must be one of {LINEAR_MODES}, got {linear!r}.")
@@ -82,6 +89,8 @@ class PolyReLUMask(keras.layers.Layer):
         self.poly_init = tuple(float(v) for v in poly_init)
         self.threshold = float(threshold)
         self.initial_alpha = float(initial_alpha)
+        self.max_value = None if max_value is None else float(max_value)
+        self.relu_threshold = float(relu_threshold)
 
     def build(self, input_shape):
         shape = tuple(input_shape[1:])
@@ -108,9 +117,15 @@ class PolyReLUMask(keras.layers.Layer):
             return x
         return (self.poly_a * x + self.poly_b) * x
 
+    def relu_part(self, x):
+        """What a unit that keeps its ReLU computes (the masked layer's ReLU form)."""
+        if self.max_value == 6.0 and self.relu_threshold == 0.0:
+            return tf.nn.relu6(x)
+        return keras.activations.relu(x, max_value=self.max_value, threshold=self.relu_threshold)
+
     def call(self, inputs):
         linear = self.linear_part(inputs)
-        return linear + self.alpha * (tf.nn.relu(inputs) - linear)
+        return linear + self.alpha * (self.relu_part(inputs) - linear)
 
     def mask(self):
         """Boolean numpy mask of the units that compute a ReLU."""
@@ -132,6 +147,7 @@ class PolyReLUMask(keras.layers.Layer):
         config.update({
             "linear": self.linear, "frozen": self.frozen, "poly_init": list(self.poly_init),
             "threshold": self.threshold, "initial_alpha": self.initial_alpha,
+            "max_value": self.max_value, "relu_threshold": self.relu_threshold,
         })
         return config
 
@@ -146,24 +162,45 @@ def _activation_name(layer):
     return getattr(activation, "__name__", None)
 
 
-def _relu_kind(layer):
-    """How ``layer`` applies a plain ReLU: "layer" (it is one), "fused" (activation='relu'), None."""
+_ACTIVATION_FORMS = {"relu": {"max_value": None, "relu_threshold": 0.0},
+                     "relu6": {"max_value": 6.0, "relu_threshold": 0.0}}
+
+
+def relu_form(layer):
+    """``(kind, form)`` for a layer applying a ReLU that ``relu_count`` counts, else ``None``.
+
+    ``kind`` is ``"layer"`` (a ``ReLU`` / ``Activation`` layer) or ``"fused"``
+    (``activation="relu"`` / ``"relu6"`` inside a Conv, Dense...); ``form`` holds the
+    :class:`PolyReLUMask` arguments of that ReLU (``max_value``, ``relu_threshold``). ReLUs with a
+    negative slope (leaky) are not ReLUs to ``relu_count`` and are left alone.
+    """
     if isinstance(layer, PolyReLUMask):
         return None
     if isinstance(layer, keras.layers.ReLU):
-        plain = (layer.max_value is None and float(layer.negative_slope) == 0.0
-                 and float(layer.threshold) == 0.0)
-        return "layer" if plain else None
+        slope = float(np.asarray(layer.negative_slope)) if layer.negative_slope is not None else 0.0
+        if slope != 0.0:
+            return None
+        max_value = None if layer.max_value is None else float(np.asarray(layer.max_value))
+        return "layer", {"max_value": max_value, "relu_threshold": float(np.asarray(layer.threshold))}
+    name = _activation_name(layer)
+    if name not in _ACTIVATION_FORMS:
+        return None
     if isinstance(layer, keras.layers.Activation):
-        return "layer" if _activation_name(layer) == "relu" else None
-    if _activation_name(layer) == "relu" and hasattr(layer, "get_config") and "activation" in layer.get_config():
-        return "fused"
+        return "layer", dict(_ACTIVATION_FORMS[name])
+    if hasattr(layer, "get_config") and "activation" in layer.get_config():
+        return "fused", dict(_ACTIVATION_FORMS[name])
     return None
 
 
+def _relu_kind(layer):
+    """``"layer"``, ``"fused"`` or ``None``: how ``layer`` applies a ReLU (see :func:`relu_form`)."""
+    found = relu_form(layer)
+    return found[0] if found else None
+
+
 def find_relus(model):
-    """Names of the layers of ``model`` that apply a plain ReLU (layers or fused activations)."""
-    return [layer.name for layer in model.layers if _relu_kind(layer)]
+    """Names of the layers of ``model`` that apply a ReLU (layers or fused activations)."""
+    return [layer.name for layer in model.layers if relu_form(layer)]
 
 
 def mask_layers(model):
@@ -179,25 +216,6 @@ def mask_relu_count(model):
 def mask_unit_count(model):
     """Number of units across the mask layers (their all-ReLU count)."""
     return sum(layer.unit_count() for layer in mask_layers(model))
-
-
-def _relu_units(model):
-    """ReLU units :func:`linearize` would mask: outputs of plain-ReLU layers plus existing masks."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, PolyReLUMask):
-            total += layer.unit_count()
-        elif _relu_kind(layer):
-            for node in layer._inbound_nodes:
-                shapes = node.output_shapes if isinstance(node.output_shapes, list) else [node.output_shapes]
-                for shape in shapes:
-                    if any(d is None for d in shape[1:]):
-                        raise UnsupportedModelError(
-                            f"ReLU layer '{layer.name}' has an unknown output size {shape}; give the model "
-                            "a fully defined input shape to linearize it."
-                        )
-                    total += int(np.prod(shape[1:]))
-    return total
 
 
 def check_relu_budget(relu_budget, total):
@@ -221,33 +239,39 @@ def check_relu_budget(relu_budget, total):
 
 
 def linearize(model, relu_budget=None, x=None, y=None, linear="identity", poly_init=(0.01, 1.0),
-              threshold=0.01, allocation="global", **search_kwargs):
-    """Put a :class:`PolyReLUMask` on every ReLU of ``model``; optionally search it to a budget.
+              threshold=0.01, allocation="global", search=None, **search_kwargs):
+    """Put a :class:`PolyReLUMask` on every ReLU of ``model``; optionally keep only a budget.
 
-    ReLU layers and ``Activation("relu")`` layers are replaced by a mask layer; layers with
-    ``activation="relu"`` (Conv, Dense, ...) are split into the layer with a linear activation
-    plus a mask layer named ``<layer>_relu``. ReLUs with a cap, slope or threshold (ReLU6,
-    leaky) are left alone. The returned model computes exactly what ``model`` computes until the
-    masks change. The input model is not modified.
+    Every ReLU that :func:`tfsafe.metrics.relu_count` counts is masked: ``ReLU`` layers (plain,
+    ``max_value`` such as ReLU6, ``threshold``), ``Activation("relu")`` / ``Activation("relu6")``
+    and layers with ``activation="relu"`` / ``"relu6"`` (Conv, Dense, ...), which are split into
+    the layer with a linear activation plus a mask layer named ``<layer>_relu``. A kept unit
+    computes the same ReLU form as before. Nested models are inlined first. The returned model
+    computes exactly what ``model`` computes until the masks change; ``model`` is not modified.
 
     Args:
-        model: A Sequential or Functional ``tf_keras`` model.
-        relu_budget: Number of ReLU units to keep. ``None`` returns the relaxed (all-ReLU) masked
-            model. With ``x, y`` the SNL search runs (:func:`search_relu_mask`) and the masks are
-            binarized to exactly ``relu_budget`` ReLUs and frozen.
-        x, y: Training data for the search (integer labels).
+        model: A Sequential or Functional ``tf_keras`` (or Keras 3) model.
+        relu_budget: Number of ReLU units to keep. ``None`` returns the relaxed (all-ReLU)
+            masked model. Otherwise the masks are binarized to exactly ``relu_budget`` units and
+            frozen: without ``search``, the units kept are those whose ReLU differs most from the
+            identity on ``x`` (mean ``|ReLU(z) - z|`` of the unit's input ``z``; units whose
+            input is nearly always positive cost least to linearize); with ``search`` the masks
+            are trained first.
+        x, y: Data for the budget (``y`` needed by ``search`` and ``allocation="sensitivity"``).
         linear: ``"identity"`` or ``"poly"``: what masked-off units compute.
         poly_init: Initial ``(a, b)`` of ``a x^2 + b x``.
-        threshold: ``alpha > threshold`` counts as a ReLU during the search.
+        threshold: ``alpha > threshold`` counts as a ReLU during a search.
         allocation: ``"global"`` (top-k units over all layers) or ``"sensitivity"`` (per-layer
-            budgets from each layer's loss increase when fully linearized; needs data).
-        **search_kwargs: Passed to :func:`search_relu_mask` (epochs, batch_size, ...).
+            budgets from each layer's loss increase when fully linearized).
+        search: Optional ``fn(masked, x, y, relu_budget, **search_kwargs)`` training the relaxed
+            masks in place, e.g. :func:`tfsafe.methods.relu_mask_search.search_relu_mask` (SNL).
+        **search_kwargs: Passed to ``search``.
 
     Returns:
-        The masked model (a new model).
+        The masked model (a new model). With a budget, ``relu_count(result) == relu_budget``.
 
     Raises:
-        UnsupportedModelError: when the model has no plain ReLU or cannot be rewritten.
+        UnsupportedModelError: when the model has no ReLU or cannot be rewritten.
         InputError: for a budget <= 0 or above the model's ReLU count, or a budget without data.
 
     Example:
@@ -256,41 +280,64 @@ def linearize(model, relu_budget=None, x=None, y=None, linear="identity", poly_i
         >>> mask_relu_count(masked)
         1600
     """
-    from tfsafe.validation import check_model  # noqa: PLC0415
-
     model = check_model(model)
     if linear not in LINEAR_MODES:
         raise InputError(f"linear must be one of {LINEAR_MODES}, got {linear!r}.")
     if not find_relus(model) and not mask_layers(model):
         raise UnsupportedModelError(
-            f"'{model.name}' has no ReLU to linearize (looked for ReLU layers, Activation('relu') "
-            "and layers with activation='relu')."
+            f"'{model.name}' has no ReLU to linearize (looked for ReLU / ReLU6 layers, "
+            "Activation('relu' / 'relu6') and layers with activation='relu' / 'relu6')."
         )
     mask_config = {"linear": linear, "poly_init": list(poly_init), "threshold": threshold}
 
     def replace(layer):
-        kind = _relu_kind(layer)
+        found = relu_form(layer)
+        if found is None:
+            return None
+        kind, form = found
         if kind == "layer":
-            return [layer_entry(PolyReLUMask, dict(mask_config, name=layer.name))]
-        if kind == "fused":
-            config = layer.get_config()
-            config["activation"] = "linear"
-            return [layer_entry(layer, config),
-                    layer_entry(PolyReLUMask, dict(mask_config, name=f"{layer.name}_relu"))]
-        return None
+            return [layer_entry(PolyReLUMask, dict(mask_config, name=layer.name, **form))]
+        config = layer.get_config()
+        config["activation"] = "linear"
+        return [layer_entry(layer, config),
+                layer_entry(PolyReLUMask, dict(mask_config, name=f"{layer.name}_relu", **form))]
 
     if relu_budget is not None:
-        budget = check_relu_budget(relu_budget, _relu_units(model))
-        if x is None or y is None:
+        budget = check_relu_budget(relu_budget, relu_count(model))
+        if x is None or (y is None and (search is not None or allocation == "sensitivity")):
             raise InputError(
-                "linearize(relu_budget=...) searches the mask on data: pass x and y, or call "
-                "linearize(model) and then search_relu_mask(...) yourself."
+                "linearize(relu_budget=...) chooses the units on data: pass x (and y for a search or "
+                "allocation='sensitivity'), or call linearize(model) and binarize_masks() yourself."
             )
+        x = check_features(x, "x", tuple(model.inputs[0].shape[1:]), dtype=model.inputs[0].dtype.as_numpy_dtype)
     masked, _ = rebuild(model, replace)
     if relu_budget is None:
         return masked
-    search_relu_mask(masked, x, y, budget, **search_kwargs)
-    return binarize_masks(masked, budget, allocation=allocation, x=x, y=y)
+    if search is not None:
+        search(masked, x, y, budget, **search_kwargs)
+    else:
+        _set_alpha_from_data(masked, x)
+    result = binarize_masks(masked, budget, allocation=allocation, x=x, y=y)
+    left = relu_count(result)
+    if left != budget:
+        raise UnsupportedModelError(
+            f"linearize() kept {left} ReLU units instead of {budget}: layers "
+            f"{[n for n in find_relus(result)]} apply a ReLU tfsafe cannot mask."
+        )
+    return result
+
+
+def _set_alpha_from_data(masked, x, max_examples=256):
+    """Set each relaxed mask's ``alpha`` to its unit's mean ``|ReLU(z) - z|`` on ``x``, scaled
+    into [0, 1] over all units, so :func:`binarize_masks` keeps the most nonlinear units."""
+    masks = mask_layers(masked)
+    probe = keras.Model(masked.inputs, [m.input for m in masks])
+    outputs = probe.predict(x[:max_examples], batch_size=64, verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    scores = [np.mean(np.abs(m.relu_part(tf.constant(z)).numpy() - z), axis=0) for m, z in zip(masks, outputs)]
+    top = max(float(np.max(score)) for score in scores) or 1.0
+    for layer, score in zip(masks, scores):
+        layer.alpha.assign((score / top).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- binarize
@@ -299,8 +346,6 @@ def linearize(model, relu_budget=None, x=None, y=None, linear="identity", poly_i
 def _layer_budgets_by_sensitivity(model, masks, budget, x, y, batch_size=256):
     """Split ``budget`` across layers in proportion to each layer's loss increase when it is
     fully linearized (so the ReLU density of a layer follows its loss increase per unit)."""
-    from tfsafe.models import logits_model  # noqa: PLC0415
-
     lm = logits_model(model)
     x, y = x[:1024], y[:1024]
 
@@ -393,165 +438,12 @@ def binarize_masks(model, relu_budget, allocation="global", x=None, y=None):
     return frozen
 
 
-# ----------------------------------------------------------------------------- search
-
-
-class ReLUMaskSearch(keras.Model):
-    """Trains a masked model on ``task_loss + penalty * sum(alpha)`` (the SNL relaxation).
-
-    The weights use the optimizer given to ``compile``; the mask values use their own
-    ``mask_optimizer``: SGD with momentum, not Adam, because Adam's per-parameter normalization
-    would move every penalized ``alpha`` at the same speed whatever its effect on the loss, so
-    the final ranking of units would be noise. With SGD a unit's ``alpha`` falls by
-    ``lr * (penalty + dLoss/dalpha)``: units the loss needs fall slower and survive. Values are
-    clipped to [0, 1] after every step. The ``penalty`` variable is what
-    :class:`ReLUBudgetSchedule` grows.
-
-    Args:
-        model: A model with relaxed (non-frozen) :class:`PolyReLUMask` layers.
-        penalty: Initial L1 weight on the mask values.
-        mask_learning_rate: SGD (momentum 0.9) learning rate for the mask values.
-        task_loss: ``fn(model, x, y) -> scalar`` computed under ``tf.GradientTape``; the default
-            is cross-entropy on the logits. RLNet passes its robust (PGD + dual BN) loss here.
-
-    Example:
-        >>> from tfsafe.models import mlp
-        >>> search = ReLUMaskSearch(linearize(mlp(units=(16,))))
-        >>> search.compile(keras.optimizers.Adam(1e-3))
-    """
-
-    def __init__(self, model, penalty=1e-3, mask_learning_rate=1.0, task_loss=None, **kwargs):
-        super().__init__(**kwargs)
-        from tfsafe.models import logits_model  # noqa: PLC0415
-
-        self.model = model
-        self.logits = logits_model(model)
-        self.masks = [m for m in mask_layers(model) if not m.frozen]
-        if not self.masks:
-            raise UnsupportedModelError("ReLUMaskSearch needs relaxed PolyReLUMask layers; call linearize() first.")
-        self.penalty = tf.Variable(float(penalty), trainable=False, dtype=tf.float32, name="mask_penalty")
-        self.mask_optimizer = keras.optimizers.SGD(mask_learning_rate, momentum=0.9)
-        self.task_loss = task_loss or (lambda m, x, y: softmax_cross_entropy(y, self.logits(x, training=True)))
-        self.loss_tracker = keras.metrics.Mean("task_loss")
-        self.relu_tracker = keras.metrics.Mean("relu_fraction")
-
-    def call(self, inputs, training=None):
-        return self.model(inputs, training=training)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.relu_tracker]
-
-    def train_step(self, data):
-        x, y = data[0], data[1]
-        alphas = [m.alpha for m in self.masks]
-        alpha_ids = {id(v) for v in alphas}
-        weights = [v for v in self.model.trainable_variables if id(v) not in alpha_ids]
-        with tf.GradientTape() as tape:
-            task = self.task_loss(self.model, x, y)
-            l1 = tf.add_n([tf.reduce_sum(a) for a in alphas])
-            loss = task + self.penalty * l1
-        grads = tape.gradient(loss, weights + alphas)
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(grads[:len(weights)], weights) if g is not None])
-        self.mask_optimizer.apply_gradients(zip(grads[len(weights):], alphas))
-        for a in alphas:
-            a.assign(tf.clip_by_value(a, 0.0, 1.0))
-        total = float(sum(m.unit_count() for m in self.masks))
-        on = tf.add_n([tf.reduce_sum(tf.cast(m.alpha > m.threshold, tf.float32)) for m in self.masks])
-        self.loss_tracker.update_state(task)
-        self.relu_tracker.update_state(on / total)
-        return {"task_loss": self.loss_tracker.result(), "relu_fraction": on / total}
-
-    def test_step(self, data):
-        x, y = data[0], data[1]
-        self.loss_tracker.update_state(softmax_cross_entropy(y, self.logits(x, training=False)))
-        return {"task_loss": self.loss_tracker.result()}
-
-
-class ReLUBudgetSchedule(keras.callbacks.Callback):
-    """Grows the L1 penalty 1.1x when the ReLU count stalls; stops when it meets the budget.
-
-    Checked every ``check_every`` batches. The count "stalls" when it has not fallen below
-    ``(1 - min_drop)`` times the best count seen since the last check.
-
-    Args:
-        relu_budget: Target number of ReLU units.
-        check_every: Batches between checks.
-        growth: Factor applied to the penalty on a stall (SNL: 1.1).
-        min_drop: Relative drop that counts as progress.
-    """
-
-    def __init__(self, relu_budget, check_every=5, growth=1.1, min_drop=0.01):
-        super().__init__()
-        self.relu_budget = int(relu_budget)
-        self.check_every = int(check_every)
-        self.growth = float(growth)
-        self.min_drop = float(min_drop)
-        self.history = []
-        self.reached = False
-        self._best = None
-        self._batches = 0
-
-    def _count(self):
-        return sum(m.relu_count() for m in mask_layers(self._search_model()))
-
-    def _search_model(self):
-        return self.model.model if isinstance(self.model, ReLUMaskSearch) else self.model
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
-        if self._batches % self.check_every:
-            return
-        count = self._count()
-        penalty = self.model.penalty
-        if count <= self.relu_budget:
-            self.reached = True
-            self.model.stop_training = True
-        elif self._best is not None and count > (1.0 - self.min_drop) * self._best:
-            penalty.assign(penalty * self.growth)
-        self._best = count if self._best is None else min(self._best, count)
-        self.history.append({"batch": self._batches, "relu_count": count, "penalty": float(penalty.numpy())})
-
-
-def search_relu_mask(model, x, y, relu_budget, epochs=30, batch_size=64, learning_rate=1e-3,
-                     penalty=1e-3, mask_learning_rate=1.0, check_every=5, task_loss=None,
-                     callbacks=None, verbose=0):
-    """Train the relaxed masks of ``model`` (in place) until at most ``relu_budget`` stay on.
-
-    Returns the :class:`ReLUBudgetSchedule` (``.reached``, ``.history``). If the budget is not
-    reached within ``epochs`` the masks are left as they are; :func:`binarize_masks` still
-    keeps exactly ``relu_budget`` units (those with the largest ``alpha``).
-
-    Example:
-        >>> from tfsafe.data import load_digits
-        >>> from tfsafe.models import mlp
-        >>> (x, y), _ = load_digits()
-        >>> masked = linearize(mlp(units=(32,)))
-        >>> schedule = search_relu_mask(masked, x, y, relu_budget=8, epochs=20)
-        >>> mask_relu_count(binarize_masks(masked, 8))
-        8
-    """
-    from tfsafe.validation import check_xy  # noqa: PLC0415
-
-    masks = [m for m in mask_layers(model) if not m.frozen]
-    if not masks:
-        raise UnsupportedModelError(f"'{model.name}' has no relaxed PolyReLUMask layers; call linearize() first.")
-    budget = check_relu_budget(relu_budget, sum(m.unit_count() for m in masks))
-    x, y = check_xy(model, x, y)
-    search = ReLUMaskSearch(model, penalty=penalty, mask_learning_rate=mask_learning_rate, task_loss=task_loss)
-    search.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    schedule = ReLUBudgetSchedule(budget, check_every=check_every)
-    search.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[schedule] + list(callbacks or []),
-               verbose=verbose, shuffle=True)
-    return schedule
-
-
 # ----------------------------------------------------------------------------- strip / metrics
 
 
 def _strip_mask(layer):
-    """Fully-on masks become ReLU, fully-off identity masks disappear, others stay frozen masks."""
+    """Fully-on masks become their ReLU form (ReLU, ReLU6...), fully-off identity masks a linear
+    Activation, others stay frozen masks."""
     alpha = layer.alpha.numpy()
     if not np.all((alpha == 0.0) | (alpha == 1.0)):
         raise UnsupportedModelError(
@@ -559,7 +451,7 @@ def _strip_mask(layer):
             "binarize_masks(model, relu_budget) before strip() or export."
         )
     if np.all(alpha == 1.0):
-        return keras.layers.ReLU(name=layer.name), []
+        return keras.layers.ReLU(max_value=layer.max_value, threshold=layer.relu_threshold, name=layer.name), []
     if np.all(alpha == 0.0) and layer.linear == "identity":
         return keras.layers.Activation("linear", name=layer.name), []
     new = PolyReLUMask.from_config(dict(layer.get_config(), frozen=True))

@@ -17,6 +17,7 @@ import inspect
 
 import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
 from tfsafe._keras import keras, tf
 from tfsafe.compress import channel_pruning
@@ -36,11 +37,13 @@ GRANULARITIES = channel_pruning.GRANULARITIES
 
 def is_prunable(layer):
     """True when TF-MOT knows which weights of ``layer`` to prune (and there are some)."""
-    if isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
+    if isinstance(layer, prunable_layer.PrunableLayer):
         return True
     registry = prune_registry.PruneRegistry
     if not registry.supports(layer):
-        return False
+        return hasattr(layer, "get_prunable_weights")
+    # Decided by the class (TF-MOT's registry), even when prune_low_magnitude has already given
+    # the layer a get_prunable_weights() returning [] (BatchNormalization after strip_pruning).
     if registry._is_rnn_layer(layer) or registry._is_mha_layer(layer):
         return True
     return bool(registry._weight_names(layer))
@@ -362,14 +365,17 @@ def _check_layers(model, skip_layers):
             raise UnsupportedModelError(
                 f"'{model.name}' is already wrapped (layer '{layer.name}'); strip() it first or keep training it."
             )
-        if isinstance(layer, keras.Model):
+        if isinstance(layer, PruneLowMagnitude):
             raise UnsupportedModelError(
-                f"Layer '{layer.name}' is a nested model; prune_safe() wraps flat Sequential/Functional "
-                "models. Flatten it, or wrap its layers yourself with PrunableSafe."
+                f"Layer '{layer.name}' of '{model.name}' is already wrapped by TF-MOT's prune_low_magnitude; "
+                "remove the TF-MOT wrappers first with tfmot.sparsity.keras.strip_pruning(model) (or "
+                "tfsafe.strip(model)), then call prune_safe()."
             )
         if is_prunable(layer):
             to_wrap.append(layer)
-        elif layer.trainable_weights:
+        elif layer.trainable_weights and not prune_registry.PruneRegistry.supports(layer):
+            # Layers TF-MOT knows but does not prune (BatchNormalization, LayerNormalization,
+            # DepthwiseConv2D...) stay dense, as with prune_low_magnitude; unknown ones are refused.
             raise UnsupportedModelError(
                 f"Layer '{layer.name}' ({type(layer).__name__}) has trainable weights but TF-MOT does not know "
                 "which to prune. Give it a get_prunable_weights() method (subclass "
@@ -398,7 +404,10 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
       with ``target_sparsity`` prunes to the target by global magnitude when training starts.
 
     Args:
-        model: a ``tf_keras`` (or Keras 3) Sequential or Functional model, built.
+        model: a ``tf_keras`` (or Keras 3) Sequential or Functional model, built. Nested
+            models (a backbone used as a layer) are inlined. Layers TF-MOT knows but does not
+            prune (BatchNormalization, LayerNormalization, DepthwiseConv2D...) stay dense, as
+            with ``prune_low_magnitude``.
         target_sparsity: fraction of prunable weights that are zero, in [0, 1).
         init: ``"erk"``, ``"uniform"`` or ``"dense"``.
         mask_init: which entries each mask keeps: ``"magnitude"`` (largest; right for trained
@@ -420,9 +429,11 @@ def prune_safe(model, target_sparsity, init="erk", mask_init="magnitude", skip_l
 
     Raises:
         InputError: ``target_sparsity`` outside [0, 1) or an unknown ``init``.
-        UnsupportedModelError: nothing to prune, or a custom layer with trainable weights and
-            no ``get_prunable_weights()``; with ``granularity="channel"``, a prunable layer that
-            has no channels to prune (Embedding, RNN, a custom layer), named.
+        UnsupportedModelError: nothing to prune, a custom layer with trainable weights and
+            no ``get_prunable_weights()``, or a model already wrapped by ``prune_low_magnitude``
+            (strip it first with ``tfmot.sparsity.keras.strip_pruning``); with
+            ``granularity="channel"``, a prunable layer that has no channels to prune (Embedding,
+            RNN, a custom layer), named.
 
     Example:
         >>> from tfsafe.models import small_cnn

@@ -5,6 +5,7 @@
   :mod:`tfsafe.methods.atmc_baselines` (NAP, DA, AP, ALR).
 - :mod:`tfsafe.methods.self_compress`: safety-driven self-compression.
 - :mod:`tfsafe.methods.rlnet`: RLNet (robust teacher, ReLU mask, distilled student).
+- :mod:`tfsafe.methods.relu_mask_search`: the SNL ReLU mask search RLNet runs.
 
 The one-call functions ``safecompress``, ``self_compress`` and ``rlnet`` share their module's
 name, so they are not re-exported here (the package attribute stays the module): use
@@ -22,6 +23,7 @@ from tfsafe.methods.atmc import (
     kmeans_quantize,
 )
 from tfsafe.methods.atmc_baselines import adversarial_low_rank, adversarial_pruning, dense_training, nap
+from tfsafe.methods.relu_mask_search import ReLUBudgetSchedule, ReLUMaskSearch, search_relu_mask
 from tfsafe.methods.rlnet import (
     RLNetResult,
     RLNetTrainer,
@@ -53,4 +55,6 @@ __all__ = [
     # RLNet
     "rlnet_cnn", "RobustLoss", "RLNetTrainer", "train_robust_teacher", "search_robust_mask", "finetune_student",
     "RLNetResult",
+    # SNL ReLU mask search (used by RLNet)
+    "ReLUMaskSearch", "ReLUBudgetSchedule", "search_relu_mask",
 ]

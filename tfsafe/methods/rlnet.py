@@ -29,9 +29,9 @@ from tfsafe.compress.linearization import (
     linearize,
     mask_layers,
     mask_relu_count,
-    search_relu_mask,
 )
 from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.methods.relu_mask_search import search_relu_mask
 from tfsafe.models import copy_model, logits_model
 from tfsafe.objectives import attention_transfer_loss, distillation_loss, softmax_cross_entropy
 from tfsafe.safety.adversarial import pgd_perturb

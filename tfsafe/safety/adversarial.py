@@ -30,7 +30,13 @@ from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.models import compiled_logits, logits_model
 from tfsafe.safety.bpda import straight_through
-from tfsafe.validation import check_features, check_labels, model_input_shape, model_num_classes
+from tfsafe.validation import (
+    check_continuous_inputs,
+    check_features,
+    check_labels,
+    model_input_shape,
+    model_num_classes,
+)
 
 __all__ = ["NORMS", "LOSSES", "pgd_perturb", "pgd_attack", "fgsm_attack"]
 
@@ -278,6 +284,7 @@ def _compiled_attack(model, input_shape, norm, random_start, clip, targeted, los
 
 def _validated(model, x, y, targeted):
     if isinstance(model, keras.Model):
+        check_continuous_inputs(model, "A gradient attack")
         x = check_features(x, "x", model_input_shape(model))
         y = check_labels(y, model_num_classes(model), "y (targets)" if targeted else "y", n=len(x))
     else:
