@@ -24,6 +24,13 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.compress._rewrite import clone_with_weights
+from tfsafe.compress.bit_layers import (
+    dead_channels,
+    is_learnable_layer,
+    learnable_layers,
+    quantized_bias,
+    quantized_kernel,
+)
 
 __all__ = ["RemovalPlan", "removal_plan", "remove_channels"]
 
@@ -69,13 +76,6 @@ class _Info:
 
 def _layer_parts(layer):
     """(key, core layer, kernel, bias, dead mask or None) for a layer with weights of interest."""
-    from tfsafe.compress.quantization import (  # noqa: PLC0415
-        dead_channels,
-        is_learnable_layer,
-        quantized_bias,
-        quantized_kernel,
-    )
-
     if is_learnable_layer(layer):
         core = layer.layer
         return core.name, core, quantized_kernel(layer), quantized_bias(layer), dead_channels(layer)
@@ -203,7 +203,6 @@ def removal_plan(model):
     Returns:
         A :class:`RemovalPlan`; empty for models that are not Functional/Sequential graphs.
     """
-    from tfsafe.compress.quantization import dead_channels, learnable_layers  # noqa: PLC0415
 
     plan = RemovalPlan()
     if not getattr(model, "_is_graph_network", False):
@@ -236,7 +235,6 @@ def removal_plan(model):
 
 def remove_channels(stripped, original):
     """Model pass: apply :func:`removal_plan` of ``original`` to the layer-wise ``stripped`` model."""
-    from tfsafe.compress.quantization import learnable_layers  # noqa: PLC0415
 
     if not learnable_layers(original):
         return stripped

@@ -172,29 +172,39 @@ class EpsilonRamp(keras.callbacks.Callback):
     Args:
         ramp_epochs: Epochs (fractional allowed) over which eps grows to its target.
         start: Starting eps.
+        target: What holds ``eps`` (float) and ``current_eps`` (a ``tf.Variable``); default the
+            model being fit, which must then be an :class:`AdversarialModel` (RLNet passes its
+            ``RobustLoss``).
 
     Example:
         >>> adv.fit(x, y, epochs=3, callbacks=[EpsilonRamp(ramp_epochs=1.0)])  # doctest: +SKIP
     """
 
-    def __init__(self, ramp_epochs=1.0, start=0.0):
+    def __init__(self, ramp_epochs=1.0, start=0.0, target=None):
         super().__init__()
         if float(ramp_epochs) < 0:
             raise InputError(f"ramp_epochs must be >= 0, got {ramp_epochs}.")
         self.ramp_epochs = float(ramp_epochs)
         self.start = float(start)
+        self.target = target
         self._epoch = 0
+
+    def _target(self):
+        if self.target is not None:
+            return self.target
+        if not isinstance(self.model, AdversarialModel):
+            raise InputError("EpsilonRamp works only with an AdversarialModel (or pass target=).")
+        return self.model
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        if not isinstance(self.model, AdversarialModel):
-            raise InputError("EpsilonRamp works only with an AdversarialModel.")
+        target = self._target()
         steps = self.params.get("steps") or 1
         progress = (self._epoch * steps + batch) / max(self.ramp_epochs * steps, 1e-12)
-        target = self.model.eps
-        self.model.current_eps.assign(self.start + (target - self.start) * min(1.0, progress))
+        target.current_eps.assign(self.start + (target.eps - self.start) * min(1.0, progress))
 
     def on_train_end(self, logs=None):
-        self.model.current_eps.assign(self.model.eps)
+        target = self._target()
+        target.current_eps.assign(target.eps)

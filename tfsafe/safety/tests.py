@@ -28,8 +28,17 @@ from tfsafe.validation import check_features, check_labels, model_input_shape
 
 __all__ = [
     "SafetyData", "as_safety_data", "SafetyTest", "CleanTest", "PGDTest", "FGSMTest", "CorruptionTest",
-    "MembershipTest", "SafetySetTest", "selection_score",
+    "MembershipTest", "SafetySetTest", "selection_score", "run_selection", "register_test", "tests_to_config",
+    "tests_from_config",
 ]
+
+_TESTS = {}
+
+
+def register_test(cls):
+    """Class decorator: make a :class:`SafetyTest` rebuildable by :func:`tests_from_config`."""
+    _TESTS[cls.__name__] = cls
+    return cls
 
 
 @dataclasses.dataclass
@@ -131,10 +140,15 @@ class SafetyTest:
     def _run(self, model, data):
         raise NotImplementedError
 
+    def get_config(self):
+        """The constructor's JSON-able arguments (models such as ``source`` / ``reference`` are left out)."""
+        return {}
+
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+@register_test
 class CleanTest(SafetyTest):
     """Top-1 accuracy on the test split (score = accuracy)."""
 
@@ -161,6 +175,11 @@ class _AttackTest(SafetyTest):
         self.eps, self.steps, self.restarts, self.norm = float(eps), int(steps), int(restarts), norm
         self.losses, self.step_size, self.source = tuple(losses), step_size, source
         self.bpda, self.batch_size, self.seed = bpda, int(batch_size), int(seed)
+
+    def get_config(self):
+        return {"eps": self.eps, "steps": self.steps, "restarts": self.restarts, "norm": self.norm,
+                "losses": list(self.losses), "step_size": self.step_size, "bpda": self.bpda,
+                "batch_size": self.batch_size, "seed": self.seed}
 
     def _attack(self, model, x, y, loss, bpda):
         kwargs = {"loss": loss, "bpda": bpda, "batch_size": self.batch_size}
@@ -210,6 +229,7 @@ class _AttackTest(SafetyTest):
         return {**result, "accuracy": acc, "attacks": attacks, "score": acc}
 
 
+@register_test
 class PGDTest(_AttackTest):
     """PGD accuracy at ``eps`` (random start, restarts, CE and margin losses, BPDA, transfer).
 
@@ -224,6 +244,7 @@ class PGDTest(_AttackTest):
         return f"pgd_{self.norm}_{self.eps:g}"
 
 
+@register_test
 class FGSMTest(_AttackTest):
     """FGSM accuracy at ``eps`` (plus BPDA / transfer FGSM where they apply)."""
 
@@ -232,11 +253,15 @@ class FGSMTest(_AttackTest):
     def __init__(self, eps, losses=("ce",), source=None, bpda="auto", batch_size=256):
         super().__init__(eps, steps=1, losses=losses, source=source, bpda=bpda, batch_size=batch_size)
 
+    def get_config(self):
+        return {"eps": self.eps, "losses": list(self.losses), "bpda": self.bpda, "batch_size": self.batch_size}
+
     @property
     def name(self):
         return f"fgsm_{self.eps:g}"
 
 
+@register_test
 class CorruptionTest(SafetyTest):
     """Mean accuracy over corruptions x severities (score) and mCE against the reference."""
 
@@ -245,6 +270,10 @@ class CorruptionTest(SafetyTest):
     def __init__(self, reference=None, corruptions=None, severities=(1, 2, 3, 4, 5), seed=0):
         self.reference, self.corruptions, self.severities, self.seed = reference, corruptions, severities, seed
         self._reference_results = {}
+
+    def get_config(self):
+        return {"corruptions": None if self.corruptions is None else list(self.corruptions),
+                "severities": list(self.severities), "seed": self.seed}
 
     def _run(self, model, data):
         from tfsafe.safety.corruptions import corruption_accuracy  # noqa: PLC0415
@@ -266,6 +295,7 @@ class CorruptionTest(SafetyTest):
         return result
 
 
+@register_test
 class MembershipTest(SafetyTest):
     """Worst-case membership inference over tensorflow-privacy attacks; score = 1 - advantage."""
 
@@ -273,6 +303,9 @@ class MembershipTest(SafetyTest):
 
     def __init__(self, attacks=None, seed=0):
         self.attacks, self.seed = attacks, seed
+
+    def get_config(self):
+        return {"attacks": None if self.attacks is None else list(self.attacks), "seed": self.seed}
 
     def _run(self, model, data):
         if data.members is None or data.nonmembers is None:
@@ -285,6 +318,7 @@ class MembershipTest(SafetyTest):
         return result
 
 
+@register_test
 class SafetySetTest(SafetyTest):
     """Accuracy on a safety set selected from validation data (never test data).
 
@@ -298,6 +332,9 @@ class SafetySetTest(SafetyTest):
     def __init__(self, size=100, selector=None, seed=0):
         self.size, self.selector, self.seed = int(size), selector, seed
         self._cache = {}
+
+    def get_config(self):
+        return {"size": self.size, "seed": self.seed}
 
     def _run(self, model, data):
         if data.safety_set is not None:
@@ -335,3 +372,48 @@ def selection_score(results, weights=None):
     pairs = [((weights or {}).get(r["name"], 1.0), r["score"]) for r in results if r.get("score") is not None]
     total = sum(w for w, _ in pairs)
     return float(sum(w * s for w, s in pairs) / total) if total > 0 else None
+
+
+def run_selection(model, tests, data):
+    """Run ``[(test, weight), ...]`` on ``model``: ``(results by name, selection_score)``.
+
+    This is the one selection protocol of tfsafe's methods: each method scores the states it
+    may return (candidates, checkpoints, checks) with the tests it was given, on validation
+    data only (``data`` is then e.g. ``SafetyData(test=validation, validation=validation)``).
+
+    Example:
+        >>> results, score = run_selection(model, [(PGDTest(0.1, steps=5), 2.0), (CleanTest(), 1.0)],
+        ...                                (x_val, y_val))  # doctest: +SKIP
+    """
+    results = {}
+    weights = {}
+    for test, weight in tests:
+        result = test.run(model, data)
+        results[result["name"]] = result
+        weights[result["name"]] = float(weight)
+    return results, selection_score(results, weights)
+
+
+def tests_to_config(tests):
+    """JSON-able form of ``[test | (test, weight), ...]`` (see :func:`tests_from_config`)."""
+    out = []
+    for item in tests or ():
+        test, weight = item if isinstance(item, (tuple, list)) else (item, 1.0)
+        if type(test).__name__ not in _TESTS:
+            raise InputError(f"Safety test {type(test).__name__} is not registered; decorate it with "
+                             "tfsafe.safety.tests.register_test to save it in a config.")
+        out.append({"class": type(test).__name__, "config": test.get_config(), "weight": float(weight)})
+    return out
+
+
+def tests_from_config(config):
+    """Rebuild ``[(test, weight), ...]`` from :func:`tests_to_config`'s output (objects pass through)."""
+    out = []
+    for item in config or ():
+        if not isinstance(item, dict):
+            out.append(item)
+            continue
+        if item.get("class") not in _TESTS:
+            raise InputError(f"Unknown safety test {item.get('class')!r}; known: {', '.join(sorted(_TESTS))}.")
+        out.append((_TESTS[item["class"]](**item.get("config", {})), float(item.get("weight", 1.0))))
+    return out
