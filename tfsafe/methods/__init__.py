@@ -31,7 +31,7 @@ from tfsafe.methods.atmc_model import ATMCModel
 from tfsafe.methods.atmc_projection import budget_for_ratio, kmeans_quantize
 from tfsafe.methods.base import CompressionMethod, CompressionResult, StageCallback, default_eps
 from tfsafe.methods.baseline import TFMOTPruning
-from tfsafe.methods.registry import get, method_class, names, register
+from tfsafe.methods.registry import get, method_class, names, register, unregister
 from tfsafe.methods.rlnet import (
     RLNet,
     RLNetResult,
@@ -52,7 +52,8 @@ del _cls
 
 __all__ = [
     # the contract and the registry
-    "CompressionMethod", "CompressionResult", "StageCallback", "get", "names", "register", "method_class",
+    "CompressionMethod", "CompressionResult", "StageCallback", "get", "names", "register", "unregister",
+    "method_class",
     "default_eps",
     # the methods
     "SafeCompress", "ATMC", "SelfCompress", "RLNet", "TFMOTPruning",
