@@ -4,6 +4,7 @@ Each is a plain function of tensors (usable inside a ``train_step``) or a ``kera
 """
 
 from tfsafe._keras import keras, tf
+from tfsafe.compress.bit_layers import bit_size_terms
 
 __all__ = ["entropy", "softmax_cross_entropy", "admm_penalty",
            "distillation_loss", "attention_map", "attention_transfer_loss",
@@ -182,7 +183,6 @@ def size_penalty(model):
         >>> float(size_penalty(quantize_learnable(small_cnn(), init_bits=6)))
         6.0
     """
-    from tfsafe.compress.quantization import bit_size_terms  # noqa: PLC0415 - compress imports objectives' users
 
     terms, total = bit_size_terms(model)
     return tf.add_n([per_channel * tf.reduce_sum(tf.nn.relu(bits)) for bits, per_channel in terms]) / total

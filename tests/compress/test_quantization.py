@@ -18,12 +18,12 @@ from tfsafe.objectives import size_penalty
 
 
 def _set_bits(layer, values):
-    variable = q._quant_vars(layer)["bits"]
+    variable = q.quant_variables(layer)["bits"]
     variable.assign(np.asarray(values, np.float32).reshape(variable.shape))
 
 
 def _kill(layer, channels):
-    bits = q._quant_vars(layer)["bits"].numpy().reshape(-1)
+    bits = q.quant_variables(layer)["bits"].numpy().reshape(-1)
     bits[list(channels)] = 0.0
     _set_bits(layer, bits)
 
@@ -80,7 +80,7 @@ def test_quantize_learnable_weight_only_on_grid(trained_cnn, digits):
     assert all(not layer._quantize_activations and not layer._output_quantizers for layer in layers)
     for layer in layers:
         kernel = q.quantized_kernel(layer)
-        k = kernel / 2.0 ** q._quant_vars(layer)["exponent"].numpy()
+        k = kernel / 2.0 ** q.quant_variables(layer)["exponent"].numpy()
         np.testing.assert_allclose(k, np.round(k), atol=1e-4)
         assert np.round(k).min() >= -32 and np.round(k).max() <= 31
     assert float(size_penalty(qmodel)) == pytest.approx(6.0)
@@ -92,10 +92,10 @@ def test_quantize_learnable_weight_only_on_grid(trained_cnn, digits):
 def test_size_penalty_gradient_is_weights_per_channel(trained_cnn):
     qmodel = q.quantize_learnable(trained_cnn, init_bits=4)
     conv2 = qmodel.get_layer("quant_conv2")
-    bits = q._quant_vars(conv2)["bits"]
+    bits = q.quant_variables(conv2)["bits"]
     with tf.GradientTape() as tape:
         value = size_penalty(qmodel)
-    total = sum(q._kernel(layer).shape.num_elements() for layer in q.learnable_layers(qmodel))
+    total = sum(q.learnable_kernel(layer).shape.num_elements() for layer in q.learnable_layers(qmodel))
     np.testing.assert_allclose(tape.gradient(value, bits).numpy(), 3 * 3 * 16 / total, rtol=1e-6)
 
 
@@ -193,7 +193,7 @@ def test_restore_channels_refits_the_exponent(trained_cnn):
     assert q.channel_bits(layer)[1] == 0 and q.channel_bits(layer)[2] == 2.0
     kernel = q.quantized_kernel(layer)[..., 2]
     assert np.count_nonzero(kernel) > 0
-    latent = q._kernel(layer).numpy()[..., 2]
+    latent = q.learnable_kernel(layer).numpy()[..., 2]
     assert np.abs(kernel).max() == pytest.approx(np.abs(latent).max(), rel=1e-5)  # 2^e * (2^(b-1) - 1) = max|w|
     with pytest.raises(InputError):
         q.restore_channels(layer, [1], bits=0)
@@ -251,7 +251,7 @@ def test_int8_export_stores_the_learned_integers(trained_cnn, digits):
         if in_keep is not None:
             learned = np.take(learned, np.flatnonzero(in_keep), axis=learned.ndim - 2)
         learned = learned[..., keep]
-        scale = 2.0 ** q._quant_vars(source)["exponent"].numpy()[keep]
+        scale = 2.0 ** q.quant_variables(source)["exponent"].numpy()[keep]
         codes, tflite_scale = _find(kernels, f"quant_{name}")
         codes = np.moveaxis(codes, 0, -1).reshape(learned.shape)  # TFLite: (out, h, w, in)
         np.testing.assert_allclose(tflite_scale, scale, rtol=1e-6)  # per-channel scale = 2^e
@@ -266,9 +266,9 @@ def test_plain_int8_conversion_is_exact_only_for_special_channels(trained_cnn, d
     qmodel = q.quantize_learnable(trained_cnn, init_bits=3, layers=["conv2"])
     layer = qmodel.get_layer("quant_conv2")
     _set_bits(layer, [2.0] * 16 + [3.0] * 16)  # levels -2..1 (not exact) and -4..3
-    latent = q._kernel(layer)
+    latent = q.learnable_kernel(layer)
     values = latent.numpy()
-    values[..., 0] = np.sign(values[..., 0]) * 2.0 ** q._quant_vars(layer)["exponent"].numpy()[0]  # ternary
+    values[..., 0] = np.sign(values[..., 0]) * 2.0 ** q.quant_variables(layer)["exponent"].numpy()[0]  # ternary
     latent.assign(values)
     stripped = strip(qmodel)
     converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
@@ -279,7 +279,7 @@ def test_plain_int8_conversion_is_exact_only_for_special_channels(trained_cnn, d
     learned = np.moveaxis(q.quantized_kernel(layer), -1, 0)
     dequantized = codes * scales[:, None, None, None]
     np.testing.assert_allclose(dequantized[0], learned[0], rtol=1e-6)  # ternary: exact
-    step = 2.0 ** q._quant_vars(layer)["exponent"].numpy()
+    step = 2.0 ** q.quant_variables(layer)["exponent"].numpy()
     errors = np.abs(dequantized - learned).max(axis=(1, 2, 3))
     assert np.any(errors[1:] > 1e-3 * step[1:])  # generic channels: not the learned values...
     np.testing.assert_array_equal(np.round(dequantized / step[:, None, None, None]),

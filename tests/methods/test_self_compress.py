@@ -21,7 +21,7 @@ from tfsafe.models import accuracy
 
 
 def _kill(layer, channels):
-    variable = q._quant_vars(layer)["bits"]
+    variable = q.quant_variables(layer)["bits"]
     bits = variable.numpy().reshape(-1)
     bits[list(channels)] = 0.0
     variable.assign(bits.reshape(variable.shape))

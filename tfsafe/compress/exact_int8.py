@@ -15,6 +15,8 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.compress import quantization as q
+from tfsafe.compress.channel_removal import removal_plan
+from tfsafe.compress.strip import strip
 from tfsafe.errors import InputError, UnsupportedModelError
 
 __all__ = ["exact_int8_model", "to_int8_tflite"]
@@ -39,8 +41,6 @@ def exact_int8_model(model):
         >>> len(learnable_layers(exportable))
         4
     """
-    from tfsafe.compress.channel_removal import removal_plan  # noqa: PLC0415
-    from tfsafe.compress.strip import strip  # noqa: PLC0415
 
     plan = removal_plan(model)
     sources = {layer.layer.name: layer for layer in q.learnable_layers(model)}
@@ -51,7 +51,7 @@ def exact_int8_model(model):
     requant = q.quantize_learnable(stripped, init_bits=1, max_bits=max_bits, layers=list(sources))
     for layer in q.learnable_layers(requant):
         source = sources[layer.layer.name]
-        src_vars, dst_vars = q._quant_vars(source), q._quant_vars(layer)
+        src_vars, dst_vars = q.quant_variables(source), q.quant_variables(layer)
         keep = plan.output_keep.get(source.layer.name)
         in_keep = plan.input_keep.get(source.layer.name)
         for key in ("bits", "exponent"):

@@ -18,12 +18,11 @@ keeps that path only. Evaluate the path you deploy.
 """
 
 import dataclasses
+import warnings
 
-from tfsafe._keras import keras, tf
+from tfsafe._keras import keras
 from tfsafe.compress.dual_bn import DualBatchNormalization, dual_batchnorm, dual_bn_layers, set_bn_route
 from tfsafe.compress.linearization import (
-    PolyReLUMask,
-    _relu_kind,
     binarize_masks,
     check_relu_budget,
     linearize,
@@ -31,14 +30,20 @@ from tfsafe.compress.linearization import (
     mask_relu_count,
 )
 from tfsafe.errors import InputError, UnsupportedModelError
+from tfsafe.methods.base import CompressionMethod, check_choice, check_int, check_number, default_eps, nonempty
 from tfsafe.methods.relu_mask_search import search_relu_mask
-from tfsafe.models import copy_model, logits_model
-from tfsafe.objectives import attention_transfer_loss, distillation_loss, softmax_cross_entropy
-from tfsafe.safety.adversarial import pgd_perturb
+from tfsafe.methods.rlnet_training import (
+    RLNetTrainer,
+    RobustLoss,
+    augment_images,
+    fit_robust,
+    relu_activations_model,
+)
+from tfsafe.models import copy_model
 from tfsafe.validation import check_model, check_xy
 
 __all__ = [
-    "rlnet_cnn", "augment_images", "relu_activations_model", "RobustLoss", "RLNetTrainer", "EpsRamp",
+    "RLNet", "rlnet_cnn", "augment_images", "relu_activations_model", "RobustLoss", "RLNetTrainer",
     "train_robust_teacher", "search_robust_mask", "finetune_student", "rlnet", "RLNetResult",
 ]
 
@@ -75,216 +80,6 @@ def rlnet_cnn(input_shape=(8, 8, 1), num_classes=10, filters=(16, 32), dense=64,
     return keras.Model(inputs, outputs, name=name)
 
 
-def augment_images(x, max_shift=0.1, contrast=(0.7, 1.3), brightness=0.1, noise=0.08):
-    """Random per-example shift, contrast, brightness and Gaussian noise; clipped to [0, 1].
-
-    Light augmentations for images in [0, 1] (graph-safe): they widen the clean distribution
-    towards natural corruptions without moving it far from the test images.
-    """
-    x = tf.convert_to_tensor(x, tf.float32)
-    n = tf.shape(x)[0]
-    height, width = x.shape[1], x.shape[2]
-    if max_shift:
-        dy = tf.random.uniform([n], -max_shift, max_shift) * height
-        dx = tf.random.uniform([n], -max_shift, max_shift) * width
-        ones, zeros = tf.ones([n]), tf.zeros([n])
-        transforms = tf.stack([ones, zeros, -tf.round(dx), zeros, ones, -tf.round(dy), zeros, zeros], axis=1)
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
-            interpolation="NEAREST", fill_mode="CONSTANT")
-    shape = tf.stack([n, 1, 1, 1])
-    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    x = (x - mean) * tf.random.uniform(shape, *contrast) + mean
-    x = x + tf.random.uniform(shape, -brightness, brightness)
-    x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform(shape, 0.0, noise)
-    return tf.clip_by_value(x, 0.0, 1.0)
-
-
-def _relu_sites(model):
-    sites = []
-    for layer in model.layers:
-        if isinstance(layer, PolyReLUMask) or _relu_kind(layer):
-            if len(layer._inbound_nodes) != 1:
-                raise UnsupportedModelError(
-                    f"ReLU layer '{layer.name}' is shared; attention transfer needs one output per ReLU."
-                )
-            sites.append(layer.output)
-    return sites
-
-
-def relu_activations_model(model):
-    """``keras.Model`` returning ``[logits, post-ReLU activation 1, 2, ...]`` (graph order).
-
-    ReLU sites are ReLU layers, ``Activation('relu')``, layers with ``activation='relu'`` and
-    :class:`PolyReLUMask` layers, so a model and its linearized copy pair up site by site.
-    """
-    logits = logits_model(model)
-    return keras.Model(model.inputs, [logits.outputs[0]] + _relu_sites(model), name=f"{model.name}_relu_maps")
-
-
-class RobustLoss:
-    """The RLNet objective for one batch: ``fn(model, x, y) -> scalar`` (graph-safe).
-
-    Clean path: ``CE`` on (augmented) clean inputs through the clean BN route. Adversarial path:
-    ``CE`` on PGD inputs crafted against the adversarial route. With a teacher each path's loss
-    is ``(1 - kd_weight) CE + kd_weight KD_T + at_weight AT`` against the teacher on the same
-    route and inputs. The total is ``(1 - adv_weight) clean + adv_weight adversarial``. After
-    the batch every dual BN layer is routed back to its ``inference_path``.
-
-    Args:
-        eps: PGD radius (Linf); ``eps_var`` holds the current value (see :class:`EpsRamp`).
-        pgd_steps: PGD steps while training; step ``2.5 * eps / steps``.
-        teacher: Optional all-ReLU teacher for KD and attention transfer.
-        temperature: KD temperature (RLNet: 4).
-        kd_weight: Weight of the KD term (RLNet: 0.5, and 0.5 for CE).
-        at_weight: Weight of the post-ReLU attention-transfer term (RLNet: 1000).
-        adv_weight: Weight of the adversarial path.
-        adversarial: ``False`` trains the clean path only (the non-robust baseline).
-        augment: Apply :func:`augment_images` to the clean inputs.
-    """
-
-    def __init__(self, eps=0.3, pgd_steps=7, teacher=None, temperature=4.0, kd_weight=0.5, at_weight=1000.0,
-                 adv_weight=0.5, adversarial=True, augment=True):
-        if adversarial and not float(eps) > 0:
-            raise InputError(f"eps must be > 0 for adversarial training, got {eps}; or pass adversarial=False.")
-        if int(pgd_steps) < 1:
-            raise InputError(f"pgd_steps must be >= 1, got {pgd_steps}.")
-        for name, value in (("kd_weight", kd_weight), ("adv_weight", adv_weight)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise InputError(f"{name} must be in [0, 1], got {value}.")
-        self.eps = float(eps)
-        self.eps_var = tf.Variable(self.eps, trainable=False, dtype=tf.float32, name="rlnet_eps")
-        self.pgd_steps = int(pgd_steps)
-        self.teacher = teacher
-        self.temperature = float(temperature)
-        self.kd_weight = float(kd_weight) if teacher is not None else 0.0
-        self.at_weight = float(at_weight) if teacher is not None else 0.0
-        self.adv_weight = float(adv_weight) if adversarial else 0.0
-        self.adversarial = bool(adversarial)
-        self.augment = bool(augment)
-        self._maps = {}
-
-    def _maps_model(self, model):
-        if id(model) not in self._maps:  # the model is kept alive with its map so the id stays unique
-            self._maps[id(model)] = (model, relu_activations_model(model))
-        return self._maps[id(model)][1]
-
-    def _path_loss(self, model, x, y, route):
-        set_bn_route(model, route)
-        use_at = self.at_weight > 0
-        if use_at:
-            outputs = self._maps_model(model)(x, training=True)
-            logits, maps = outputs[0], outputs[1:]
-        else:
-            logits, maps = logits_model(model)(x, training=True), []
-        ce = softmax_cross_entropy(y, logits)
-        if self.teacher is None:
-            return ce, logits
-        set_bn_route(self.teacher, route)
-        t_out = self._maps_model(self.teacher)(x, training=False)
-        loss = (1.0 - self.kd_weight) * ce + self.kd_weight * distillation_loss(logits, t_out[0], self.temperature)
-        if use_at:
-            t_maps = t_out[1:]
-            if len(t_maps) != len(maps):
-                raise UnsupportedModelError(
-                    f"The student has {len(maps)} ReLU sites and the teacher {len(t_maps)}; the student must "
-                    "be a linearized copy of the teacher."
-                )
-            loss += self.at_weight * attention_transfer_loss(maps, t_maps)
-        return loss, logits
-
-    def __call__(self, model, x, y):
-        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        x_clean = augment_images(x) if self.augment else tf.convert_to_tensor(x, tf.float32)
-        total, _ = self._path_loss(model, x_clean, y, "clean")
-        total = (1.0 - self.adv_weight) * total
-        if self.adversarial:
-            set_bn_route(model, "adversarial")
-            x_adv = tf.stop_gradient(
-                pgd_perturb(logits_model(model), x_clean, y, self.eps_var, self.pgd_steps, training=False))
-            adv, _ = self._path_loss(model, x_adv, y, "adversarial")
-            total += self.adv_weight * adv
-        set_bn_route(model, "inference")
-        if self.teacher is not None:
-            set_bn_route(self.teacher, "inference")
-        return total
-
-
-class RLNetTrainer(keras.Model):
-    """Trains ``model`` with a :class:`RobustLoss` in ``train_step`` (stages 1 and 3).
-
-    Example:
-        >>> trainer = RLNetTrainer(rlnet_cnn(), RobustLoss(eps=0.1, pgd_steps=3))
-        >>> trainer.compile(keras.optimizers.Adam(1e-3))
-    """
-
-    def __init__(self, model, loss_fn, **kwargs):
-        super().__init__(**kwargs)
-        self.model = model
-        self.loss_fn = loss_fn
-        self._logits = logits_model(model)
-        self.loss_tracker = keras.metrics.Mean("loss")
-        self.acc_tracker = keras.metrics.SparseCategoricalAccuracy("accuracy")
-
-    def call(self, inputs, training=None):
-        return self.model(inputs, training=training)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.acc_tracker]
-
-    def train_step(self, data):
-        x, y = data[0], data[1]
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            loss = self.loss_fn(self.model, x, y)
-            if self.model.losses:
-                loss += tf.add_n(self.model.losses)
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
-
-    def test_step(self, data):
-        x, y = data[0], data[1]
-        self.acc_tracker.update_state(tf.reshape(y, [-1]), self._logits(x, training=False))
-        return {"accuracy": self.acc_tracker.result()}
-
-
-class EpsRamp(keras.callbacks.Callback):
-    """Grows a :class:`RobustLoss`'s training eps linearly over the first ``ramp_epochs`` (PGD
-    training at full eps from the start can collapse to a constant prediction)."""
-
-    def __init__(self, loss_fn, ramp_epochs=1.0):
-        super().__init__()
-        self.loss_fn = loss_fn
-        self.ramp_epochs = float(ramp_epochs)
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        steps = self.params.get("steps") or 1
-        progress = (self._epoch * steps + batch + 1) / max(self.ramp_epochs * steps, 1e-12)
-        self.loss_fn.eps_var.assign(self.loss_fn.eps * min(1.0, progress))
-
-    def on_train_end(self, logs=None):
-        self.loss_fn.eps_var.assign(self.loss_fn.eps)
-
-
-def _fit(model, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose,
-         ramp_epochs=0.0):
-    trainer = RLNetTrainer(model, loss_fn)
-    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    cbs = list(callbacks or [])
-    if loss_fn.adversarial and ramp_epochs > 0:
-        cbs.append(EpsRamp(loss_fn, ramp_epochs))
-    history = trainer.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-                          callbacks=cbs, verbose=verbose, shuffle=True)
-    set_bn_route(model, "inference")
-    return history
-
-
 def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning_rate=1e-3, pgd_steps=7,
                          augment=True, adv_weight=0.5, ramp_epochs=1.0, inference_path="clean",
                          validation_data=None, callbacks=None, verbose=0):
@@ -311,7 +106,8 @@ def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning
     x, y = check_xy(model, x, y)
     teacher = copy_model(model) if dual_bn_layers(model) else dual_batchnorm(model, inference_path=inference_path)
     loss_fn = RobustLoss(eps, pgd_steps, adv_weight=adv_weight, augment=augment)
-    _fit(teacher, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose, ramp_epochs)
+    fit_robust(teacher, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose,
+               ramp_epochs)
     return teacher
 
 
@@ -357,7 +153,7 @@ def finetune_student(student, teacher, x, y, eps=0.3, epochs=5, batch_size=64, l
     x, y = check_xy(student, x, y)
     loss_fn = RobustLoss(eps, pgd_steps, teacher=teacher, temperature=temperature, kd_weight=kd_weight,
                          at_weight=at_weight, adversarial=adversarial, augment=augment)
-    return _fit(student, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose)
+    return fit_robust(student, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose)
 
 
 @dataclasses.dataclass
@@ -386,7 +182,7 @@ class RLNetResult:
 def rlnet(model, x, y, relu_budget, eps=0.3, teacher=None, teacher_epochs=5, search_epochs=10, finetune_epochs=5,
           batch_size=64, pgd_steps=7, linear="identity", allocation="global", inference_path="clean",
           validation_data=None, verbose=0, **search_options):
-    """Run the three RLNet stages: robust teacher -> ReLU mask under a budget -> distilled student.
+    """Deprecated (use :class:`RLNet`): robust teacher -> ReLU mask under a budget -> distilled student.
 
     Args:
         model: An all-ReLU classifier with BatchNormalization (or DualBatchNormalization).
@@ -410,6 +206,8 @@ def rlnet(model, x, y, relu_budget, eps=0.3, teacher=None, teacher_epochs=5, sea
         >>> result.relu_count
         100
     """
+    warnings.warn("rlnet() is deprecated; use tfsafe.methods.get('rlnet', ...).compress(model, splits).",
+                  DeprecationWarning, stacklevel=2)
     model = check_model(model)
     x, y = check_xy(model, x, y)
     all_relu = mask_relu_count(linearize(model))
@@ -429,3 +227,125 @@ def rlnet(model, x, y, relu_budget, eps=0.3, teacher=None, teacher_epochs=5, sea
                        all_relu_count=all_relu, search_reached=bool(schedule.reached),
                        search_history=list(schedule.history))
 
+
+
+class RLNet(CompressionMethod):
+    """RLNet as a compression method: robust teacher, robust ReLU-mask search, distilled student.
+
+    Stages: ``teacher`` (:func:`train_robust_teacher`), ``search`` (:func:`search_robust_mask`
+    down to the ReLU budget, then binarized) and ``finetune`` (:func:`finetune_student`). The
+    model needs BatchNormalization before its ReLUs (e.g. :func:`rlnet_cnn`). RLNet does no
+    model selection: the fine-tuned student is returned (``selection.kept == "final"``).
+
+    Args:
+        relu_fraction: share of the model's ReLU units the student keeps, in (0, 1].
+        eps: Linf PGD radius for training; ``None`` takes
+            :func:`~tfsafe.methods.base.default_eps` of the training data.
+        teacher_epochs: epochs of robust teacher training.
+        search_epochs: epochs of the mask search.
+        finetune_epochs: epochs of student fine-tuning.
+        batch_size: training batch size (every stage).
+        pgd_steps: PGD steps while training (step ``2.5 * eps / steps``).
+        linear: what masked units compute, ``"identity"`` or ``"poly"``.
+        allocation: ``"global"`` ranking or per-layer ``"sensitivity"`` budgets.
+        penalty: initial L1 weight on the masks (grown 1.1x when the ReLU count stalls).
+        mask_learning_rate: SGD learning rate of the masks.
+        check_every: batches between ReLU-count checks of the budget schedule.
+        learning_rate: Adam learning rate of the weights during search and fine-tuning.
+        teacher_learning_rate: Adam learning rate of teacher training.
+        ramp_epochs: epochs over which the teacher's eps grows from 0.
+        adversarial: ``False`` trains without PGD (with ``augment=False``: the SNL baseline).
+        augment: light augmentations of the clean inputs.
+        inference_path: BN path the model deploys, ``"clean"`` or ``"adversarial"``.
+        relu_budget: explicit number of ReLUs to keep; overrides ``relu_fraction``.
+
+    Raises:
+        InputError: a value outside its range (one line naming it).
+    """
+
+    name = "rlnet"
+    stages = ("teacher", "search", "finetune")
+
+    def __init__(self, relu_fraction=0.1, eps=None, teacher_epochs=8, search_epochs=15, finetune_epochs=8,
+                 batch_size=32, pgd_steps=5, linear="identity", allocation="global", penalty=1e-3,
+                 mask_learning_rate=1.0, check_every=5, learning_rate=5e-4, teacher_learning_rate=1e-3,
+                 ramp_epochs=1.0, adversarial=True, augment=True, inference_path="clean", relu_budget=None):
+        self.relu_fraction = check_number(relu_fraction, "relu_fraction", strict=True)
+        if self.relu_fraction > 1:
+            raise InputError(f"relu_fraction must be in (0, 1], got {relu_fraction}.")
+        self.eps = None if eps is None else check_number(eps, "eps")
+        self.teacher_epochs = check_int(teacher_epochs, "teacher_epochs", 0)
+        self.search_epochs = check_int(search_epochs, "search_epochs")
+        self.finetune_epochs = check_int(finetune_epochs, "finetune_epochs", 0)
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.pgd_steps = check_int(pgd_steps, "pgd_steps")
+        self.linear = check_choice(linear, "linear", ("identity", "poly"))
+        self.allocation = check_choice(allocation, "allocation", ("global", "sensitivity"))
+        self.penalty = check_number(penalty, "penalty")
+        self.mask_learning_rate = check_number(mask_learning_rate, "mask_learning_rate", strict=True)
+        self.check_every = check_int(check_every, "check_every")
+        self.learning_rate = check_number(learning_rate, "learning_rate", strict=True)
+        self.teacher_learning_rate = check_number(teacher_learning_rate, "teacher_learning_rate", strict=True)
+        self.ramp_epochs = check_number(ramp_epochs, "ramp_epochs")
+        self.adversarial = bool(adversarial)
+        self.augment = bool(augment)
+        self.inference_path = check_choice(inference_path, "inference_path", ("clean", "adversarial"))
+        self.relu_budget = None if relu_budget is None else check_int(relu_budget, "relu_budget")
+
+    def _eps(self, run):
+        return default_eps(run.train[0]) if self.eps is None else self.eps
+
+    def _validation(self, run):
+        return run.validation if nonempty(run.validation) else None
+
+    def _stage_teacher(self, run):
+        model = run.models["input"]
+        all_relu = mask_relu_count(linearize(model))
+        budget = self.relu_budget if self.relu_budget is not None else max(1, round(self.relu_fraction * all_relu))
+        run.state["info"].update(relu_budget=check_relu_budget(budget, all_relu), all_relu_count=all_relu,
+                                 eps=self._eps(run))
+        if self.teacher_epochs == 0 and dual_bn_layers(model):
+            run.models["teacher"] = copy_model(model)
+            return
+        if not self.adversarial:  # the SNL baseline: a standard (non-robust) teacher
+            teacher = (copy_model(model) if dual_bn_layers(model)
+                       else dual_batchnorm(model, inference_path=self.inference_path))
+            fit_robust(teacher, RobustLoss(adversarial=False, augment=self.augment), *run.train,
+                       max(1, self.teacher_epochs), self.batch_size, self.teacher_learning_rate,
+                       self._validation(run), run.callbacks, run.verbose)
+            run.models["teacher"] = teacher
+            return
+        run.models["teacher"] = train_robust_teacher(
+            model, *run.train, eps=self._eps(run), epochs=max(1, self.teacher_epochs), batch_size=self.batch_size,
+            learning_rate=self.teacher_learning_rate, pgd_steps=self.pgd_steps, augment=self.augment,
+            ramp_epochs=self.ramp_epochs, inference_path=self.inference_path,
+            validation_data=self._validation(run), callbacks=run.callbacks, verbose=run.verbose)
+
+    def _stage_search(self, run):
+        info = run.state["info"]
+        student, schedule = search_robust_mask(
+            run.models["teacher"], *run.train, info["relu_budget"], eps=info["eps"], epochs=self.search_epochs,
+            batch_size=self.batch_size, learning_rate=self.learning_rate, pgd_steps=self.pgd_steps,
+            penalty=self.penalty, mask_learning_rate=self.mask_learning_rate, check_every=self.check_every,
+            linear=self.linear, allocation=self.allocation, adversarial=self.adversarial, augment=self.augment,
+            verbose=run.verbose)
+        run.models["model"] = student
+        info["search_reached"] = bool(schedule.reached)
+        run.state["history"]["search"] = list(schedule.history)
+
+    def _stage_finetune(self, run):
+        info = run.state["info"]
+        student = run.models["model"]
+        if self.finetune_epochs:
+            history = finetune_student(
+                student, run.models["teacher"], *run.train, eps=info["eps"], epochs=self.finetune_epochs,
+                batch_size=self.batch_size, learning_rate=self.learning_rate, pgd_steps=self.pgd_steps,
+                adversarial=self.adversarial, augment=self.augment, validation_data=self._validation(run),
+                callbacks=run.callbacks, verbose=run.verbose)
+            run.state["history"]["finetune"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        info.update(relu_count=int(mask_relu_count(student)))
+        info["relu_reduction"] = info["all_relu_count"] / max(info["relu_count"], 1)
+        run.state["selection"] = {"score": None, "tests": [], "checks": [], "kept": "final", "early": False}
+
+    def _result(self, run):
+        return run.models["model"], {}, {"teacher": run.models["teacher"]}

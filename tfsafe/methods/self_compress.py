@@ -19,29 +19,30 @@ The pipeline (:func:`self_compress`):
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.compress.quantization import (
-    _quant_vars,
     dead_channels,
     learnable_layers,
     learned_size,
+    quant_variables,
     quantize_learnable,
     restore_channels,
 )
 from tfsafe.compress.strip import strip
 from tfsafe.errors import InputError
+from tfsafe.methods.base import CompressionMethod, check_choice, check_int, check_number, nonempty
 from tfsafe.models import accuracy, logits_model
 from tfsafe.objectives import safety_loss, size_penalty, softmax_cross_entropy
+from tfsafe.safety.safety_set import select_safety_set
+from tfsafe.safety.tests import SafetyData, run_selection
 from tfsafe.validation import check_fraction, check_model, check_xy
 
-__all__ = ["SelfCompressingModel", "SafetyMonitor", "SelfCompressResult", "self_compress", "check_safety_indices"]
-
-
-def _quant_variables(layer):
-    return list(_quant_vars(layer).values())
+__all__ = ["SelfCompress", "SelfCompressingModel", "SafetyMonitor", "SelfCompressResult", "self_compress",
+           "check_safety_indices"]
 
 
 class SelfCompressingModel(keras.Model):
@@ -81,7 +82,7 @@ class SelfCompressingModel(keras.Model):
         if safety_data is not None:
             sx, sy = check_xy(model, *safety_data, name="safety")
             self.safety_x, self.safety_y = tf.constant(sx), tf.constant(sy)
-        self._quant_ids = {id(v) for layer in learnable_layers(model) for v in _quant_variables(layer)}
+        self._quant_ids = {id(v) for layer in learnable_layers(model) for v in quant_variables(layer).values()}
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "ce", "bits", "safety_loss")}
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
@@ -157,6 +158,11 @@ class SafetyMonitor(keras.callbacks.Callback):
         cooldown: checks to skip after a restoration.
         restore: False measures and logs only (the unsafe baseline).
         seed: seed of the channel choice.
+        tests: ``[SafetyTest | (SafetyTest, weight), ...]``: what a check measures, as their
+            :func:`~tfsafe.safety.tests.selection_score` on the safety set (``test`` and
+            ``safety_set`` of the data) and ``validation``; ``None`` measures safety-set accuracy.
+        validation: ``(x, y)`` the tests may also use (e.g. a PGD test's examples); default the
+            safety set.
 
     Example:
         >>> monitor = SafetyMonitor(qmodel, (x_safe, y_safe), every=50, threshold=0.02)  # doctest: +SKIP
@@ -166,9 +172,11 @@ class SafetyMonitor(keras.callbacks.Callback):
     """
 
     def __init__(self, model, safety_data, every=50, threshold=0.02, restore_fraction=0.5, restore_bits=2.0,
-                 cooldown=1, restore=True, seed=0):
+                 cooldown=1, restore=True, seed=0, tests=None, validation=None):
         super().__init__()
         self.qmodel = model
+        self.tests = None if tests is None else [t if isinstance(t, (tuple, list)) else (t, 1.0) for t in tests]
+        self.validation = validation
         self.safety_x, self.safety_y = check_xy(model, *safety_data, name="safety")
         if int(every) < 1:
             raise InputError(f"every must be a positive number of steps, got {every!r}.")
@@ -188,8 +196,13 @@ class SafetyMonitor(keras.callbacks.Callback):
         self.restorations = []
 
     def measure(self):
-        """Safety-set accuracy of the model now (inference mode)."""
-        return accuracy(self.qmodel, self.safety_x, self.safety_y)
+        """Safety-set accuracy of the model now (inference mode), or the tests' selection score."""
+        if not self.tests:
+            return accuracy(self.qmodel, self.safety_x, self.safety_y)
+        safety = (self.safety_x, self.safety_y)
+        data = SafetyData(test=safety, safety_set=safety, validation=self.validation or safety)
+        _, score = run_selection(self.qmodel, self.tests, data)
+        return float(score) if score is not None else accuracy(self.qmodel, self.safety_x, self.safety_y)
 
     def zero_bit_channels(self):
         """``[(layer, flat channel index), ...]`` of every zero-bit channel."""
@@ -292,29 +305,161 @@ def check_safety_indices(indices, pool_size, name="safety_indices"):
     return arr.astype(np.int64)
 
 
+def choose_safety_set(model, train, validation, safety_size=100, safety_indices=None, safety_from=None, seed=0):
+    """The safety set: ``(indices, source name, (x, y))`` from validation (default) or training data.
+
+    Args:
+        model: the float model that ranks the examples (:func:`select_safety_set`).
+        train: ``(x, y)`` training data.
+        validation: ``(x, y)`` validation data or ``None``.
+        safety_size: examples to select (at most the pool's size).
+        safety_indices: explicit indices into the pool instead of a selection.
+        safety_from: ``"validation"`` or ``"train"`` (default: validation when it is not empty).
+        seed: seeds the selection.
+    """
+    source = safety_from or ("validation" if nonempty(validation) else "train")
+    check_choice(source, "safety_from", ("validation", "train"))
+    if source == "validation" and not nonempty(validation):
+        raise InputError("safety_from='validation' needs validation data (validation_data, or a non-empty "
+                         "splits.validation); pass safety_from='train' to select from the training data.")
+    pool_x, pool_y = validation if source == "validation" else train
+    if safety_indices is not None:
+        indices = check_safety_indices(safety_indices, len(pool_x))
+        name = f"given ({source})"
+    else:
+        indices = select_safety_set(model, pool_x, pool_y, min(int(safety_size), len(pool_x)), seed=seed)
+        name = source
+    return indices, name, (pool_x[indices], pool_y[indices])
+
+
+def _train(model, x, y, validation, safety, *, init_bits, max_bits, gamma, safety_weight, safety_batch_size,
+           epochs, batch_size, learning_rate, bits_learning_rate, monitor_every, threshold, restore_fraction,
+           restore_bits, cooldown, restore, seed, tests, callbacks, verbose):
+    """Quantize ``model`` with learnable bits and train it; returns ``(qmodel, monitor, fit history)``."""
+    qmodel = quantize_learnable(model, init_bits=init_bits, max_bits=max_bits)
+    trainer = SelfCompressingModel(
+        qmodel, gamma=gamma, safety_data=safety, safety_weight=safety_weight, safety_batch_size=safety_batch_size,
+        bits_optimizer=keras.optimizers.Adam(bits_learning_rate))
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    monitor = SafetyMonitor(qmodel, safety, every=monitor_every, threshold=threshold,
+                            restore_fraction=restore_fraction, restore_bits=restore_bits, cooldown=cooldown,
+                            restore=restore, seed=seed, tests=tests, validation=validation)
+    fit = trainer.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation,
+                      callbacks=[monitor, *callbacks], verbose=verbose)
+    monitor.check(allow_restore=False)  # the final state, after the last step
+    return qmodel, monitor, {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+
+
+class SelfCompress(CompressionMethod):
+    """Safety-driven self-compression as a compression method (see the module docstring).
+
+    Stages: ``safety_set`` (select it from validation data with the float model) and ``train``
+    (learnable bits per channel, ``CE + gamma Q + lambda safety CE``, :class:`SafetyMonitor`).
+
+    Args:
+        gamma: weight of the size penalty Q (learned bits per weight).
+        safety_weight: lambda, weight of the safety-set cross-entropy (0 disables it).
+        safety_size: examples in the safety set (capped at the pool's size).
+        init_bits: initial bit depth of every channel.
+        max_bits: largest bit depth a channel may learn.
+        epochs: training epochs.
+        batch_size: training batch size.
+        learning_rate: Adam learning rate of the weights.
+        bits_learning_rate: Adam learning rate of bit depths and exponents.
+        monitor_every: steps between safety checks.
+        threshold: drop below the best check (fraction) that triggers a restoration.
+        restore_fraction: share of the zero-bit channels a restoration brings back.
+        restore_bits: bit depth restored channels restart with.
+        cooldown: checks skipped after a restoration.
+        restore: ``False`` never restores (with ``safety_weight=0``: the unsafe baseline).
+        safety_batch_size: safety examples added to every training batch.
+        safety_from: ``"validation"`` or ``"train"``: the safety set's pool (default validation,
+            the members when the validation split is empty).
+        safety_indices: explicit indices into that pool instead of a selection.
+        tests: what a safety check measures, ``[SafetyTest | (test, weight), ...]`` combined by
+            ``selection_score`` on the safety set; ``None`` is safety-set accuracy.
+
+    Raises:
+        InputError: a value outside its range (one line naming it).
+    """
+
+    name = "self_compress"
+    stages = ("safety_set", "train")
+
+    def __init__(self, gamma=0.1, safety_weight=1.0, safety_size=100, init_bits=8, max_bits=8, epochs=30,
+                 batch_size=32, learning_rate=1e-3, bits_learning_rate=1e-2, monitor_every=50, threshold=0.02,
+                 restore_fraction=0.5, restore_bits=2.0, cooldown=1, restore=True, safety_batch_size=32,
+                 safety_from=None, safety_indices=None, tests=None):
+        self.gamma = check_number(gamma, "gamma")
+        self.safety_weight = check_number(safety_weight, "safety_weight")
+        self.safety_size = check_int(safety_size, "safety_size")
+        self.init_bits = check_number(init_bits, "init_bits", strict=True)
+        self.max_bits = check_number(max_bits, "max_bits", strict=True)
+        if self.init_bits > self.max_bits:
+            raise InputError(f"init_bits ({init_bits}) must be <= max_bits ({max_bits}).")
+        self.epochs = check_int(epochs, "epochs")
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.learning_rate = check_number(learning_rate, "learning_rate", strict=True)
+        self.bits_learning_rate = check_number(bits_learning_rate, "bits_learning_rate", strict=True)
+        self.monitor_every = check_int(monitor_every, "monitor_every")
+        self.threshold = check_fraction(threshold, "threshold", 0.0, 1.0)
+        self.restore_fraction = check_fraction(restore_fraction, "restore_fraction", 0.0, 1.0, include_high=True)
+        self.restore_bits = check_number(restore_bits, "restore_bits", strict=True)
+        self.cooldown = check_int(cooldown, "cooldown", 0)
+        self.restore = bool(restore)
+        self.safety_batch_size = check_int(safety_batch_size, "safety_batch_size", 0)
+        self.safety_from = None if safety_from is None else check_choice(safety_from, "safety_from",
+                                                                         ("validation", "train"))
+        self.safety_indices = None if safety_indices is None else [int(i) for i in safety_indices]
+        self.tests = None if tests is None else self._selection_tests(tests)
+
+    def _stage_safety_set(self, run):
+        validation = run.validation if nonempty(run.validation) else None
+        indices, source, _ = choose_safety_set(run.models["input"], run.train, validation, self.safety_size,
+                                               self.safety_indices, self.safety_from, run.seed)
+        run.state["info"].update(safety_indices=indices.tolist(), safety_source=source)
+
+    def _stage_train(self, run):
+        info = run.state["info"]
+        validation = run.validation if nonempty(run.validation) else None
+        pool = run.train if info["safety_source"].endswith("train") or validation is None else validation
+        indices = np.asarray(info["safety_indices"], np.int64)
+        safety = (pool[0][indices], pool[1][indices])
+        qmodel, monitor, history = _train(
+            run.models["input"], *run.train, validation, safety, init_bits=self.init_bits, max_bits=self.max_bits,
+            gamma=self.gamma, safety_weight=self.safety_weight, safety_batch_size=self.safety_batch_size,
+            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            bits_learning_rate=self.bits_learning_rate, monitor_every=self.monitor_every, threshold=self.threshold,
+            restore_fraction=self.restore_fraction, restore_bits=self.restore_bits, cooldown=self.cooldown,
+            restore=self.restore, seed=run.seed, tests=self.tests, callbacks=run.callbacks, verbose=run.verbose)
+        run.models["model"] = qmodel
+        run.state["history"]["train"] = history
+        summary = monitor.to_dict()
+        info.update(size=learned_size(qmodel), monitor={k: v for k, v in summary.items() if k != "history"})
+        run.state["selection"] = {
+            "score": "safety-set accuracy" if self.tests is None else "selection_score of the tests on the safety set",
+            "tests": ([{"name": "safety_set", "weight": 1.0}] if self.tests is None
+                      else [{"name": t.name, "weight": w} for t, w in self.tests]),
+            "checks": summary["history"], "kept": "final", "early": False,
+            "restorations": len(summary["restorations"]),
+        }
+
+
 def self_compress(model, x, y, validation_data=None, *, safety_size=200, safety_indices=None, safety_from=None,
                   init_bits=8, max_bits=8, gamma=0.05, safety_weight=1.0, safety_batch_size=32, epochs=5,
                   batch_size=128, learning_rate=1e-3, bits_learning_rate=1e-2, monitor_every=50, threshold=0.02,
                   restore_fraction=0.5, restore_bits=2.0, cooldown=1, restore=True, seed=0, callbacks=(),
                   verbose=0):
-    """Safety-driven self-compression of a trained classifier (see the module docstring).
+    """Deprecated: use ``SelfCompress(...).compress(model, splits)``. Same arguments as 0.x.
 
     Args:
         model: trained tf_keras (or Keras 3) classifier, logits or softmax output.
         x, y: training data.
         validation_data: ``(x_val, y_val)``; the safety set is drawn from it when given.
-        safety_size: examples in the safety set (ignored with ``safety_indices``).
-        safety_indices: explicit indices into the safety pool (validation data when given, else
-            training data).
-        safety_from: ``"validation"`` or ``"train"``: the pool (default: validation if given).
-        init_bits, max_bits: initial and largest bit depth per channel.
-        gamma: weight of the size penalty Q.
-        safety_weight: lambda; 0 disables the safety loss.
-        safety_batch_size: safety examples added to each training step.
-        epochs, batch_size, learning_rate: training of the weights (Adam).
-        bits_learning_rate: Adam learning rate of bit depths and exponents.
-        monitor_every, threshold, restore_fraction, restore_bits, cooldown: :class:`SafetyMonitor`.
-        restore: False turns restorations off (the unsafe baseline, with ``safety_weight=0``).
+        safety_size, safety_indices, safety_from: see :func:`choose_safety_set`.
+        init_bits, max_bits, gamma, safety_weight, safety_batch_size, epochs, batch_size,
+        learning_rate, bits_learning_rate, monitor_every, threshold, restore_fraction,
+        restore_bits, cooldown, restore: see :class:`SelfCompress`.
         seed: seeds TensorFlow, the safety set and the monitor.
         callbacks: more Keras callbacks for ``fit``.
         verbose: ``fit`` verbosity.
@@ -325,13 +470,9 @@ def self_compress(model, x, y, validation_data=None, *, safety_size=200, safety_
     Raises:
         InputError: bad data, bits, weights or safety indices.
         UnsupportedModelError: a model without quantizable layers or a subclassed model.
-
-    Example:
-        >>> result = self_compress(model, x_train, y_train, (x_val, y_val), epochs=3)  # doctest: +SKIP
-        >>> result.size["average_bits"], result.stripped.count_params()  # doctest: +SKIP
     """
-    from tfsafe.safety.safety_set import select_safety_set  # noqa: PLC0415
-
+    warnings.warn("self_compress() is deprecated; use tfsafe.methods.get('self_compress', ...).compress(model, "
+                  "splits).", DeprecationWarning, stacklevel=2)
     model = check_model(model)
     x, y = check_xy(model, x, y, name="training")
     if validation_data is not None:
@@ -339,35 +480,14 @@ def self_compress(model, x, y, validation_data=None, *, safety_size=200, safety_
     for name, value in (("gamma", gamma), ("safety_weight", safety_weight)):
         if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
             raise InputError(f"{name} must be a non-negative number, got {value!r}.")
-    source = safety_from or ("validation" if validation_data is not None else "train")
-    if source not in ("validation", "train"):
-        raise InputError(f"safety_from must be 'validation' or 'train', got {safety_from!r}.")
-    if source == "validation" and validation_data is None:
-        raise InputError("safety_from='validation' needs validation_data.")
-    pool_x, pool_y = validation_data if source == "validation" else (x, y)
     keras.utils.set_random_seed(seed)
-    if safety_indices is not None:
-        indices = check_safety_indices(safety_indices, len(pool_x))
-        source_name = f"given ({source})"
-    else:
-        indices = select_safety_set(model, pool_x, pool_y, int(safety_size), seed=seed)
-        source_name = source
-    safety = (pool_x[indices], pool_y[indices])
-
-    qmodel = quantize_learnable(model, init_bits=init_bits, max_bits=max_bits)
-    trainer = SelfCompressingModel(
-        qmodel, gamma=gamma, safety_data=safety, safety_weight=safety_weight, safety_batch_size=safety_batch_size,
-        bits_optimizer=keras.optimizers.Adam(bits_learning_rate),
-    )
-    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    monitor = SafetyMonitor(qmodel, safety, every=monitor_every, threshold=threshold,
-                            restore_fraction=restore_fraction, restore_bits=restore_bits, cooldown=cooldown,
-                            restore=restore, seed=seed)
-    fit = trainer.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-                      callbacks=[monitor, *callbacks], verbose=verbose)
-    monitor.check(allow_restore=False)  # the final state, after the last step
-    return SelfCompressResult(
-        model=qmodel, stripped=strip(qmodel), safety_indices=indices, safety_source=source_name,
-        size=learned_size(qmodel), monitor=monitor.to_dict(),
-        history={k: [float(v) for v in vals] for k, vals in fit.history.items()},
-    )
+    indices, source, safety = choose_safety_set(model, (x, y), validation_data, safety_size, safety_indices,
+                                                safety_from, seed)
+    qmodel, monitor, history = _train(
+        model, x, y, validation_data, safety, init_bits=init_bits, max_bits=max_bits, gamma=gamma,
+        safety_weight=safety_weight, safety_batch_size=safety_batch_size, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, bits_learning_rate=bits_learning_rate, monitor_every=monitor_every,
+        threshold=threshold, restore_fraction=restore_fraction, restore_bits=restore_bits, cooldown=cooldown,
+        restore=restore, seed=seed, tests=None, callbacks=callbacks, verbose=verbose)
+    return SelfCompressResult(model=qmodel, stripped=strip(qmodel), safety_indices=indices, safety_source=source,
+                              size=learned_size(qmodel), monitor=monitor.to_dict(), history=history)

@@ -38,7 +38,7 @@ from tfsafe.validation import (
     model_num_classes,
 )
 
-__all__ = ["NORMS", "LOSSES", "pgd_perturb", "pgd_attack", "fgsm_attack"]
+__all__ = ["NORMS", "LOSSES", "check_attack_args", "pgd_perturb", "pgd_attack", "fgsm_attack"]
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -76,7 +76,7 @@ def _logits_fn(model, training, bpda):
     return fn
 
 
-def _check_attack_args(eps, steps, norm, loss, step_size=None):
+def check_attack_args(eps, steps, norm, loss, step_size=None):
     if isinstance(eps, (int, float, np.number)):
         if not np.isfinite(eps) or eps < 0:
             raise InputError(f"eps must be a finite number >= 0, got {eps}.")
@@ -240,7 +240,7 @@ def pgd_perturb(model, x, y, eps, steps, step_size=None, norm="linf", random_sta
     Example:
         >>> x_adv = pgd_perturb(model, x[:8], y[:8], eps=0.1, steps=10)  # doctest: +SKIP
     """
-    _check_attack_args(eps, steps, norm, loss, step_size)
+    check_attack_args(eps, steps, norm, loss, step_size)
     _check_eps_range(eps, norm, clip)
     fn = _logits_fn(model, training, bpda)
     if isinstance(seed, (int, np.integer)):
@@ -326,7 +326,7 @@ def pgd_attack(model, x, y, eps, steps=20, step_size=None, restarts=1, norm="lin
     Example:
         >>> x_adv = pgd_attack(model, x, y, eps=0.3, steps=40, restarts=2)  # doctest: +SKIP
     """
-    _check_attack_args(eps, steps, norm, loss, step_size)
+    check_attack_args(eps, steps, norm, loss, step_size)
     if int(restarts) < 1:
         raise InputError(f"restarts must be >= 1, got {restarts}.")
     x, y = _validated(model, x, y, targeted)

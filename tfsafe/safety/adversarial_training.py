@@ -19,7 +19,7 @@ from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
 from tfsafe.models import ends_with_softmax, logits_model
 from tfsafe.objectives import softmax_cross_entropy, weighted_mean, weighted_softmax_cross_entropy
-from tfsafe.safety.adversarial import _check_attack_args, pgd_perturb
+from tfsafe.safety.adversarial import check_attack_args, pgd_perturb
 from tfsafe.safety.robust_accuracy import adversarial_accuracy
 
 __all__ = ["AdversarialModel", "EpsilonRamp", "CatastrophicOverfittingGuard", "TRAIN_ATTACKS"]
@@ -78,7 +78,7 @@ class AdversarialModel(keras.Model):
     def __init__(self, model, eps, steps=10, step_size=None, adv_weight=0.5, loss="madry", norm="linf",
                  trades_beta=6.0, clip=(0.0, 1.0), attack="pgd", fgsm_alpha=1.25, free_replays=4, **kwargs):
         super().__init__(**kwargs)
-        _check_attack_args(eps, steps, norm, "ce", step_size)
+        check_attack_args(eps, steps, norm, "ce", step_size)
         if loss not in ("madry", "trades"):
             raise InputError(f"loss must be 'madry' or 'trades', got {loss!r}.")
         if attack not in TRAIN_ATTACKS:
@@ -278,32 +278,42 @@ class EpsilonRamp(keras.callbacks.Callback):
     Args:
         ramp_epochs: Epochs (fractional allowed) over which eps grows to its target.
         start: Starting eps.
+        target: What holds ``eps`` (float) and ``current_eps`` (a ``tf.Variable``); default the
+            model being fit, which must then be an :class:`AdversarialModel` (RLNet passes its
+            ``RobustLoss``).
 
     Example:
         >>> adv.fit(x, y, epochs=3, callbacks=[EpsilonRamp(ramp_epochs=1.0)])  # doctest: +SKIP
     """
 
-    def __init__(self, ramp_epochs=1.0, start=0.0):
+    def __init__(self, ramp_epochs=1.0, start=0.0, target=None):
         super().__init__()
         if float(ramp_epochs) < 0:
             raise InputError(f"ramp_epochs must be >= 0, got {ramp_epochs}.")
         self.ramp_epochs = float(ramp_epochs)
         self.start = float(start)
+        self.target = target
         self._epoch = 0
+
+    def _target(self):
+        if self.target is not None:
+            return self.target
+        if not isinstance(self.model, AdversarialModel):
+            raise InputError("EpsilonRamp works only with an AdversarialModel (or pass target=).")
+        return self.model
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        if not isinstance(self.model, AdversarialModel):
-            raise InputError("EpsilonRamp works only with an AdversarialModel.")
+        target = self._target()
         steps = self.params.get("steps") or 1
         progress = (self._epoch * steps + batch) / max(self.ramp_epochs * steps, 1e-12)
-        target = self.model.eps
-        self.model.current_eps.assign(self.start + (target - self.start) * min(1.0, progress))
+        target.current_eps.assign(self.start + (target.eps - self.start) * min(1.0, progress))
 
     def on_train_end(self, logs=None):
-        self.model.current_eps.assign(self.model.eps)
+        target = self._target()
+        target.current_eps.assign(target.eps)
 
 
 class CatastrophicOverfittingGuard(keras.callbacks.Callback):
@@ -335,7 +345,7 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
             raise InputError(f"action must be 'pgd' or 'stop', got {action!r}.")
         if not 0.0 < float(max_drop) <= 1.0:
             raise InputError(f"max_drop must be in (0, 1], got {max_drop}.")
-        _check_attack_args(0.0 if eps is None else eps, steps, "linf", "ce")
+        check_attack_args(0.0 if eps is None else eps, steps, "linf", "ce")
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y)
         self.eps, self.steps, self.restarts = eps, int(steps), int(restarts)
         self.max_drop, self.action, self.batch_size = float(max_drop), action, int(batch_size)

@@ -38,7 +38,6 @@ from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
 from tfsafe.safety.adversarial import (
     NORMS,
-    _check_attack_args,
     _check_eps_range,
     _expand,
     _logits_fn,
@@ -46,6 +45,7 @@ from tfsafe.safety.adversarial import (
     _margins_numpy,
     _per_example_norm,
     _validated,
+    check_attack_args,
 )
 from tfsafe.safety.bpda import straight_through
 
@@ -274,7 +274,7 @@ def apgd_attack(model, x, y, eps, steps=100, restarts=1, norm="linf", loss="ce",
     Example:
         >>> x_adv = apgd_attack(model, x, y, eps=0.3, steps=100, loss="dlr")  # doctest: +SKIP
     """
-    _check_attack_args(eps, steps, norm, "ce")
+    check_attack_args(eps, steps, norm, "ce")
     if loss not in APGD_LOSSES:
         raise InputError(f"APGD loss must be one of {APGD_LOSSES}, got {loss!r}.")
     if norm not in NORMS:

@@ -22,8 +22,9 @@ from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
 from tfsafe.models import predict_logits
 from tfsafe.objectives import membership_attack_loss
+from tfsafe.safety.tests import SafetyTest, register_test
 
-__all__ = ["nasr_attacker", "attack_features", "SimulatedAttacker"]
+__all__ = ["nasr_attacker", "attack_features", "SimulatedAttacker", "SimulatedAttackerTest"]
 
 
 def attack_features(logits):
@@ -188,3 +189,53 @@ class SimulatedAttacker:
     def set_state(self, weights):
         """Restore weights returned by :meth:`get_state` (resume)."""
         self._accepted = None if weights is None else [np.asarray(w) for w in weights]
+
+
+@register_test
+class SimulatedAttackerTest(SafetyTest):
+    """The simulated attacker as a :class:`~tfsafe.safety.tests.SafetyTest`: score = ``1 - advantage``.
+
+    It trains on ``data.members`` (training examples) vs. ``data.nonmembers``, which during
+    model selection must be *reference* data (``splits.reference`` or validation), never the
+    audit non-members. The attacker is built on the first run and warm-started from the last
+    accepted weights after that (call :meth:`accept` with the index of the chosen run).
+
+    Args:
+        size, epochs: see :class:`SimulatedAttacker`.
+        seed: seeds the attacker.
+        attacker: an existing :class:`SimulatedAttacker` to use instead of building one.
+
+    Example:
+        >>> import numpy as np
+        >>> from tfsafe.models import small_cnn
+        >>> x = np.random.rand(40, 8, 8, 1).astype("float32"); y = np.arange(40) % 10
+        >>> test = SimulatedAttackerTest(epochs=1)
+        >>> data = {"test": (x, y), "members": (x[:20], y[:20]), "nonmembers": (x[20:], y[20:])}
+        >>> 0.0 <= test.run(small_cnn(), data)["score"] <= 1.0
+        True
+    """
+
+    name = "simulated_attacker"
+
+    def __init__(self, size=500, epochs=5, seed=0, attacker=None):
+        self.size, self.epochs, self.seed = int(size), int(epochs), int(seed)
+        self.attacker = attacker
+
+    def get_config(self):
+        return {"size": self.size, "epochs": self.epochs, "seed": self.seed}
+
+    def _run(self, model, data):
+        if self.attacker is None:
+            if data.members is None or data.nonmembers is None:
+                return {"skipped": "data has no members / reference non-members", "score": None}
+            num_classes = int(model.output_shape[-1])
+            self.attacker = SimulatedAttacker(num_classes, data.members, data.nonmembers, size=self.size,
+                                              epochs=self.epochs, seed=self.seed)
+        result = self.attacker.attack(model)
+        result["score"] = float(1.0 - result["advantage"])
+        return result
+
+    def accept(self, index=-1):
+        """Keep the attacker trained in the ``index``-th run since the last accept (warm start)."""
+        if self.attacker is not None:
+            self.attacker.accept(index)

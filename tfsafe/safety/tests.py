@@ -23,13 +23,24 @@ import numpy as np
 from tfsafe._keras import keras
 from tfsafe.errors import InputError
 from tfsafe.safety import adversarial, bpda, robust_accuracy
+from tfsafe.safety.corruptions import corruption_accuracy
+from tfsafe.safety.safety_set import select_safety_set
 from tfsafe.safety.tflite_model import as_target, predict_labels
 from tfsafe.validation import check_features, check_labels, model_input_shape
 
 __all__ = [
     "SafetyData", "as_safety_data", "SafetyTest", "CleanTest", "PGDTest", "FGSMTest", "CorruptionTest",
-    "MembershipTest", "SafetySetTest", "selection_score",
+    "MembershipTest", "SafetySetTest", "selection_score", "run_selection", "register_test", "tests_to_config",
+    "tests_from_config",
 ]
+
+_TESTS = {}
+
+
+def register_test(cls):
+    """Class decorator: make a :class:`SafetyTest` rebuildable by :func:`tests_from_config`."""
+    _TESTS[cls.__name__] = cls
+    return cls
 
 
 @dataclasses.dataclass
@@ -131,10 +142,15 @@ class SafetyTest:
     def _run(self, model, data):
         raise NotImplementedError
 
+    def get_config(self):
+        """The constructor's JSON-able arguments (models such as ``source`` / ``reference`` are left out)."""
+        return {}
+
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+@register_test
 class CleanTest(SafetyTest):
     """Top-1 accuracy on the test split (score = accuracy)."""
 
@@ -157,8 +173,9 @@ class _AttackTest(SafetyTest):
     attack = "pgd"
 
     def __init__(self, eps, steps=20, restarts=1, norm="linf", losses=("ce", "margin"), step_size=None,
-                 source=None, bpda="auto", batch_size=256, seed=0, extra_attacks=()):
-        adversarial._check_attack_args(eps, steps, norm, "ce", step_size)
+                 source=None, bpda="auto", batch_size=256, seed=0, extra_attacks=(), max_examples=None):
+        adversarial.check_attack_args(eps, steps, norm, "ce", step_size)
+        self.max_examples = None if max_examples is None else int(max_examples)
         self.eps, self.steps, self.restarts, self.norm = float(eps), int(steps), int(restarts), norm
         self.losses, self.step_size, self.source = tuple(losses), step_size, source
         self.bpda, self.batch_size, self.seed = bpda, int(batch_size), int(seed)
@@ -166,6 +183,12 @@ class _AttackTest(SafetyTest):
         if unknown:
             raise InputError(f"extra_attacks must be APGD names ('apgd-ce', 'apgd-dlr', 'apgd-t'), got {unknown}.")
         self.extra_attacks = tuple(extra_attacks)
+
+    def get_config(self):
+        return {"eps": self.eps, "steps": self.steps, "restarts": self.restarts, "norm": self.norm,
+                "losses": list(self.losses), "step_size": self.step_size, "bpda": self.bpda,
+                "batch_size": self.batch_size, "seed": self.seed, "extra_attacks": list(self.extra_attacks),
+                "max_examples": self.max_examples}
 
     def _attack(self, model, x, y, loss, bpda, attack=None):
         kwargs = {"loss": loss, "bpda": bpda, "batch_size": self.batch_size}
@@ -177,6 +200,8 @@ class _AttackTest(SafetyTest):
 
     def _run(self, model, data):
         x, y = data.attack_set()
+        if self.max_examples is not None:  # e.g. a cheap check inside model selection
+            x, y = x[:self.max_examples], y[:self.max_examples]
         source = self.source if self.source is not None else data.source
         ok = predict_labels(model, x, self.batch_size) == y
         attacks, result = {}, {"eps": self.eps, "norm": self.norm, "n": len(x), "clean_accuracy": float(ok.mean())}
@@ -223,8 +248,12 @@ class _AttackTest(SafetyTest):
         return {**result, "accuracy": acc, "attacks": attacks, "score": acc}
 
 
+@register_test
 class PGDTest(_AttackTest):
     """PGD accuracy at ``eps`` (random start, restarts, CE and margin losses, BPDA, transfer).
+
+    ``max_examples`` caps the examples attacked (the first ones), e.g. for a cheap selection
+    check on validation data.
 
     Example:
         >>> PGDTest(eps=0.3, steps=40, restarts=2).run(model, (x_test, y_test))["accuracy"]  # doctest: +SKIP
@@ -237,19 +266,26 @@ class PGDTest(_AttackTest):
         return f"pgd_{self.norm}_{self.eps:g}"
 
 
+@register_test
 class FGSMTest(_AttackTest):
     """FGSM accuracy at ``eps`` (plus BPDA / transfer FGSM where they apply)."""
 
     attack = "fgsm"
 
-    def __init__(self, eps, losses=("ce",), source=None, bpda="auto", batch_size=256):
-        super().__init__(eps, steps=1, losses=losses, source=source, bpda=bpda, batch_size=batch_size)
+    def __init__(self, eps, losses=("ce",), source=None, bpda="auto", batch_size=256, max_examples=None):
+        super().__init__(eps, steps=1, losses=losses, source=source, bpda=bpda, batch_size=batch_size,
+                         max_examples=max_examples)
+
+    def get_config(self):
+        return {"eps": self.eps, "losses": list(self.losses), "bpda": self.bpda, "batch_size": self.batch_size,
+                "max_examples": self.max_examples}
 
     @property
     def name(self):
         return f"fgsm_{self.eps:g}"
 
 
+@register_test
 class CorruptionTest(SafetyTest):
     """Mean accuracy over corruptions x severities (score) and mCE against the reference."""
 
@@ -259,9 +295,11 @@ class CorruptionTest(SafetyTest):
         self.reference, self.corruptions, self.severities, self.seed = reference, corruptions, severities, seed
         self._reference_results = {}
 
-    def _run(self, model, data):
-        from tfsafe.safety.corruptions import corruption_accuracy  # noqa: PLC0415
+    def get_config(self):
+        return {"corruptions": None if self.corruptions is None else list(self.corruptions),
+                "severities": list(self.severities), "seed": self.seed}
 
+    def _run(self, model, data):
         x, y = data.attack_set()
         reference = self.reference if self.reference is not None else data.reference
         if reference is not None and not isinstance(reference, dict):
@@ -279,6 +317,7 @@ class CorruptionTest(SafetyTest):
         return result
 
 
+@register_test
 class MembershipTest(SafetyTest):
     """Worst-case membership inference over tensorflow-privacy attacks; score = 1 - advantage."""
 
@@ -287,10 +326,14 @@ class MembershipTest(SafetyTest):
     def __init__(self, attacks=None, seed=0):
         self.attacks, self.seed = attacks, seed
 
+    def get_config(self):
+        return {"attacks": None if self.attacks is None else list(self.attacks), "seed": self.seed}
+
     def _run(self, model, data):
         if data.members is None or data.nonmembers is None:
             return {"skipped": "data has no members / nonmembers", "score": None}
-        from tfsafe.safety.membership import audit_membership  # noqa: PLC0415 - lazy: tf-privacy is heavy
+        # Imported on use: tensorflow-privacy is slow to import and only this test needs it.
+        from tfsafe.safety.membership import audit_membership
 
         audit = audit_membership(model, data.members, data.nonmembers, attacks=self.attacks, seed=self.seed)
         result = audit.to_dict(include_curves=True)  # the report plots the ROC curves
@@ -298,6 +341,7 @@ class MembershipTest(SafetyTest):
         return result
 
 
+@register_test
 class SafetySetTest(SafetyTest):
     """Accuracy on a safety set selected from validation data (never test data).
 
@@ -312,6 +356,9 @@ class SafetySetTest(SafetyTest):
         self.size, self.selector, self.seed = int(size), selector, seed
         self._cache = {}
 
+    def get_config(self):
+        return {"size": self.size, "seed": self.seed}
+
     def _run(self, model, data):
         if data.safety_set is not None:
             (x, y), provenance = data.safety_set, {"source": "given"}
@@ -325,8 +372,6 @@ class SafetySetTest(SafetyTest):
             xv, yv = data.validation
             key = (id(selector), id(xv))
             if key not in self._cache:
-                from tfsafe.safety.safety_set import select_safety_set  # noqa: PLC0415
-
                 self._cache[key] = select_safety_set(selector, xv, yv, min(self.size, len(xv)), seed=self.seed)
             idx = self._cache[key]
             x, y = np.asarray(xv)[idx], np.asarray(yv)[idx]
@@ -348,3 +393,48 @@ def selection_score(results, weights=None):
     pairs = [((weights or {}).get(r["name"], 1.0), r["score"]) for r in results if r.get("score") is not None]
     total = sum(w for w, _ in pairs)
     return float(sum(w * s for w, s in pairs) / total) if total > 0 else None
+
+
+def run_selection(model, tests, data):
+    """Run ``[(test, weight), ...]`` on ``model``: ``(results by name, selection_score)``.
+
+    This is the one selection protocol of tfsafe's methods: each method scores the states it
+    may return (candidates, checkpoints, checks) with the tests it was given, on validation
+    data only (``data`` is then e.g. ``SafetyData(test=validation, validation=validation)``).
+
+    Example:
+        >>> results, score = run_selection(model, [(PGDTest(0.1, steps=5), 2.0), (CleanTest(), 1.0)],
+        ...                                (x_val, y_val))  # doctest: +SKIP
+    """
+    results = {}
+    weights = {}
+    for test, weight in tests:
+        result = test.run(model, data)
+        results[result["name"]] = result
+        weights[result["name"]] = float(weight)
+    return results, selection_score(results, weights)
+
+
+def tests_to_config(tests):
+    """JSON-able form of ``[test | (test, weight), ...]`` (see :func:`tests_from_config`)."""
+    out = []
+    for item in tests or ():
+        test, weight = item if isinstance(item, (tuple, list)) else (item, 1.0)
+        if type(test).__name__ not in _TESTS:
+            raise InputError(f"Safety test {type(test).__name__} is not registered; decorate it with "
+                             "tfsafe.safety.tests.register_test to save it in a config.")
+        out.append({"class": type(test).__name__, "config": test.get_config(), "weight": float(weight)})
+    return out
+
+
+def tests_from_config(config):
+    """Rebuild ``[(test, weight), ...]`` from :func:`tests_to_config`'s output (objects pass through)."""
+    out = []
+    for item in config or ():
+        if not isinstance(item, dict):
+            out.append(item)
+            continue
+        if item.get("class") not in _TESTS:
+            raise InputError(f"Unknown safety test {item.get('class')!r}; known: {', '.join(sorted(_TESTS))}.")
+        out.append((_TESTS[item["class"]](**item.get("config", {})), float(item.get("weight", 1.0))))
+    return out

@@ -1,0 +1,60 @@
+"""The unsafe baseline: TF-MOT magnitude pruning with a polynomial schedule, no safety objective."""
+
+import numpy as np
+
+from tfsafe._keras import tfmot
+from tfsafe.methods.base import CompressionMethod, check_int, check_number
+from tfsafe.models import compile_classifier, copy_model
+from tfsafe.validation import check_fraction
+
+__all__ = ["TFMOTPruning"]
+
+
+class TFMOTPruning(CompressionMethod):
+    """TF-MOT ``prune_low_magnitude`` + ``strip_pruning`` (registered as ``baseline``).
+
+    Stages: ``prune`` (fine-tune under ``PolynomialDecay`` from 0 to ``target_sparsity``,
+    reached at ``end_fraction`` of the steps, 20 pruning updates) and ``strip``
+    (``strip_pruning``: plain layers with the zeros baked in). No selection: the last state is
+    returned.
+
+    Args:
+        target_sparsity: final fraction of zero weights in the pruned layers, in [0, 1).
+        epochs: fine-tuning epochs.
+        batch_size: training batch size.
+        learning_rate: Adam learning rate.
+        end_fraction: share of the training steps after which the target sparsity holds.
+
+    Example:
+        >>> TFMOTPruning(target_sparsity=0.8).stages
+        ('prune', 'strip')
+    """
+
+    name = "baseline"
+    stages = ("prune", "strip")
+    role = "unsafe baseline"
+
+    def __init__(self, target_sparsity=0.9, epochs=30, batch_size=32, learning_rate=1e-3, end_fraction=0.7):
+        self.target_sparsity = check_fraction(target_sparsity, "target_sparsity", 0.0, 1.0)
+        self.epochs = check_int(epochs, "epochs")
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.learning_rate = check_number(learning_rate, "learning_rate", strict=True)
+        self.end_fraction = check_fraction(end_fraction, "end_fraction", 0.0, 1.0, include_high=True)
+
+    def _stage_prune(self, run):
+        x, y = run.train
+        steps = self.epochs * int(np.ceil(len(x) / self.batch_size))
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=self.target_sparsity, begin_step=0,
+            end_step=max(1, int(steps * self.end_fraction)), frequency=max(1, steps // 20))
+        pruned = tfmot.sparsity.keras.prune_low_magnitude(copy_model(run.models["input"]), pruning_schedule=schedule)
+        history = compile_classifier(pruned, self.learning_rate).fit(
+            x, y, epochs=self.epochs, batch_size=self.batch_size, verbose=run.verbose,
+            callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *run.callbacks])
+        run.models["model"] = pruned
+        run.state["history"]["prune"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+    def _stage_strip(self, run):
+        run.models["model"] = tfmot.sparsity.keras.strip_pruning(run.models["model"])
+        run.state["info"]["target_sparsity"] = self.target_sparsity
+        run.state["selection"] = {"score": None, "tests": [], "checks": [], "kept": "final", "early": False}
