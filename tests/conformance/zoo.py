@@ -296,8 +296,9 @@ def cell_save_load(name):
 
 def cell_to_tflite_int8(name):
     m, (x, y) = converted(name), data(name)
+    # Untrained zoo models have many near-ties: on 32 examples one flip is a 3-point accuracy change.
     result = tflite_export.to_tflite(m, _tmp(".tflite"), "int8", x, verify=(x, y), min_agreement=0.75,
-                                     sparsity=False)
+                                     max_accuracy_drop=0.1, sparsity=False)
     return f"agreement {result.parity.top1_agreement:.2f}"
 
 
