@@ -21,6 +21,7 @@ TINY = {
     "self_compress": {"epochs": 1, "safety_size": 20, "monitor_every": 3, "batch_size": 32},
     "rlnet": {"teacher_epochs": 1, "search_epochs": 1, "finetune_epochs": 1, "pgd_steps": 1, "batch_size": 32},
     "baseline": {"epochs": 1, "batch_size": 32},
+    "dp_sgd": {"epochs": 1, "batch_size": 32, "target_sparsity": 0.5, "prune_epochs": 1},
 }
 
 
@@ -69,7 +70,7 @@ class Recorder(StageCallback):
 
 
 def test_registry_names_and_errors():
-    assert tfsafe.methods.names() == ("safecompress", "atmc", "self_compress", "rlnet", "baseline")
+    assert tfsafe.methods.names() == ("safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd")
     with pytest.raises(InputError, match="Unknown method 'prune'; choose one of safecompress"):
         tfsafe.methods.get("prune")
     with pytest.raises(InputError, match="Unknown params for atmc: budgt"):

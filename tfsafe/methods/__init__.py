@@ -31,6 +31,7 @@ from tfsafe.methods.atmc_model import ATMCModel
 from tfsafe.methods.atmc_projection import budget_for_ratio, kmeans_quantize
 from tfsafe.methods.base import CompressionMethod, CompressionResult, StageCallback, default_eps
 from tfsafe.methods.baseline import TFMOTPruning
+from tfsafe.methods.dp_sgd import DPSGD
 from tfsafe.methods.registry import get, method_class, names, register
 from tfsafe.methods.rlnet import (
     RLNet,
@@ -46,7 +47,7 @@ from tfsafe.methods.safecompress import SafeCompress, SafeCompressResult
 from tfsafe.methods.safecompress_selection import CandidateSelection, CandidateTests, tm_score
 from tfsafe.methods.self_compress import SafetyMonitor, SelfCompress, SelfCompressingModel, SelfCompressResult
 
-for _cls in (SafeCompress, ATMC, SelfCompress, RLNet, TFMOTPruning):
+for _cls in (SafeCompress, ATMC, SelfCompress, RLNet, TFMOTPruning, DPSGD):
     register(_cls.name, _cls)
 del _cls
 
@@ -55,7 +56,7 @@ __all__ = [
     "CompressionMethod", "CompressionResult", "StageCallback", "get", "names", "register", "method_class",
     "default_eps",
     # the methods
-    "SafeCompress", "ATMC", "SelfCompress", "RLNet", "TFMOTPruning",
+    "SafeCompress", "ATMC", "SelfCompress", "RLNet", "TFMOTPruning", "DPSGD",
     # MIA-SafeCompress parts
     "SafeCompressResult", "CandidateSelection", "CandidateTests", "AdversarialRegularization", "tm_score",
     # ATMC parts and its baselines

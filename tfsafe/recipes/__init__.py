@@ -21,7 +21,7 @@ from tfsafe.errors import InputError
 
 __all__ = ["METHODS", "load_recipe", "recipe_path", "merge_config"]
 
-METHODS = ("safecompress", "atmc", "self_compress", "rlnet", "baseline")
+METHODS = ("safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
