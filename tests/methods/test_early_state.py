@@ -21,15 +21,19 @@ def splits(digits):
 def test_safecompress_selection_says_how_many_steps_the_kept_state_had(trained_cnn, splits):
     method = tfsafe.methods.get("safecompress", epochs=2, update_every=2, attack_size=20, attack_epochs=1,
                                 batch_size=32, target_sparsity=0.8)
-    selection = method.compress(trained_cnn, splits, verbose=0).selection
-    assert selection["total_steps"] == 16  # 2 epochs of 8 accepted steps (trial batches not counted)
+    result = method.compress(trained_cnn, splits, verbose=0)
+    selection, total = result.selection, result.info["final"]["step"]
+    # 16 batches, rounds of 3 candidates x 2 steps: the losing candidates' batches are not steps.
+    assert selection["total_steps"] == total and 8 <= total < 16
     if selection["kept"] == "final":
         assert selection["early_state"] is False and selection["kept_round"] is None
-        assert selection["kept_step"] == 16 and "final state (16" in selection["note"]
+        assert selection["kept_step"] == total and f"final state ({total}" in selection["note"]
     else:
         assert selection["early_state"] is True and selection["kept_round"] == selection["kept"]
-        assert 0 < selection["kept_step"] < 16
-        assert f"early state after {selection['kept_step']} of 16" in selection["note"]
+        kept = result.history["train"][selection["kept"]]
+        assert selection["kept_step"] == kept["step"] + kept["candidates"][kept["selected"]]["trial_steps"]
+        assert 0 < selection["kept_step"] < total
+        assert f"early state after {selection['kept_step']} of {total}" in selection["note"]
 
 
 def test_early_stopped_tfmot_pruning_stops_at_max_steps_at_the_target(trained_cnn, splits):
