@@ -1,6 +1,6 @@
 """ATMC vs its baselines on MNIST LeNet: compression ratio, clean, PGD-40 and FGSM accuracy.
 
-Rows (all through :func:`tfsafe.methods.atmc.atmc_compress`):
+Rows (all through :func:`tfsafe.methods.atmc.atmc_train`):
 
 - Dense (clean): cross-entropy training, the start of NAP.
 - NAP: clean model, one-shot magnitude pruning to the 32-bit budget, clean fine-tune.

@@ -178,12 +178,14 @@ def main(argv=None):
         keras.utils.set_random_seed(args.seed + 3)
         compressor = SafeCompress(target_sparsity=args.sparsity, num_candidates=k, update_every=args.update_every,
                                   drop_fraction=0.5, end_fraction=f, entropy_weight=args.entropy_weight,
-                                  mia_weight=mia_weight, learning_rate=args.lr, seed=args.seed, verbose=1)
+                                  mia_weight=mia_weight, learning_rate=args.lr, epochs=sc_epochs,
+                                  batch_size=args.batch_size)
         timer = StepTimer(skip=20)
-        result = compressor.fit(dense, splits, epochs=sc_epochs, batch_size=args.batch_size, callbacks=[timer])
-        row = evaluate(name, result.model, splits, result.train_seconds, timer.median_ms())
-        row.update(rounds=len(result.history), selected=[r["selected"] for r in result.history],
-                   kept=result.final["kept"] if result.final else None, history=result.history)
+        result = compressor.compress(dense, splits, callbacks=[timer], seed=args.seed, verbose=1)
+        rounds = result.history["train"]
+        row = evaluate(name, result.model, splits, result.info["train_seconds"], timer.median_ms())
+        row.update(rounds=len(rounds), selected=[r["selected"] for r in rounds], kept=result.selection["kept"],
+                   history=rounds)
         print(f"  kept: {row['kept']} (round index, or 'final')", flush=True)
         rows.append(row)
 

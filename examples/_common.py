@@ -6,6 +6,7 @@ plain use of public tfsafe functions, so an example reads top to bottom with thi
 
 import argparse
 import glob
+import logging
 import os
 import sys
 import time
@@ -16,9 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, ROOT)
 
+from tflite_export.convert import to_tflite  # noqa: E402
 from tfsafe._keras import keras, tf  # noqa: E402
 from tfsafe.data import load_dataset, membership_split  # noqa: E402
-from tfsafe.errors import InputError  # noqa: E402
+from tfsafe.errors import InputError, TfsafeError  # noqa: E402
 from tfsafe.metrics import model_size  # noqa: E402
 from tfsafe.models import small_cnn  # noqa: E402
 from tfsafe.report import SafetyReport  # noqa: E402
@@ -98,8 +100,6 @@ def guess_dataset(data_dir):
 
 def quiet_logs():
     """Keep TensorFlow's INFO chatter out of the example's output."""
-    import logging  # noqa: PLC0415
-
     tf.get_logger().setLevel(logging.ERROR)
     tf.autograph.set_verbosity(0)
 
@@ -184,8 +184,6 @@ def table(entries, eps):
 
 def export_int8(model, path, splits, min_agreement=0.95):
     """Checked full-integer int8 ``.tflite`` of ``model``; returns the report's ``file`` entry."""
-    from tflite_export.convert import to_tflite  # noqa: PLC0415
-
     export = to_tflite(model, path, "int8", splits.train[0], verify=splits.test, min_agreement=min_agreement)
     print(f"int8 .tflite: {export.bytes:,} bytes ({export.gzip_bytes:,} gzipped), top-1 agreement with Keras "
           f"{export.parity.top1_agreement:.4f}")
@@ -242,8 +240,6 @@ def load_npz(path, flag, need_y=True):
 
 def run(main):
     """Run ``main()`` as a script: tfsafe's input errors become one line and exit status 2."""
-    from tfsafe.errors import TfsafeError  # noqa: PLC0415
-
     try:
         main()
     except TfsafeError as err:

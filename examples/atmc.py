@@ -23,9 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as common  # noqa: E402
 
-from tfsafe.compress.factorization import factorize  # noqa: E402
+import tfsafe.methods  # noqa: E402
 from tfsafe.io import save_model  # noqa: E402
-from tfsafe.methods.atmc import atmc_compress, budget_for_ratio  # noqa: E402
 
 
 def main(argv=None):
@@ -44,15 +43,16 @@ def main(argv=None):
     clock(f"training the dense CNN ({args.dense_epochs} epochs on {len(splits.train[0])} members)")
     dense = common.train_dense(splits, args.dense_epochs, seed=args.seed)
 
-    budget = budget_for_ratio(factorize(dense), args.ratio, args.bits, reference=dense)
-    clock(f"ATMC: {args.bits}-bit codebooks, budget {budget:,} non-zeros (ratio {args.ratio}), PGD eps "
-          f"{args.eps} x {args.train_steps} steps, {args.epochs} epochs")
-    result = atmc_compress(dense, *splits.train, budget=budget, bits=args.bits, eps=args.eps, epochs=args.epochs,
-                           validation_data=splits.validation, batch_size=args.batch_size, steps=args.train_steps,
-                           ramp_epochs=args.ramp_epochs, admm_every=15, rho_growth=1.1, rho_max=5.0)
+    clock(f"ATMC: {args.bits}-bit codebooks at ratio {args.ratio}, PGD eps {args.eps} x {args.train_steps} steps, "
+          f"{args.epochs} epochs")
+    method = tfsafe.methods.get("atmc", ratio=args.ratio, bits=args.bits, eps=args.eps, epochs=args.epochs,
+                                batch_size=args.batch_size, steps=args.train_steps, ramp_epochs=args.ramp_epochs,
+                                admm_every=15, rho_growth=1.1, rho_max=5.0)
+    result = method.compress(dense, splits, seed=args.seed, verbose=0)
+    budget, best = result.info["budget"], result.info["best"]
+    print(f"budget {budget:,} non-zeros; selected epoch {best.get('epoch')}: validation PGD acc "
+          f"{best.get('val_pgd_accuracy', float('nan')):.4f}")
     compressed = result.model
-    print(f"selected epoch {result.best.get('epoch')}: validation PGD acc "
-          f"{result.best.get('val_pgd_accuracy', float('nan')):.4f}")
 
     saved = save_model(compressed, os.path.join(args.out, "atmc.keras"))
     exported = {} if args.no_export else {
@@ -66,7 +66,7 @@ def main(argv=None):
     ]
     clock("done")
     return common.report(f"ATMC on {args.data}", args, splits.sizes(), rows, args.out, budget=budget, bits=args.bits,
-                         ratio_target=args.ratio, model_path=saved, selected=result.best)
+                         ratio_target=args.ratio, model_path=saved, selected=best)
 
 
 if __name__ == "__main__":

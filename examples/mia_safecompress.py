@@ -12,7 +12,7 @@ Run:
     .venv/bin/python examples/mia_safecompress.py --data mnist --data_dir /work/shared/data/mnist
 
 Writes ``safecompress.keras`` (plain Keras, zeros baked in), ``safecompress_int8.tflite``,
-``checkpoint/`` (resumable) and ``report.json/.md/.html`` into ``--out``.
+``checkpoint/`` (one folder per stage, resumable) and ``report.json/.md/.html`` into ``--out``.
 """
 
 import os
@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as common  # noqa: E402
 
+import tfsafe.methods  # noqa: E402
 from tfsafe.io import save_model  # noqa: E402
-from tfsafe.methods.safecompress import SafeCompress  # noqa: E402
 
 
 def main(argv=None):
@@ -45,12 +45,13 @@ def main(argv=None):
 
     clock(f"MIA-SafeCompress to {args.sparsity:.0%} sparsity ({args.epochs} epochs, a round every "
           f"{args.update_every} steps)")
-    result = SafeCompress(target_sparsity=args.sparsity, update_every=args.update_every, learning_rate=3e-3,
-                          attack_size=args.attack_size, seed=args.seed).fit(
-        dense, splits, epochs=args.epochs, batch_size=args.batch_size,
-        checkpoint_dir=os.path.join(args.out, "checkpoint"))
-    kept = (result.final or {}).get("kept", "final")
-    print(f"{len(result.history)} candidate rounds in {result.train_seconds:.1f}s; kept the "
+    method = tfsafe.methods.get("safecompress", target_sparsity=args.sparsity, epochs=args.epochs,
+                                batch_size=args.batch_size, update_every=args.update_every, learning_rate=3e-3,
+                                attack_size=args.attack_size)
+    result = method.compress(dense, splits, checkpoint_dir=os.path.join(args.out, "checkpoint"), seed=args.seed,
+                             verbose=0)
+    kept = result.selection["kept"]
+    print(f"{result.info['rounds']} candidate rounds in {result.seconds:.1f}s; kept the "
           f"{'final state' if kept == 'final' else f'winner of round {kept}'} (best TM-score on validation)")
     compressed = result.stripped
 

@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as common  # noqa: E402
 
+import tfsafe.methods  # noqa: E402
 from tfsafe.io import save_model  # noqa: E402
-from tfsafe.methods.rlnet import rlnet, rlnet_cnn  # noqa: E402
+from tfsafe.methods.rlnet import rlnet_cnn  # noqa: E402
 from tfsafe.metrics import relu_count  # noqa: E402
 
 
@@ -54,27 +55,29 @@ def main(argv=None):
 
     clock(f"RLNet: budget {budget:,} of {relu_count(dense):,} ReLUs, PGD eps {args.eps} x {args.train_steps} steps, "
           f"epochs {args.teacher_epochs} teacher / {args.search_epochs} search / {args.finetune_epochs} student")
-    result = rlnet(dense, *splits.train, relu_budget=budget, eps=args.eps, teacher_epochs=args.teacher_epochs,
-                   search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs, batch_size=args.batch_size,
-                   pgd_steps=args.train_steps)
-    print(f"student: {result.relu_count:,} ReLUs ({result.relu_reduction:.1f}x fewer); budget reached by the "
-          f"search: {result.search_reached}")
+    method = tfsafe.methods.get("rlnet", relu_budget=budget, eps=args.eps, teacher_epochs=args.teacher_epochs,
+                                search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
+                                batch_size=args.batch_size, pgd_steps=args.train_steps)
+    result = method.compress(dense, splits, seed=args.seed, verbose=0)
+    student, teacher, info = result.model, result.extras["teacher"], result.info
+    print(f"student: {info['relu_count']:,} ReLUs ({info['relu_reduction']:.1f}x fewer); budget reached by the "
+          f"search: {info['search_reached']}")
 
-    saved = save_model(result.student, os.path.join(args.out, "rlnet_student.keras"))
+    saved = save_model(student, os.path.join(args.out, "rlnet_student.keras"))
     exported = {} if args.no_export else {
-        "file": common.export_int8(result.student, os.path.join(args.out, "rlnet_int8.tflite"), splits)}
+        "file": common.export_int8(student, os.path.join(args.out, "rlnet_int8.tflite"), splits)}
 
     clock("evaluating standard, robust teacher and student (clean, PGD, corruptions, membership)")
     rows = [
         ("standard", "dense", common.evaluate(dense, splits, args, reference=dense), common.size_of(dense, dense)),
-        ("robust teacher", "teacher", common.evaluate(result.teacher, splits, args, reference=dense),
-         common.size_of(result.teacher, dense)),
-        ("RLNet student", "compressed", common.evaluate(result.student, splits, args, reference=dense),
-         common.size_of(result.student, dense), exported),
+        ("robust teacher", "teacher", common.evaluate(teacher, splits, args, reference=dense),
+         common.size_of(teacher, dense)),
+        ("RLNet student", "compressed", common.evaluate(student, splits, args, reference=dense),
+         common.size_of(student, dense), exported),
     ]
     clock("done")
     return common.report(f"RLNet on {args.data}", args, splits.sizes(), rows, args.out, model_path=saved,
-                         rlnet=result.to_dict())
+                         rlnet=info)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as common  # noqa: E402
 
+import tfsafe.methods  # noqa: E402
 from tfsafe.io import save_model  # noqa: E402
-from tfsafe.methods.self_compress import self_compress  # noqa: E402
 from tfsafe.metrics import relu_count  # noqa: E402
 from tfsafe.models import accuracy  # noqa: E402
 
@@ -47,14 +47,16 @@ def main(argv=None):
 
     clock(f"self-compression: gamma {args.gamma}, safety set of {args.safety_size} validation examples, "
           f"{args.epochs} epochs")
-    result = self_compress(dense, *splits.train, validation_data=splits.validation, safety_size=args.safety_size,
-                           gamma=args.gamma, safety_weight=args.safety_weight, epochs=args.epochs,
-                           batch_size=args.batch_size, bits_learning_rate=0.02, monitor_every=20, seed=args.seed)
-    size = result.size
-    safety_x, safety_y = splits.validation[0][result.safety_indices], splits.validation[1][result.safety_indices]
+    method = tfsafe.methods.get("self_compress", safety_size=args.safety_size, gamma=args.gamma,
+                                safety_weight=args.safety_weight, epochs=args.epochs, batch_size=args.batch_size,
+                                bits_learning_rate=0.02, monitor_every=20)
+    result = method.compress(dense, splits, seed=args.seed, verbose=0)
+    size, monitor = result.info["size"], result.info["monitor"]
+    indices = result.info["safety_indices"]
+    safety_x, safety_y = splits.validation[0][indices], splits.validation[1][indices]
     print(f"learned {size['average_bits']:.2f} bits per kept weight on average, {size['channels_removed']} of "
           f"{size['channels']} channels removed; safety accuracy {accuracy(dense, safety_x, safety_y):.4f} (dense) -> "
-          f"{accuracy(result.stripped, safety_x, safety_y):.4f}; {len(result.monitor['restorations'])} restoration(s)")
+          f"{accuracy(result.stripped, safety_x, safety_y):.4f}; {len(monitor['restorations'])} restoration(s)")
 
     saved = save_model(result.model, os.path.join(args.out, "self_compress.keras"))
     exported = {} if args.no_export else {
@@ -72,7 +74,7 @@ def main(argv=None):
     ]
     clock("done")
     return common.report(f"Safety-driven self-compression on {args.data}", args, splits.sizes(), rows, args.out,
-                         model_path=saved, learned_size=size, restorations=result.monitor["restorations"],
+                         model_path=saved, learned_size=size, restorations=monitor["restorations"],
                          stripped_params=result.stripped.count_params())
 
 

@@ -43,7 +43,7 @@ from tfsafe.safety.adversarial_training import AdversarialModel, EpsilonRamp  # 
 
 def train_keras3_model(splits, epochs, seed, path):
     """A user's Keras 3 model: softmax output, compiled and fit the Keras 3 way, saved to ``path``."""
-    import keras as keras3  # Keras 3 (the `keras` package); tfsafe itself runs on tf_keras  # noqa: PLC0415
+    import keras as keras3  # Keras 3 (the `keras` package); tfsafe itself runs on tf_keras
 
     keras3.utils.set_random_seed(seed)
     x, y = splits.train

@@ -61,8 +61,8 @@ def check_saved_model(path, entry, splits, tolerance=0.0):
 
 def test_every_example_documents_its_command():
     names = sorted(f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py") and not f.startswith("_"))
-    assert names == ["atmc", "audit_tflite_model", "export_to_phone", "mia_safecompress", "rlnet", "self_compress",
-                     "wrap_keras_model"], "a new example needs its own test in this file"
+    assert names == ["atmc", "audit_tflite_model", "export_to_phone", "mia_safecompress", "multi_threat_selection",
+                     "rlnet", "self_compress", "wrap_keras_model"], "a new example needs its own test in this file"
     for name in names:
         with open(os.path.join(EXAMPLES, f"{name}.py")) as f:
             text = f.read()
@@ -122,8 +122,24 @@ def test_mia_safecompress(tmp_path, digits_splits):
     check_entry(dense)
     check_entry(compressed)
     assert compressed["size"]["sparsity"] == pytest.approx(0.9, abs=0.02)
-    assert os.path.exists(tmp_path / "checkpoint" / "state.json")
+    assert os.path.exists(tmp_path / "checkpoint" / "progress.json")
+    assert os.path.exists(tmp_path / "checkpoint" / "train" / "state.json")
     check_saved_model(tmp_path / "safecompress.keras", compressed, digits_splits)
+
+
+def test_multi_threat_selection(tmp_path, digits_splits):
+    report = run_example("multi_threat_selection", tmp_path, "--dense_epochs", "3", "--epochs", "1",
+                         "--update_every", "5", "--attack_size", "50", "--select_size", "30", *TINY_EVAL, *NO_HTML)
+    dense, compressed = report["models"]
+    check_entry(dense)
+    check_entry(compressed)
+    assert compressed["size"]["sparsity"] == pytest.approx(0.9, abs=0.02)
+    selection = compressed["selection"]
+    assert [t["name"] for t in selection["tests"]] == ["val_accuracy", "simulated_attacker", "pgd_linf_0.1"]
+    leak = report["meta"]["leakage"]
+    assert report["meta"]["no_more_leakage"] == (leak["compressed"] <= leak["dense"])
+    assert leak["compressed"] == compressed["membership"]["worst"]["advantage"]
+    check_saved_model(tmp_path / "multi_threat.keras", compressed, digits_splits)
 
 
 def test_wrap_keras_model_from_keras3(tmp_path, digits_splits):

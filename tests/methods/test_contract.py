@@ -19,7 +19,8 @@ TINY = {
     "safecompress": {"epochs": 1, "update_every": 2, "attack_size": 20, "attack_epochs": 1, "batch_size": 32},
     "atmc": {"epochs": 1, "steps": 1, "select_steps": 2, "ratio": 0.3, "batch_size": 32, "ramp_epochs": 0.0},
     "self_compress": {"epochs": 1, "safety_size": 20, "monitor_every": 3, "batch_size": 32},
-    "rlnet": {"teacher_epochs": 1, "search_epochs": 1, "finetune_epochs": 1, "pgd_steps": 1, "batch_size": 32},
+    "rlnet": {"teacher_epochs": 1, "search_epochs": 1, "finetune_epochs": 1, "pgd_steps": 1, "batch_size": 32,
+              "adversarial": False, "augment": False},
     "baseline": {"epochs": 1, "batch_size": 32},
     "dp_sgd": {"epochs": 1, "batch_size": 32, "target_sparsity": 0.5, "prune_epochs": 1},
 }

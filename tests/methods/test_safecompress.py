@@ -8,7 +8,7 @@ from conftest import clone, compile_classifier
 
 from tfsafe._keras import keras
 from tfsafe.compress.dynamic_sparsity import read_masks, read_weights
-from tfsafe.compress.pruning import PrunableSafe, prunable_wrappers, prune_safe
+from tfsafe.compress.pruning import prunable_wrappers, prune_safe
 from tfsafe.errors import InputError
 from tfsafe.methods.safecompress import (
     AdversarialRegularization,
@@ -97,14 +97,40 @@ def test_safecompress_on_digits_with_audit_and_resume(trained_cnn, digits_splits
     exported = to_tflite(result.model, str(tmp_path / "safecompress.tflite"), "int8", digits_splits.train[0],
                          verify=digits_splits.test, min_agreement=0.9)
     assert exported.input["dtype"] == "int8" and exported.parity.top1_agreement >= 0.9
-    # Resume from the checkpoint: same masks, history continues, step schedule continues.
-    state = json.loads((tmp_path / "state.json").read_text())
+    # The finished run resumes without redoing anything; other settings are refused.
+    state = json.loads((tmp_path / "train" / "rounds.json").read_text())
     assert len(state["history"]) == len(result.history)
-    resumed = compressor.fit(trained_cnn, digits_splits, epochs=4, batch_size=32, checkpoint_dir=str(tmp_path),
-                             resume=True)
-    assert isinstance(resumed.model.layers[1], PrunableSafe)
-    assert len(resumed.history) > len(result.history)
-    assert resumed.history[len(result.history)]["step"] > result.history[-1]["step"]
+    again = compressor.fit(trained_cnn, digits_splits, epochs=2, batch_size=32, checkpoint_dir=str(tmp_path),
+                           resume=True)
+    assert again.history == result.history
+    with pytest.raises(InputError, match="other settings.*epochs"):
+        compressor.fit(trained_cnn, digits_splits, epochs=4, batch_size=32, checkpoint_dir=str(tmp_path),
+                       resume=True)
+
+
+class _KillAfter(keras.callbacks.Callback):
+    def __init__(self, batches):
+        super().__init__()
+        self.batches, self.seen = batches, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.batches:
+            raise KeyboardInterrupt("killed mid-fit")
+
+
+def test_a_kill_inside_the_training_stage_resumes_from_the_last_round(trained_cnn, digits_splits, tmp_path):
+    method = SafeCompress(target_sparsity=0.8, num_candidates=2, update_every=2, attack_size=60, attack_epochs=1,
+                          epochs=1, batch_size=64)
+    # 10 batches; rounds until accepted step 4: one round at step 2 (4 batches), then the kill.
+    with pytest.raises(KeyboardInterrupt):
+        method.compress(clone(trained_cnn), digits_splits, callbacks=[_KillAfter(7)], checkpoint_dir=tmp_path,
+                        verbose=0)
+    saved = json.loads((tmp_path / "train" / "rounds.json").read_text())
+    assert len(saved["history"]) == 1 and saved["step"] == 4
+    result = method.compress(clone(trained_cnn), digits_splits, checkpoint_dir=tmp_path, resume=True, verbose=0)
+    assert result.history["train"][0] == saved["history"][0]  # the finished round was kept, not redone
+    assert result.selection["checks"][0]["round"] == 0
 
 
 def test_adversarial_regularization_trains_with_fit(trained_cnn, digits_splits):

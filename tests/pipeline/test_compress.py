@@ -11,7 +11,8 @@ from pipeline_helpers import tiny_config
 
 from tfsafe.report import SCHEMA_VERSION
 
-STAGES = {"dense", "tfmot_pruning", "export", "evaluate_dense", "evaluate_compressed", "evaluate_tflite"}
+STAGES = {"dense", "baseline_prune", "baseline_strip", "export", "evaluate_dense", "evaluate_compressed",
+          "evaluate_tflite"}
 
 
 def test_compress_command_end_to_end_then_resume_redoes_nothing(tmp_path, capsys):
@@ -55,6 +56,21 @@ def test_compress_command_end_to_end_then_resume_redoes_nothing(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert "already holds a run" in err and "--resume" in err and "\n" not in err
 
+    # Only the export settings changed: export and what follows are redone, nothing before it.
+    changed = json.loads(open(config).read())
+    changed["export"] = dict(changed["export"], calibration_samples=100)
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    args[2] = f"--config={tmp_path / 'changed.json'}"
+    assert run_cli(*args, "--resume") == 0
+    log = capsys.readouterr().out
+    for stage in ("dense", "baseline_prune", "baseline_strip"):
+        assert f"[{stage}] done in an earlier run; skipped" in log
+    for stage in ("export", "evaluate_dense", "evaluate_compressed", "evaluate_tflite"):
+        assert f"[{stage}] its settings or an earlier stage changed; redoing" in log
+    assert os.path.getmtime(out / "dense.keras") == dense_mtime
+    run = json.loads((out / "run.json").read_text())
+    assert run["stages"]["export"]["depends"]["export"]["calibration_samples"] == 100
+
 
 def test_a_killed_run_resumes_from_its_finished_stages(tmp_path, capsys):
     out = tmp_path / "run"
@@ -74,15 +90,17 @@ def test_a_killed_run_resumes_from_its_finished_stages(tmp_path, capsys):
     proc.wait(timeout=30)
     assert "rlnet_teacher" in stages, "the run never finished its teacher stage"
     assert "rlnet_finetune" not in json.loads(run_file.read_text())["stages"]
-    teacher_mtime = os.path.getmtime(out / "rlnet_teacher.keras")
+    teacher_file = out / "checkpoints" / "rlnet" / "teacher" / "teacher.keras"
+    teacher_mtime = os.path.getmtime(teacher_file)
 
     capsys.readouterr()
     assert run_cli(*args, "--resume") == 0
     log = capsys.readouterr().out
     assert "[dense] done in an earlier run; skipped" in log
     assert "[rlnet_teacher] done in an earlier run; skipped" in log
+    assert "[rlnet_teacher] running" not in log
     assert "[rlnet_finetune] running" in log
-    assert os.path.getmtime(out / "rlnet_teacher.keras") == teacher_mtime
+    assert os.path.getmtime(teacher_file) == teacher_mtime
     report = json.loads((out / "report.json").read_text())
     info = report["models"][1]["method_info"]
     assert info["relu_count"] == info["relu_budget"] < info["all_relu_count"]

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
+import tfsafe.methods
 from tfsafe.errors import InputError
-from tfsafe.pipeline.methods import check_params
-from tfsafe.recipes import METHODS, load_recipe, merge_config
+from tfsafe.methods.base import CompressionMethod
+from tfsafe.recipes import METHODS, check_params, load_recipe, merge_config
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -14,6 +15,26 @@ def test_every_builtin_recipe_is_complete_and_accepted_by_its_method(method):
     assert {"data", "dense", "params", "evaluation", "export", "seed"} <= set(recipe)
     assert recipe["evaluation"]["steps"] >= 20 and recipe["evaluation"]["restarts"] >= 1  # the protocol
     check_params(method, recipe["params"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_recipe_params_are_exactly_the_constructor_arguments_and_defaults(method):
+    # One vocabulary and one set of defaults: Python, the recipes and the CLI agree.
+    assert load_recipe(method)["params"] == tfsafe.methods.get(method).get_config()
+
+
+def test_a_registered_method_without_a_recipe_file_gets_its_defaults():
+    class Tiny(CompressionMethod):
+        name = "tiny_for_recipes"
+
+        def __init__(self, strength=0.5):
+            self.strength = strength
+
+    tfsafe.methods.register("tiny_for_recipes", Tiny)
+    recipe = load_recipe("tiny_for_recipes", {"params": {"strength": 0.7}})
+    assert recipe["params"] == {"strength": 0.7} and recipe["export"] == load_recipe("baseline")["export"]
+    with pytest.raises(InputError, match="Unknown params for tiny_for_recipes: power"):
+        load_recipe("tiny_for_recipes", {"params": {"power": 1}})
 
 
 def test_overrides_merge_deeply_from_a_dict_or_a_file(tmp_path):
@@ -30,7 +51,9 @@ def test_extra_method_params_are_checked_against_the_method():
     recipe = load_recipe("safecompress", {"params": {"grow": "gradient"}})
     check_params("safecompress", recipe["params"])
     with pytest.raises(InputError, match="Unknown params for atmc: ratoi"):
-        check_params("atmc", load_recipe("atmc", {"params": {"ratoi": 0.1}})["params"])
+        load_recipe("atmc", {"params": {"ratoi": 0.1}})
+    with pytest.raises(InputError, match="Unknown params for atmc: ratoi"):
+        check_params("atmc", {"ratoi": 0.1})
 
 
 @pytest.mark.parametrize("config, message", [

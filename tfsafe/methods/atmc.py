@@ -41,7 +41,7 @@ from tfsafe.safety.adversarial_training import EpsilonRamp
 from tfsafe.validation import check_xy
 
 __all__ = [
-    "ATMC", "ATMCModel", "ADMMUpdate", "BestProjectedCheckpoint", "ATMCResult", "atmc_compress",
+    "ATMC", "ATMCModel", "ADMMUpdate", "BestProjectedCheckpoint", "ATMCResult", "atmc_train", "atmc_compress",
     "compressible_groups", "topk_masks", "kmeans_quantize", "budget_for_ratio",
 ]
 
@@ -177,7 +177,7 @@ class ATMC(CompressionMethod):
 
 @dataclasses.dataclass
 class ATMCResult:
-    """What the deprecated :func:`atmc_compress` returns.
+    """What :func:`atmc_train` (and the deprecated :func:`atmc_compress`) returns.
 
     Attributes:
         model: The compressed (factorized, pruned and quantized) model; ``strip()`` merges it.
@@ -192,11 +192,15 @@ class ATMCResult:
     best: dict
 
 
-def atmc_compress(model, x, y, budget, bits=8, eps=0.3, epochs=5, validation_data=None, batch_size=128,
+def atmc_train(model, x, y, budget, bits=8, eps=0.3, epochs=5, validation_data=None, batch_size=128,
                   steps=10, learning_rate=1e-3, adv_weight=0.5, rho=0.1, rho_growth=1.0, rho_max=None,
                   admm_every=50, ramp_epochs=0.0, select_steps=20, min_layer_fraction=0.01, fixed_mask=False,
                   factorized=True, verbose=0, callbacks=None):
-    """Deprecated: use ``ATMC(...).compress(model, splits)``. Factorize, PGD-train under ``budget``, project.
+    """ATMC on arrays (what the paper's baselines share): factorize, PGD-train under ``budget``, project.
+
+    The method's one-call form is ``tfsafe.methods.get("atmc", ...).compress(model, splits)``;
+    this lower-level function takes the budget itself and trains in place, so
+    :mod:`tfsafe.methods.atmc_baselines` can run NAP / AP / ALR / DA through the same code.
 
     Args:
         model: A trained classifier (plain Dense/Conv2D layers, or already factorized).
@@ -220,8 +224,6 @@ def atmc_compress(model, x, y, budget, bits=8, eps=0.3, epochs=5, validation_dat
         :class:`ATMCResult`. A plain ``model`` is factorized into a new model; a model that is
         already factorized (or ``factorized=False``) is trained in place.
     """
-    warnings.warn("atmc_compress is deprecated; use tfsafe.methods.get('atmc', ...).compress(model, splits).",
-                  DeprecationWarning, stacklevel=2)
     net = factorize(model, bits=32) if factorized and not matrix_layers(model) else model
     x, y = check_xy(net, x, y, "training")
     if int(epochs) < 1:
@@ -230,3 +232,10 @@ def atmc_compress(model, x, y, budget, bits=8, eps=0.3, epochs=5, validation_dat
                                    learning_rate, adv_weight, rho, rho_growth, rho_max, admm_every, ramp_epochs,
                                    select_steps, min_layer_fraction, fixed_mask, None, callbacks, verbose)
     return ATMCResult(model=net, history=history, checks=checks, best=best)
+
+
+def atmc_compress(*args, **kwargs):
+    """Deprecated: use ``tfsafe.methods.get("atmc", ...).compress(model, splits)`` (or :func:`atmc_train`)."""
+    warnings.warn("atmc_compress is deprecated; use tfsafe.methods.get('atmc', ...).compress(model, splits).",
+                  DeprecationWarning, stacklevel=2)
+    return atmc_train(*args, **kwargs)

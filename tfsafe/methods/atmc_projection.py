@@ -139,7 +139,7 @@ def kmeans_quantize(values, bits, support=None, init=None, max_iter=30):
 
     Example:
         >>> q, c = kmeans_quantize(np.array([0.0, 1.0, 1.1, -2.0, -2.1]), bits=1)
-        >>> len(np.unique(q)) <= 3 and q[0] == 0.0
+        >>> bool(len(np.unique(q)) <= 3 and q[0] == 0.0)
         True
     """
     bits = check_bits(bits)

@@ -197,6 +197,7 @@ class CompressionMethod:
 
     name = "method"
     stages = ()
+    role = "compressed"  # how reports label the result (the TF-MOT baseline: "unsafe baseline")
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -279,7 +280,7 @@ class CompressionMethod:
                 continue
             for cb in stage_cbs:
                 cb.on_stage_begin(self, stage)
-            keras.utils.set_random_seed(run.seed + self.stages.index(stage))
+            keras.utils.set_random_seed(run.seed)  # every stage starts from the seed: a resume repeats it
             started = time.perf_counter()
             getattr(self, f"_stage_{stage}")(run)
             run.state["seconds"][stage] = round(time.perf_counter() - started, 3)

@@ -49,6 +49,7 @@ class TFMOTPruning(CompressionMethod):
 
     name = "baseline"
     stages = ("prune", "strip")
+    role = "unsafe baseline"
 
     def __init__(self, target_sparsity=0.9, epochs=30, batch_size=32, learning_rate=1e-3, end_fraction=0.7,
                  max_steps=None):

@@ -20,11 +20,9 @@ keeps that path only. Evaluate the path you deploy.
 import dataclasses
 import warnings
 
-from tfsafe._keras import keras, tf
+from tfsafe._keras import keras
 from tfsafe.compress.dual_bn import DualBatchNormalization, dual_batchnorm, dual_bn_layers, set_bn_route
 from tfsafe.compress.linearization import (
-    PolyReLUMask,
-    _relu_kind,
     binarize_masks,
     check_relu_budget,
     linearize,
@@ -34,10 +32,14 @@ from tfsafe.compress.linearization import (
 )
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.methods.base import CompressionMethod, check_choice, check_int, check_number, default_eps, nonempty
-from tfsafe.models import copy_model, logits_model
-from tfsafe.objectives import attention_transfer_loss, distillation_loss, softmax_cross_entropy
-from tfsafe.safety.adversarial import pgd_perturb
-from tfsafe.safety.adversarial_training import EpsilonRamp
+from tfsafe.methods.rlnet_training import (
+    RLNetTrainer,
+    RobustLoss,
+    augment_images,
+    fit_robust,
+    relu_activations_model,
+)
+from tfsafe.models import copy_model
 from tfsafe.validation import check_model, check_xy
 
 __all__ = [
@@ -78,200 +80,6 @@ def rlnet_cnn(input_shape=(8, 8, 1), num_classes=10, filters=(16, 32), dense=64,
     return keras.Model(inputs, outputs, name=name)
 
 
-def augment_images(x, max_shift=0.1, contrast=(0.7, 1.3), brightness=0.1, noise=0.08):
-    """Random per-example shift, contrast, brightness and Gaussian noise; clipped to [0, 1].
-
-    Light augmentations for images in [0, 1] (graph-safe): they widen the clean distribution
-    towards natural corruptions without moving it far from the test images.
-    """
-    x = tf.convert_to_tensor(x, tf.float32)
-    n = tf.shape(x)[0]
-    height, width = x.shape[1], x.shape[2]
-    if max_shift:
-        dy = tf.random.uniform([n], -max_shift, max_shift) * height
-        dx = tf.random.uniform([n], -max_shift, max_shift) * width
-        ones, zeros = tf.ones([n]), tf.zeros([n])
-        transforms = tf.stack([ones, zeros, -tf.round(dx), zeros, ones, -tf.round(dy), zeros, zeros], axis=1)
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
-            interpolation="NEAREST", fill_mode="CONSTANT")
-    shape = tf.stack([n, 1, 1, 1])
-    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    x = (x - mean) * tf.random.uniform(shape, *contrast) + mean
-    x = x + tf.random.uniform(shape, -brightness, brightness)
-    x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform(shape, 0.0, noise)
-    return tf.clip_by_value(x, 0.0, 1.0)
-
-
-def _relu_sites(model):
-    sites = []
-    for layer in model.layers:
-        if isinstance(layer, PolyReLUMask) or _relu_kind(layer):
-            if len(layer._inbound_nodes) != 1:
-                raise UnsupportedModelError(
-                    f"ReLU layer '{layer.name}' is shared; attention transfer needs one output per ReLU."
-                )
-            sites.append(layer.output)
-    return sites
-
-
-def relu_activations_model(model):
-    """``keras.Model`` returning ``[logits, post-ReLU activation 1, 2, ...]`` (graph order).
-
-    ReLU sites are ReLU layers, ``Activation('relu')``, layers with ``activation='relu'`` and
-    :class:`PolyReLUMask` layers, so a model and its linearized copy pair up site by site.
-    """
-    logits = logits_model(model)
-    return keras.Model(model.inputs, [logits.outputs[0]] + _relu_sites(model), name=f"{model.name}_relu_maps")
-
-
-class RobustLoss:
-    """The RLNet objective for one batch: ``fn(model, x, y) -> scalar`` (graph-safe).
-
-    Clean path: ``CE`` on (augmented) clean inputs through the clean BN route. Adversarial path:
-    ``CE`` on PGD inputs crafted against the adversarial route. With a teacher each path's loss
-    is ``(1 - kd_weight) CE + kd_weight KD_T + at_weight AT`` against the teacher on the same
-    route and inputs. The total is ``(1 - adv_weight) clean + adv_weight adversarial``. After
-    the batch every dual BN layer is routed back to its ``inference_path``.
-
-    Args:
-        eps: PGD radius (Linf); ``current_eps`` holds the current value (ramped by
-            :class:`~tfsafe.safety.adversarial_training.EpsilonRamp` with ``target=`` this loss).
-        pgd_steps: PGD steps while training; step ``2.5 * eps / steps``.
-        teacher: Optional all-ReLU teacher for KD and attention transfer.
-        temperature: KD temperature (RLNet: 4).
-        kd_weight: Weight of the KD term (RLNet: 0.5, and 0.5 for CE).
-        at_weight: Weight of the post-ReLU attention-transfer term (RLNet: 1000).
-        adv_weight: Weight of the adversarial path.
-        adversarial: ``False`` trains the clean path only (the non-robust baseline).
-        augment: Apply :func:`augment_images` to the clean inputs.
-    """
-
-    def __init__(self, eps=0.3, pgd_steps=7, teacher=None, temperature=4.0, kd_weight=0.5, at_weight=1000.0,
-                 adv_weight=0.5, adversarial=True, augment=True):
-        if adversarial and not float(eps) > 0:
-            raise InputError(f"eps must be > 0 for adversarial training, got {eps}; or pass adversarial=False.")
-        if int(pgd_steps) < 1:
-            raise InputError(f"pgd_steps must be >= 1, got {pgd_steps}.")
-        for name, value in (("kd_weight", kd_weight), ("adv_weight", adv_weight)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise InputError(f"{name} must be in [0, 1], got {value}.")
-        self.eps = float(eps)
-        self.current_eps = tf.Variable(self.eps, trainable=False, dtype=tf.float32, name="rlnet_eps")
-        self.pgd_steps = int(pgd_steps)
-        self.teacher = teacher
-        self.temperature = float(temperature)
-        self.kd_weight = float(kd_weight) if teacher is not None else 0.0
-        self.at_weight = float(at_weight) if teacher is not None else 0.0
-        self.adv_weight = float(adv_weight) if adversarial else 0.0
-        self.adversarial = bool(adversarial)
-        self.augment = bool(augment)
-        self._maps = {}
-
-    @property
-    def eps_var(self):
-        """The 0.x name of ``current_eps``."""
-        return self.current_eps
-
-    def _maps_model(self, model):
-        if id(model) not in self._maps:  # the model is kept alive with its map so the id stays unique
-            self._maps[id(model)] = (model, relu_activations_model(model))
-        return self._maps[id(model)][1]
-
-    def _path_loss(self, model, x, y, route):
-        set_bn_route(model, route)
-        use_at = self.at_weight > 0
-        if use_at:
-            outputs = self._maps_model(model)(x, training=True)
-            logits, maps = outputs[0], outputs[1:]
-        else:
-            logits, maps = logits_model(model)(x, training=True), []
-        ce = softmax_cross_entropy(y, logits)
-        if self.teacher is None:
-            return ce, logits
-        set_bn_route(self.teacher, route)
-        t_out = self._maps_model(self.teacher)(x, training=False)
-        loss = (1.0 - self.kd_weight) * ce + self.kd_weight * distillation_loss(logits, t_out[0], self.temperature)
-        if use_at:
-            t_maps = t_out[1:]
-            if len(t_maps) != len(maps):
-                raise UnsupportedModelError(
-                    f"The student has {len(maps)} ReLU sites and the teacher {len(t_maps)}; the student must "
-                    "be a linearized copy of the teacher."
-                )
-            loss += self.at_weight * attention_transfer_loss(maps, t_maps)
-        return loss, logits
-
-    def __call__(self, model, x, y):
-        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        x_clean = augment_images(x) if self.augment else tf.convert_to_tensor(x, tf.float32)
-        total, _ = self._path_loss(model, x_clean, y, "clean")
-        total = (1.0 - self.adv_weight) * total
-        if self.adversarial:
-            set_bn_route(model, "adversarial")
-            x_adv = tf.stop_gradient(
-                pgd_perturb(logits_model(model), x_clean, y, self.current_eps, self.pgd_steps, training=False))
-            adv, _ = self._path_loss(model, x_adv, y, "adversarial")
-            total += self.adv_weight * adv
-        set_bn_route(model, "inference")
-        if self.teacher is not None:
-            set_bn_route(self.teacher, "inference")
-        return total
-
-
-class RLNetTrainer(keras.Model):
-    """Trains ``model`` with a :class:`RobustLoss` in ``train_step`` (stages 1 and 3).
-
-    Example:
-        >>> trainer = RLNetTrainer(rlnet_cnn(), RobustLoss(eps=0.1, pgd_steps=3))
-        >>> trainer.compile(keras.optimizers.Adam(1e-3))
-    """
-
-    def __init__(self, model, loss_fn, **kwargs):
-        super().__init__(**kwargs)
-        self.model = model
-        self.loss_fn = loss_fn
-        self._logits = logits_model(model)
-        self.loss_tracker = keras.metrics.Mean("loss")
-        self.acc_tracker = keras.metrics.SparseCategoricalAccuracy("accuracy")
-
-    def call(self, inputs, training=None):
-        return self.model(inputs, training=training)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.acc_tracker]
-
-    def train_step(self, data):
-        x, y = data[0], data[1]
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            loss = self.loss_fn(self.model, x, y)
-            if self.model.losses:
-                loss += tf.add_n(self.model.losses)
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
-
-    def test_step(self, data):
-        x, y = data[0], data[1]
-        self.acc_tracker.update_state(tf.reshape(y, [-1]), self._logits(x, training=False))
-        return {"accuracy": self.acc_tracker.result()}
-
-
-def _fit(model, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose,
-         ramp_epochs=0.0):
-    trainer = RLNetTrainer(model, loss_fn)
-    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    cbs = list(callbacks or [])
-    if loss_fn.adversarial and ramp_epochs > 0:
-        cbs.append(EpsilonRamp(ramp_epochs, target=loss_fn))
-    history = trainer.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-                          callbacks=cbs, verbose=verbose, shuffle=True)
-    set_bn_route(model, "inference")
-    return history
-
-
 def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning_rate=1e-3, pgd_steps=7,
                          augment=True, adv_weight=0.5, ramp_epochs=1.0, inference_path="clean",
                          validation_data=None, callbacks=None, verbose=0):
@@ -298,7 +106,8 @@ def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning
     x, y = check_xy(model, x, y)
     teacher = copy_model(model) if dual_bn_layers(model) else dual_batchnorm(model, inference_path=inference_path)
     loss_fn = RobustLoss(eps, pgd_steps, adv_weight=adv_weight, augment=augment)
-    _fit(teacher, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose, ramp_epochs)
+    fit_robust(teacher, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose,
+               ramp_epochs)
     return teacher
 
 
@@ -344,7 +153,7 @@ def finetune_student(student, teacher, x, y, eps=0.3, epochs=5, batch_size=64, l
     x, y = check_xy(student, x, y)
     loss_fn = RobustLoss(eps, pgd_steps, teacher=teacher, temperature=temperature, kd_weight=kd_weight,
                          at_weight=at_weight, adversarial=adversarial, augment=augment)
-    return _fit(student, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose)
+    return fit_robust(student, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose)
 
 
 @dataclasses.dataclass
@@ -497,6 +306,14 @@ class RLNet(CompressionMethod):
                                  eps=self._eps(run))
         if self.teacher_epochs == 0 and dual_bn_layers(model):
             run.models["teacher"] = copy_model(model)
+            return
+        if not self.adversarial:  # the SNL baseline: a standard (non-robust) teacher
+            teacher = (copy_model(model) if dual_bn_layers(model)
+                       else dual_batchnorm(model, inference_path=self.inference_path))
+            fit_robust(teacher, RobustLoss(adversarial=False, augment=self.augment), *run.train,
+                       max(1, self.teacher_epochs), self.batch_size, self.teacher_learning_rate,
+                       self._validation(run), run.callbacks, run.verbose)
+            run.models["teacher"] = teacher
             return
         run.models["teacher"] = train_robust_teacher(
             model, *run.train, eps=self._eps(run), epochs=max(1, self.teacher_epochs), batch_size=self.batch_size,

@@ -208,8 +208,8 @@ class SafeCompress(CompressionMethod):
             elif hasattr(test, "score") and hasattr(test, "name"):  # 0.x tests with score(model)
                 pairs.append((test, check_number(weight, f"the weight of test {test.name}")))
             else:
-                raise InputError("tests must be SafetyTest objects or (test, weight) pairs with test.name and "
-                                 f"test.score(model); got {type(test).__name__}.")
+                raise InputError("tests (safety_tests in 0.x) must be SafetyTest objects or (test, weight) pairs "
+                                 f"with test.name and test.score(model); got {type(test).__name__}.")
         return pairs
 
     @property

@@ -82,7 +82,7 @@ class SelfCompressingModel(keras.Model):
         if safety_data is not None:
             sx, sy = check_xy(model, *safety_data, name="safety")
             self.safety_x, self.safety_y = tf.constant(sx), tf.constant(sy)
-        self._quant_ids = {id(v) for layer in learnable_layers(model) for v in quant_variables(layer)}
+        self._quant_ids = {id(v) for layer in learnable_layers(model) for v in quant_variables(layer).values()}
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "ce", "bits", "safety_loss")}
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
@@ -320,7 +320,8 @@ def choose_safety_set(model, train, validation, safety_size=100, safety_indices=
     source = safety_from or ("validation" if nonempty(validation) else "train")
     check_choice(source, "safety_from", ("validation", "train"))
     if source == "validation" and not nonempty(validation):
-        raise InputError("safety_from='validation' needs validation data; pass safety_from='train'.")
+        raise InputError("safety_from='validation' needs validation data (validation_data, or a non-empty "
+                         "splits.validation); pass safety_from='train' to select from the training data.")
     pool_x, pool_y = validation if source == "validation" else train
     if safety_indices is not None:
         indices = check_safety_indices(safety_indices, len(pool_x))

@@ -1,22 +1,25 @@
 """``compress_model``: dense model -> compressed -> int8 ``.tflite`` -> safety evaluation -> report.
 
-The stages, each recorded in ``<out_dir>/run.json`` when it finishes:
+One generic loop over the pipeline's own stages and the method's ``stages``, each recorded in
+``<out_dir>/run.json`` with the settings it depends on when it finishes:
 
 1. ``dense``: the given model (checked against the data) or a dense model trained on the
    members with the recipe's ``dense`` settings; saved as ``dense.keras``.
-2. the method's stages (``safecompress``, ``atmc``, ``self_compress``, ``rlnet_teacher`` /
-   ``rlnet_search`` / ``rlnet_finetune``, ``tfmot_pruning``); the last one is saved as
-   ``compressed.keras`` (the method's own form: wrappers, factors, masks). SafeCompress also
-   checkpoints every round under ``checkpoints/``.
-3. ``export``: ``compressed_int8.tflite`` (and its side-car JSON) through
+2. the method's stages, recorded as ``<method>_<stage>`` (e.g. ``rlnet_teacher``): the method
+   (``tfsafe.methods.get(method, **recipe["params"])``) checkpoints every stage under
+   ``checkpoints/<method>/`` and resumes after the last finished one; the result's model is
+   saved as ``compressed.keras`` (the method's own form: wrappers, factors, masks).
+3. ``export``: ``compressed_<mode>.tflite`` (and its side-car JSON) through
    :func:`tflite_export.convert.to_tflite`, which fails when top-1 agreement with Keras on
    the test split is below ``export.min_agreement``.
 4. ``evaluate_dense`` / ``evaluate_compressed`` / ``evaluate_tflite``: the safety tests of
    :func:`tfsafe.safety.evaluate.evaluate_safety` on the test split, membership on balanced
    members vs. untouched audit non-members; saved under ``evaluations/``.
-5. ``report.json`` / ``report.md`` / ``report.html``.
+5. ``report.json`` / ``report.md`` / ``report.html`` (rewritten on every run).
 
-The balanced audit sets are also written to ``audit/members.npz`` and ``audit/nonmembers.npz``
+On ``resume`` a stage is skipped when it finished with the same settings and no stage before
+it was redone; so a resume after changing only ``export`` redoes export and what follows.
+The balanced audit sets are written to ``audit/members.npz`` and ``audit/nonmembers.npz``
 so ``tfsafe audit`` can re-audit the ``.tflite`` (or a copy pulled from a phone) on them.
 
 Splits come from one seeded permutation, so a resumed run sees the same data.
@@ -24,95 +27,117 @@ Splits come from one seeded permutation, so a resumed run sees the same data.
 
 import json
 import os
+import shutil
 import time
 
 import numpy as np
 
+from tflite_export.convert import to_tflite
 from tfsafe._keras import keras
+from tfsafe.data import load_dataset, membership_split
 from tfsafe.errors import InputError
-from tfsafe.io import atomic_write_json, load_model, save_model
-from tfsafe.models import compile_classifier
-from tfsafe.pipeline.methods import RUNNERS, check_params, relative
+from tfsafe.io import atomic_path, atomic_write_json, load_model, save_model, to_jsonable
+from tfsafe.methods import StageCallback, get, rlnet_cnn
+from tfsafe.metrics import model_size
+from tfsafe.models import compile_classifier, lenet, mlp, small_cnn
 from tfsafe.pipeline.run_state import RUN_FILE, RunState
 from tfsafe.recipes import load_recipe
+from tfsafe.report import SafetyReport
+from tfsafe.safety.evaluate import DATASET_EPS, evaluate_safety
+from tfsafe.validation import check_xy
 
-__all__ = ["compress_model", "StageRunner", "load_splits", "dense_model"]
+__all__ = ["compress_model", "StageRunner", "load_splits", "dense_model", "method_params"]
 
-ARCHITECTURES = ("small_cnn", "lenet", "mlp", "rlnet_cnn")
+ARCHITECTURES = {"small_cnn": small_cnn, "lenet": lenet, "mlp": mlp, "rlnet_cnn": rlnet_cnn}
+
+
+def relative(path, root):
+    """``path`` relative to ``root`` (what run.json records, so the folder can move)."""
+    return os.path.relpath(path, root)
 
 
 class StageRunner:
-    """Runs named stages once: a finished stage is loaded from the run folder instead.
+    """Runs named stages once; a stage done with the same settings is loaded from the run folder.
 
     Args:
         state: the :class:`~tfsafe.pipeline.run_state.RunState` of the run.
-        seed: the run's seed (methods read it from here).
-        verbose: Keras verbosity (1 = progress bars).
         log: where one-line progress messages go.
-        data: the dataset's name (methods read its default training eps from here).
+
+    Attributes:
+        redone: ``True`` once a stage ran in this call: every later stage runs too.
     """
 
-    def __init__(self, state, seed=0, verbose=1, log=print, data="digits"):
+    def __init__(self, state, log=print):
         self.state = state
-        self.data = data
-        self.seed = int(seed)
-        self.verbose = int(verbose)
         self.log = log
+        self.redone = False
         self.started = time.perf_counter()
 
     def path(self, *parts):
         """A path inside the run folder."""
         return os.path.join(self.state.out_dir, *parts)
 
-    def _begin(self, name, what):
-        if self.state.done(name):
+    def skip(self, name, depends):
+        """Whether ``name`` is done (same settings, nothing before it redone); logs the decision."""
+        if not self.redone and self.state.done(name, depends):
             self.log(f"[{name}] done in an earlier run; skipped")
-            return None
+            return True
+        if self.state.recorded(name):
+            self.log(f"[{name}] its settings or an earlier stage changed; redoing")
+            self.state.forget(name)
+        self.redone = True
+        return False
+
+    def begin(self, name, what="running"):
         self.log(f"[{name}] {what} ...")
         return time.perf_counter()
 
-    def _end(self, name, started):
+    def end(self, name, started, depends, **outputs):
+        self.state.finish(name, started, depends=depends, **outputs)
         seconds = time.perf_counter() - started
         self.log(f"[{name}] done in {seconds:.1f} s (total {time.perf_counter() - self.started:.1f} s)")
 
-    def model_stage(self, name, build, filename=None):
+    def model_stage(self, name, depends, build):
         """``build() -> (model, info)`` once; saved as ``<name>.keras`` and loaded on resume."""
-        filename = filename or f"{name}.keras"
-        started = self._begin(name, "running")
-        if started is None:
+        if self.skip(name, depends):
             outputs = self.state.outputs(name)
             return load_model(self.path(outputs["model"])), outputs.get("info", {})
+        started = self.begin(name)
         model, info = build()
-        path = save_model(model, self.path(filename))
-        self.state.finish(name, started, model=relative(path, self.state.out_dir), info=info)
-        self._end(name, started)
-        return model, json.loads(json.dumps(info, default=_jsonable))
+        path = save_model(model, self.path(f"{name}.keras"))
+        info = json.loads(json.dumps(to_jsonable(info)))
+        self.end(name, started, depends, model=relative(path, self.state.out_dir), info=info)
+        return model, info
 
-    def json_stage(self, name, build, what="running"):
+    def json_stage(self, name, depends, build, what="running"):
         """``build() -> dict`` once; saved as ``evaluations/<name>.json`` and read on resume."""
         path = self.path("evaluations", f"{name}.json")
-        started = self._begin(name, what)
-        if started is None:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        result = build()
-        atomic_write_json(path, result)
-        self.state.finish(name, started, result=relative(path, self.state.out_dir))
-        self._end(name, started)
+        if not self.skip(name, depends):
+            started = self.begin(name, what)
+            atomic_write_json(path, build())
+            self.end(name, started, depends, result=relative(path, self.state.out_dir))
         with open(path, encoding="utf-8") as f:
             return json.load(f)
 
 
-def _jsonable(value):
-    from tfsafe.io import to_jsonable  # noqa: PLC0415
+class _MethodStages(StageCallback):
+    """Logs a method's stages and records each in run.json as ``<method>_<stage>``."""
 
-    return to_jsonable(value)
+    def __init__(self, stages, depends):
+        self.stages, self.depends, self._started = stages, depends, None
+
+    def on_stage_begin(self, method, stage):
+        self._started = self.stages.begin(f"{method.name}_{stage}")
+
+    def on_stage_skip(self, method, stage):
+        self.stages.log(f"[{method.name}_{stage}] done in an earlier run; skipped")
+
+    def on_stage_end(self, method, stage, seconds):
+        self.stages.end(f"{method.name}_{stage}", self._started, self.depends)
 
 
 def load_splits(data, data_dir, sizes, seed):
     """The protocol splits of dataset ``data`` (train + test files pooled, then split by seed)."""
-    from tfsafe.data import load_dataset, membership_split  # noqa: PLC0415
-
     (x, y), (xt, yt) = load_dataset(data, data_dir=data_dir)
     x, y = np.concatenate([x, xt]), np.concatenate([y, yt])
     sizes = dict(sizes)
@@ -125,18 +150,20 @@ def load_splits(data, data_dir, sizes, seed):
 
 def dense_model(architecture, input_shape, num_classes):
     """A fresh model of one of :data:`ARCHITECTURES` (logits output)."""
-    from tfsafe import models  # noqa: PLC0415 - small_cnn, lenet, mlp
-    from tfsafe.methods.rlnet import rlnet_cnn  # noqa: PLC0415
-
-    builders = {"small_cnn": models.small_cnn, "lenet": models.lenet, "mlp": models.mlp, "rlnet_cnn": rlnet_cnn}
-    if architecture not in builders:
+    if architecture not in ARCHITECTURES:
         raise InputError(f"dense.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}.")
-    return builders[architecture](input_shape=input_shape, num_classes=num_classes)
+    return ARCHITECTURES[architecture](input_shape=input_shape, num_classes=num_classes)
+
+
+def method_params(params, data):
+    """The recipe's ``params`` with a ``null`` ``eps`` replaced by the dataset's usual radius."""
+    params = dict(params)
+    if "eps" in params and params["eps"] is None:
+        params["eps"] = float(DATASET_EPS[data])
+    return params
 
 
 def _dense_stage(model_path, splits, settings, seed, verbose):
-    from tfsafe.validation import check_xy  # noqa: PLC0415
-
     x, y = splits.train
     num_classes = int(max(y.max(), splits.test[1].max())) + 1
     if model_path:
@@ -153,8 +180,6 @@ def _dense_stage(model_path, splits, settings, seed, verbose):
 
 def _write_audit_sets(splits, stages, seed):
     """``audit/members.npz`` and ``audit/nonmembers.npz``: the balanced sets, for ``tfsafe audit``."""
-    from tfsafe.io import atomic_path  # noqa: PLC0415
-
     for name, (x, y) in zip(("members", "nonmembers"), splits.audit_sets(seed=seed)):
         path = stages.path("audit", f"{name}.npz")
         if not os.path.exists(path):
@@ -163,8 +188,6 @@ def _write_audit_sets(splits, stages, seed):
 
 
 def _export(compressed, splits, settings, path):
-    from tflite_export.convert import to_tflite  # noqa: PLC0415
-
     x, _ = splits.train
     result = to_tflite(compressed, path, mode=settings["mode"],
                        representative_data=x[:int(settings["calibration_samples"])],
@@ -177,20 +200,24 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
     """Compress a model with one method, export it and write a safety report, resumably.
 
     Args:
-        method: ``safecompress``, ``atmc``, ``self_compress``, ``rlnet`` or ``baseline``
-            (TF-MOT pruning, the unsafe baseline).
+        method: a registered method (:func:`tfsafe.methods.names`: ``safecompress``, ``atmc``,
+            ``self_compress``, ``rlnet``, ``baseline`` = TF-MOT pruning, the unsafe baseline).
         data: ``digits`` (bundled), ``mnist``, ``fashion_mnist`` or ``cifar10``.
         model: path of a trained ``.keras`` / ``.h5`` model; ``None`` trains the recipe's
             dense model on the members first.
         data_dir: folder with the dataset files (offline use).
         config: overrides of the method's recipe (dict or JSON path); see :mod:`tfsafe.recipes`.
         out_dir: the run folder (models, ``.tflite``, evaluations, report, ``run.json``).
-        resume: continue the run in ``out_dir``: finished stages are loaded, not redone.
+        resume: continue the run in ``out_dir``: stages done with the same settings are loaded.
         verbose: 1 shows Keras progress bars, 0 is quiet.
         log: where stage messages go.
 
     Returns:
         The report as a dict (what ``report.json`` holds).
+
+    Raises:
+        InputError: unknown method, recipe key or parameter, a missing model file, or a resume
+            of a run on other data.
 
     Example:
         >>> report = compress_model("baseline", "digits", out_dir="/tmp/tfsafe-doc", verbose=0,
@@ -198,32 +225,42 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
         >>> [m["role"] for m in report["models"]]  # doctest: +SKIP
         ['dense', 'unsafe baseline', 'deployed']
     """
-    from tfsafe.compress.strip import strip  # noqa: PLC0415
-    from tfsafe.metrics import model_size  # noqa: PLC0415
-    from tfsafe.report import SafetyReport  # noqa: PLC0415
-    from tfsafe.safety.evaluate import evaluate_safety  # noqa: PLC0415
-
     recipe = load_recipe(method, config)
-    check_params(method, recipe["params"])
+    compressor = get(method, **method_params(recipe["params"], data))
     if model is not None and not os.path.isfile(os.fspath(model)):
         raise InputError(f"--model file '{model}' does not exist.")
-    settings = {"method": method, "data": data, "model": None if model is None else os.path.abspath(model),
-                "recipe": recipe}
-    state = RunState(out_dir, settings, resume=resume)
     seed = int(recipe["seed"])
-    stages = StageRunner(state, seed=seed, verbose=verbose, log=log, data=data)
+    identity = {"method": method, "data": data, "model": None if model is None else os.path.abspath(model),
+                "seed": seed, "splits": recipe["data"]}
+    state = RunState(out_dir, identity, resume=resume)
+    stages = StageRunner(state, log=log)
     splits = load_splits(data, data_dir, recipe["data"], seed)
     log(f"data: {data} {splits.sizes()}")
     _write_audit_sets(splits, stages, seed)
 
-    dense, _ = stages.model_stage("dense", lambda: _dense_stage(model, splits, recipe["dense"], seed, verbose))
-    compressed, info = RUNNERS[method](dense, splits, recipe["params"], stages)
-    compressed_path = save_model(compressed, stages.path("compressed.keras"))
-    deployable = strip(compressed)
+    dense, _ = stages.model_stage("dense", {"dense": recipe["dense"]},
+                                  lambda: _dense_stage(model, splits, recipe["dense"], seed, verbose))
 
-    tflite_path = stages.path(f"compressed_{recipe['export']['mode']}.tflite")
-    export = stages.json_stage("export", lambda: _export(compressed, splits, recipe["export"], tflite_path),
-                               what=f"{recipe['export']['mode']} .tflite with a parity check")
+    # The method's own stages, checkpointed by the method; a change upstream starts them over.
+    method_depends = {"params": compressor.get_config()}
+    names = [f"{method}_{s}" for s in compressor.stages]
+    if stages.redone or not all(state.done(n, method_depends) for n in names if state.recorded(n)):
+        for name in names:
+            state.forget(name)
+        shutil.rmtree(stages.path("checkpoints", method), ignore_errors=True)
+    redo_method = not all(state.done(n, method_depends) for n in names)
+    result = compressor.compress(dense, splits, callbacks=[_MethodStages(stages, method_depends)],
+                                 checkpoint_dir=stages.path("checkpoints", method), resume=True, seed=seed,
+                                 verbose=verbose)
+    stages.redone = stages.redone or redo_method
+    compressed_path = save_model(result.model, stages.path("compressed.keras"))
+    deployable = result.stripped
+
+    export_settings = recipe["export"]
+    tflite_path = stages.path(f"compressed_{export_settings['mode']}.tflite")
+    export = stages.json_stage("export", {"export": export_settings},
+                               lambda: _export(result.model, splits, export_settings, tflite_path),
+                               what=f"{export_settings['mode']} .tflite with a parity check")
     ev = recipe["evaluation"]
 
     def evaluate(target, source):
@@ -232,21 +269,22 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
                                membership_attacks=ev["membership_attacks"])
 
     what = "safety tests (clean, PGD, FGSM, corruptions, membership, safety set)"
+    depends = {"evaluation": ev}
     results = {
-        "dense": stages.json_stage("evaluate_dense", lambda: evaluate(dense, None), what),
-        "compressed": stages.json_stage("evaluate_compressed", lambda: evaluate(deployable, dense), what),
-        "tflite": stages.json_stage("evaluate_tflite", lambda: evaluate(tflite_path, deployable),
+        "dense": stages.json_stage("evaluate_dense", depends, lambda: evaluate(dense, None), what),
+        "compressed": stages.json_stage("evaluate_compressed", depends, lambda: evaluate(deployable, dense), what),
+        "tflite": stages.json_stage("evaluate_tflite", depends, lambda: evaluate(tflite_path, deployable),
                                     "black-box and transfer tests of the .tflite"),
     }
     report = SafetyReport(f"tfsafe compress: {method} on {data}", method=method, dataset=data,
-                          splits=splits.sizes(), params=recipe["params"], run_record=RUN_FILE,
+                          splits=splits.sizes(), params=result.config, run_record=RUN_FILE,
                           protocol="test split for accuracy/robustness; balanced members vs. never-used audit "
                                    "non-members for membership; worst case over attacks")
     report.add_evaluation("dense", "dense", results["dense"], size=model_size(dense))
-    role = "unsafe baseline" if method == "baseline" else "compressed"
-    report.add_evaluation(method, role, results["compressed"], size=model_size(compressed, reference=dense),
-                          method_info=info, path=relative(compressed_path, state.out_dir))
-    report.add_evaluation(f"{method} {recipe['export']['mode']} .tflite", "deployed", results["tflite"],
+    report.add_evaluation(method, compressor.role, results["compressed"],
+                          size=model_size(result.model, reference=dense), method_info=result.info,
+                          selection=result.selection, path=relative(compressed_path, state.out_dir))
+    report.add_evaluation(f"{method} {export_settings['mode']} .tflite", "deployed", results["tflite"],
                           file={"path": relative(tflite_path, state.out_dir), "bytes": export["bytes"],
                                 "gzip_bytes": export["gzip_bytes"], "sparse_encoding": export["sparsity"]},
                           parity=export["parity"])

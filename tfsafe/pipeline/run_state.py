@@ -1,8 +1,10 @@
 """The record of a ``tfsafe compress`` run in its output folder (``run.json``).
 
-Each finished stage is written to ``run.json`` (atomically) with its outputs and time, right
-after its files are. A run that is killed loses at most the stage it was in; ``resume``
-skips the finished stages and refuses to continue a run made with other settings.
+Each finished stage is written to ``run.json`` (atomically) with its outputs, its time and
+the part of the configuration it depends on, right after its files are. A run that is killed
+loses at most the stage it was in. ``resume`` refuses to continue a run on other data (the
+run's identity: method, data, model, seed, split sizes); a stage whose own settings changed
+(e.g. only ``export``) is redone, and so is every stage after it.
 """
 
 import json
@@ -15,7 +17,7 @@ from tfsafe.io import atomic_write_json
 __all__ = ["RunState", "RUN_FILE"]
 
 RUN_FILE = "run.json"
-RUN_SCHEMA = 1
+RUN_SCHEMA = 2
 
 
 class RunState:
@@ -23,12 +25,14 @@ class RunState:
 
     Args:
         out_dir: the run's folder.
-        settings: what defines the run (method, data, recipe...); a resumed run must match.
+        settings: what identifies the run (method, data, model, seed, splits); a resumed run
+            must match.
         resume: continue the run already in ``out_dir``.
+        overwrite: start over even if ``out_dir`` holds a run.
 
     Example:
         >>> state = RunState("/tmp/run-doc", {"method": "baseline"}, resume=False, overwrite=True)
-        >>> state.done("dense")
+        >>> state.done("dense", {"epochs": 3})
         False
     """
 
@@ -52,31 +56,42 @@ class RunState:
             with open(self.path, encoding="utf-8") as f:
                 saved = json.load(f)
             if saved.get("schema") != RUN_SCHEMA or not isinstance(saved.get("stages"), dict):
-                raise ValueError("unknown schema")
+                raise ValueError(f"unknown schema {saved.get('schema')!r}")
             return saved
         except (OSError, ValueError) as err:
-            raise InputError(f"'{self.path}' is not a tfsafe run record ({err}); remove it or choose "
-                             "another --out.") from err
+            raise InputError(f"'{self.path}' is not a tfsafe run record of this version ({err}); remove it or "
+                             "choose another --out.") from err
 
     def _check_same(self, saved):
         if saved == self.settings:
             return
         changed = sorted(k for k in set(saved) | set(self.settings) if saved.get(k) != self.settings.get(k))
-        raise InputError(f"--resume with other settings than the run in '{self.out_dir}' (differs in: "
-                         f"{', '.join(changed)}); rerun with the same flags and config, or choose another --out.")
+        raise InputError(f"--resume with other data than the run in '{self.out_dir}' (differs in: "
+                         f"{', '.join(changed)}); rerun with the same flags and data settings, or choose another "
+                         "--out.")
 
     def _write(self):
         atomic_write_json(self.path, {"schema": RUN_SCHEMA, "settings": self.settings, "stages": self.stages})
 
-    def done(self, stage):
-        """Whether ``stage`` finished in this run (now or before the resume)."""
+    def done(self, stage, depends=None):
+        """Whether ``stage`` finished (now or before the resume) with the same ``depends`` settings."""
+        return stage in self.stages and self.stages[stage].get("depends") == json.loads(json.dumps(depends))
+
+    def recorded(self, stage):
+        """Whether ``stage`` finished at some point, whatever its settings were."""
         return stage in self.stages
 
     def outputs(self, stage):
         """What ``stage`` recorded when it finished."""
         return self.stages[stage]["outputs"]
 
-    def finish(self, stage, started, **outputs):
-        """Record ``stage`` as done with its ``outputs`` (JSON-able) and its time since ``started``."""
-        self.stages[stage] = {"seconds": round(time.perf_counter() - started, 2), "outputs": outputs}
+    def finish(self, stage, started, depends=None, **outputs):
+        """Record ``stage`` as done with its ``outputs`` (JSON-able), settings and time since ``started``."""
+        self.stages[stage] = {"seconds": round(time.perf_counter() - started, 2),
+                              "depends": json.loads(json.dumps(depends)), "outputs": outputs}
         self._write()
+
+    def forget(self, stage):
+        """Drop ``stage``'s record (it is being redone)."""
+        if self.stages.pop(stage, None) is not None:
+            self._write()

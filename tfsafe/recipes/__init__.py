@@ -2,10 +2,13 @@
 
 A recipe has the sections ``data`` (how the pool is split, see
 :func:`tfsafe.data.membership_split`), ``dense`` (the dense model trained when none is
-given), ``params`` (the method's own settings), ``evaluation`` (the safety tests of
+given), ``params`` (exactly the method's constructor arguments, the same names and defaults
+as ``tfsafe.methods.get(method, **params)``), ``evaluation`` (the safety tests of
 :func:`tfsafe.safety.evaluate.evaluate_safety`) and ``export`` (the ``.tflite`` file).
 A user's config file overrides any subset of the built-in recipe; unknown keys are errors,
-so a typo never silently falls back to a default.
+so a typo never silently falls back to a default. A method registered with
+:func:`tfsafe.methods.register` without a recipe file gets the ``baseline`` recipe's
+sections with its own constructor defaults as ``params``.
 
 Example:
     >>> recipe = load_recipe("safecompress", {"params": {"target_sparsity": 0.8}})
@@ -18,18 +21,38 @@ import json
 import os
 
 from tfsafe.errors import InputError
+from tfsafe.methods.registry import method_class
 
-__all__ = ["METHODS", "load_recipe", "recipe_path", "merge_config"]
+__all__ = ["METHODS", "load_recipe", "recipe_path", "merge_config", "check_params"]
 
-METHODS = ("safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd")
+METHODS = ("safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd")  # the built-in recipe files
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def recipe_path(method):
-    """Path of the built-in recipe of ``method``."""
+    """Path of the built-in recipe of ``method`` (one of :data:`METHODS`)."""
     if method not in METHODS:
-        raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+        raise InputError(f"No built-in recipe for method {method!r}; the recipes are {', '.join(METHODS)}.")
     return os.path.join(_HERE, f"{method}.json")
+
+
+def check_params(method, params):
+    """Raise :class:`InputError` naming any key of ``params`` that ``method``'s constructor does not take."""
+    accepted = method_class(method).parameter_names()
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise InputError(f"Unknown params for {method}: {', '.join(unknown)}; it takes {', '.join(accepted)}.")
+    return params
+
+
+def _builtin(method):
+    if method in METHODS:
+        return _read_json(recipe_path(method))
+    cls = method_class(method)  # a registered method without a recipe file
+    recipe = _read_json(recipe_path("baseline"))
+    recipe.update(method=method, description=(cls.__doc__ or method).strip().splitlines()[0],
+                  params=cls().get_config())
+    return recipe
 
 
 def _read_json(path):
@@ -79,8 +102,12 @@ def load_recipe(method, config=None):
 
     Returns:
         The full recipe dict.
+
+    Raises:
+        InputError: unknown method, unknown key (its path named) or a params key the method's
+            constructor does not take.
     """
-    recipe = _read_json(recipe_path(method))
+    recipe = _builtin(method)
     if config is None:
         return recipe
     overrides = _read_json(os.fspath(config)) if isinstance(config, (str, os.PathLike)) else config
@@ -89,4 +116,6 @@ def load_recipe(method, config=None):
     if overrides.get("method", method) != method:
         raise InputError(f"The config is a recipe for '{overrides['method']}' but the method is '{method}'; "
                          "pass the matching --method or drop the 'method' key.")
-    return merge_config(recipe, overrides, open_keys=("params",))
+    merged = merge_config(recipe, overrides, open_keys=("params",))
+    check_params(method, merged["params"])
+    return merged

@@ -23,6 +23,8 @@ import numpy as np
 from tfsafe._keras import keras
 from tfsafe.errors import InputError
 from tfsafe.safety import adversarial
+from tfsafe.safety.corruptions import corruption_accuracy
+from tfsafe.safety.safety_set import select_safety_set
 from tfsafe.safety.tflite_model import as_target, predict_labels
 from tfsafe.validation import check_features, check_labels, model_input_shape
 
@@ -170,8 +172,9 @@ class _AttackTest(SafetyTest):
     attack = "pgd"
 
     def __init__(self, eps, steps=20, restarts=1, norm="linf", losses=("ce", "margin"), step_size=None,
-                 source=None, bpda="auto", batch_size=256, seed=0):
+                 source=None, bpda="auto", batch_size=256, seed=0, max_examples=None):
         adversarial._check_attack_args(eps, steps, norm, "ce", step_size)
+        self.max_examples = None if max_examples is None else int(max_examples)
         self.eps, self.steps, self.restarts, self.norm = float(eps), int(steps), int(restarts), norm
         self.losses, self.step_size, self.source = tuple(losses), step_size, source
         self.bpda, self.batch_size, self.seed = bpda, int(batch_size), int(seed)
@@ -179,7 +182,7 @@ class _AttackTest(SafetyTest):
     def get_config(self):
         return {"eps": self.eps, "steps": self.steps, "restarts": self.restarts, "norm": self.norm,
                 "losses": list(self.losses), "step_size": self.step_size, "bpda": self.bpda,
-                "batch_size": self.batch_size, "seed": self.seed}
+                "batch_size": self.batch_size, "seed": self.seed, "max_examples": self.max_examples}
 
     def _attack(self, model, x, y, loss, bpda):
         kwargs = {"loss": loss, "bpda": bpda, "batch_size": self.batch_size}
@@ -190,6 +193,8 @@ class _AttackTest(SafetyTest):
 
     def _run(self, model, data):
         x, y = data.attack_set()
+        if self.max_examples is not None:  # e.g. a cheap check inside model selection
+            x, y = x[:self.max_examples], y[:self.max_examples]
         source = self.source if self.source is not None else data.source
         ok = predict_labels(model, x, self.batch_size) == y
         attacks, result = {}, {"eps": self.eps, "norm": self.norm, "n": len(x), "clean_accuracy": float(ok.mean())}
@@ -232,6 +237,9 @@ class _AttackTest(SafetyTest):
 @register_test
 class PGDTest(_AttackTest):
     """PGD accuracy at ``eps`` (random start, restarts, CE and margin losses, BPDA, transfer).
+
+    ``max_examples`` caps the examples attacked (the first ones), e.g. for a cheap selection
+    check on validation data.
 
     Example:
         >>> PGDTest(eps=0.3, steps=40, restarts=2).run(model, (x_test, y_test))["accuracy"]  # doctest: +SKIP
@@ -276,8 +284,6 @@ class CorruptionTest(SafetyTest):
                 "severities": list(self.severities), "seed": self.seed}
 
     def _run(self, model, data):
-        from tfsafe.safety.corruptions import corruption_accuracy  # noqa: PLC0415
-
         x, y = data.attack_set()
         reference = self.reference if self.reference is not None else data.reference
         if reference is not None and not isinstance(reference, dict):
@@ -310,7 +316,8 @@ class MembershipTest(SafetyTest):
     def _run(self, model, data):
         if data.members is None or data.nonmembers is None:
             return {"skipped": "data has no members / nonmembers", "score": None}
-        from tfsafe.safety.membership import audit_membership  # noqa: PLC0415 - lazy: tf-privacy is heavy
+        # Imported on use: tensorflow-privacy is slow to import and only this test needs it.
+        from tfsafe.safety.membership import audit_membership
 
         audit = audit_membership(model, data.members, data.nonmembers, attacks=self.attacks, seed=self.seed)
         result = audit.to_dict(include_curves=True)  # the report plots the ROC curves
@@ -349,8 +356,6 @@ class SafetySetTest(SafetyTest):
             xv, yv = data.validation
             key = (id(selector), id(xv))
             if key not in self._cache:
-                from tfsafe.safety.safety_set import select_safety_set  # noqa: PLC0415
-
                 self._cache[key] = select_safety_set(selector, xv, yv, min(self.size, len(xv)), seed=self.seed)
             idx = self._cache[key]
             x, y = np.asarray(xv)[idx], np.asarray(yv)[idx]
