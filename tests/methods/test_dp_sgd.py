@@ -1,5 +1,6 @@
 """DP-SGD as a method: the accountant's epsilon, a registry run on digits, DP + prune, bad input."""
 
+import doctest
 import re
 import sys
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import tfsafe.methods
+import tfsafe.methods.dp_sgd
 from tfsafe.data import MembershipSplits
 from tfsafe.errors import InputError
 from tfsafe.methods.dp_sgd import DPSGD, dp_sgd_epsilon, dp_sgd_epsilon_once_per_epoch
@@ -113,3 +115,8 @@ def test_bad_input_is_one_line(kwargs, message):
 def test_too_few_examples_for_a_batch(trained_cnn, splits):
     with pytest.raises(InputError, match="256 examples, fewer than batch_size=512"):
         DPSGD(batch_size=512, epochs=1).compress(trained_cnn, splits, verbose=0)
+
+
+def test_docstring_examples():
+    result = doctest.testmod(tfsafe.methods.dp_sgd, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
