@@ -108,6 +108,9 @@ def test_contract(name, dense, tiny_splits, tmp_path):
     assert isinstance(result, tfsafe.methods.CompressionResult) and result.method == name
     assert result.config == config and result.seconds > 0
     assert {"kept", "early", "tests", "checks"} <= set(result.selection)
+    if name == "atmc":  # the default selection test: PGD accuracy of each projected checkpoint
+        assert result.selection["tests"][0]["name"].startswith("pgd_linf_")
+        assert all(c["tests"][result.selection["tests"][0]["name"]] is not None for c in result.selection["checks"])
     json.dumps(result.info), json.dumps(result.history), json.dumps(result.selection)
     summary = result.to_dict()
     json.dumps(summary)
@@ -137,3 +140,6 @@ def test_tests_round_trip_through_the_config():
     assert config["tests"] == [{"class": "PGDTest", "config": PGDTest(0.1, steps=3).get_config(), "weight": 2.0}]
     rebuilt = tfsafe.methods.ATMC.from_config(config)
     assert rebuilt.tests[0][0].steps == 3 and rebuilt.tests[0][1] == 2.0
+    # None (the method's own default check, e.g. ATMC's PGD accuracy) stays None, not "no tests".
+    default = tfsafe.methods.get("atmc").get_config()
+    assert default["tests"] is None and tfsafe.methods.ATMC.from_config(default).tests is None

@@ -31,10 +31,14 @@ def test_a_registered_method_without_a_recipe_file_gets_its_defaults():
             self.strength = strength
 
     tfsafe.methods.register("tiny_for_recipes", Tiny)
-    recipe = load_recipe("tiny_for_recipes", {"params": {"strength": 0.7}})
-    assert recipe["params"] == {"strength": 0.7} and recipe["export"] == load_recipe("baseline")["export"]
-    with pytest.raises(InputError, match="Unknown params for tiny_for_recipes: power"):
-        load_recipe("tiny_for_recipes", {"params": {"power": 1}})
+    try:
+        recipe = load_recipe("tiny_for_recipes", {"params": {"strength": 0.7}})
+        assert recipe["params"] == {"strength": 0.7} and recipe["export"] == load_recipe("baseline")["export"]
+        with pytest.raises(InputError, match="Unknown params for tiny_for_recipes: power"):
+            load_recipe("tiny_for_recipes", {"params": {"power": 1}})
+    finally:
+        tfsafe.methods.unregister("tiny_for_recipes")
+    assert "tiny_for_recipes" not in tfsafe.methods.names()
 
 
 def test_overrides_merge_deeply_from_a_dict_or_a_file(tmp_path):

@@ -32,7 +32,7 @@ from tfsafe.methods.atmc_projection import budget_for_ratio, kmeans_quantize
 from tfsafe.methods.base import CompressionMethod, CompressionResult, StageCallback, default_eps
 from tfsafe.methods.baseline import TFMOTPruning
 from tfsafe.methods.dp_sgd import DPSGD
-from tfsafe.methods.registry import get, method_class, names, register
+from tfsafe.methods.registry import get, method_class, names, register, unregister
 from tfsafe.methods.rlnet import (
     RLNet,
     RLNetResult,
@@ -53,7 +53,8 @@ del _cls
 
 __all__ = [
     # the contract and the registry
-    "CompressionMethod", "CompressionResult", "StageCallback", "get", "names", "register", "method_class",
+    "CompressionMethod", "CompressionResult", "StageCallback", "get", "names", "register", "unregister",
+    "method_class",
     "default_eps",
     # the methods
     "SafeCompress", "ATMC", "SelfCompress", "RLNet", "TFMOTPruning", "DPSGD",

@@ -216,7 +216,10 @@ class CompressionMethod:
         config = {}
         for key in self._parameters():
             value = getattr(self, key)
-            config[key] = tests_to_config(value) if key == "tests" else to_jsonable(copy.deepcopy(value))
+            if key == "tests" and value is not None:
+                config[key] = tests_to_config(value)
+            else:
+                config[key] = to_jsonable(copy.deepcopy(value))
         return config
 
     @classmethod
@@ -227,7 +230,7 @@ class CompressionMethod:
         if unknown:
             raise InputError(f"Unknown {cls.name} parameters: {', '.join(unknown)}; it takes "
                              f"{', '.join(cls._parameters())}.")
-        if "tests" in config:
+        if config.get("tests") is not None:
             config["tests"] = tests_from_config(config["tests"])
         return cls(**config)
 

@@ -15,7 +15,7 @@ Example:
 from tfsafe.errors import InputError
 from tfsafe.methods.base import CompressionMethod
 
-__all__ = ["register", "get", "names", "method_class"]
+__all__ = ["register", "unregister", "get", "names", "method_class"]
 
 _METHODS = {}
 
@@ -34,6 +34,11 @@ def register(name, cls):
         raise InputError(f"A method named '{name}' is already registered ({_METHODS[name].__name__}).")
     _METHODS[name] = cls
     return cls
+
+
+def unregister(name):
+    """Remove method ``name`` from the registry (e.g. a plug-in's test cleaning up); unknown names are ignored."""
+    _METHODS.pop(name, None)
 
 
 def names():
