@@ -117,11 +117,11 @@ def evaluate(name, model, splits, pool, is_member, ref_dir, args, extra=None):
     try:
         export = to_tflite(model, os.path.join(args.out, "tflite", f"{args.setting}_{name}.tflite"), "int8",
                            representative_data=splits.train[0][:200], verify=splits.test, min_agreement=0.9)
-        row["tflite_bytes"] = int(export.bytes)
+        row["tflite_bytes"], row["tflite_gzip_bytes"] = int(export.bytes), int(export.gzip_bytes)
     except Exception as err:  # noqa: BLE001 - a failed export is a table cell, not a crash
         row["tflite_bytes"], row["tflite_error"] = None, f"{type(err).__name__}: {err}"[:200]
     row.update(extra or {})
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return row
 
 
@@ -195,7 +195,8 @@ COLUMNS = [("row", "row", "{}"), ("test_accuracy", "test acc", "{:.3f}"), ("lira
            ("lira_tpr_at_01pct_fpr", "LiRA TPR@0.1%", "{:.3f}"), ("lira_tpr_at_1pct_fpr", "LiRA TPR@1%", "{:.3f}"),
            ("rmia_auc", "RMIA AUC", "{:.3f}"), ("rmia_tpr_at_1pct_fpr", "RMIA TPR@1%", "{:.3f}"),
            ("tfp_auc", "tf-privacy AUC", "{:.3f}"), ("epsilon", "epsilon", "{:.2f}"),
-           ("sparsity", "sparsity", "{:.3f}"), ("tflite_bytes", ".tflite bytes", "{:,}"), ("steps", "steps", "{}"),
+           ("sparsity", "sparsity", "{:.3f}"), ("tflite_bytes", ".tflite bytes", "{:,}"),
+           ("tflite_gzip_bytes", "gzip bytes", "{:,}"), ("steps", "steps", "{}"),
            ("seconds", "s", "{:.0f}")]
 
 
@@ -203,10 +204,13 @@ def to_markdown(report):
     columns = [c for c in COLUMNS if any(c[0] in r for r in report["rows"])]
     lines = [f"Setting `{report['setting']}`, splits {report['splits']}, {report['reference_models']} LiRA "
              f"reference models; smallest resolvable FPR {report['min_fpr']:.4f}"
-             + (" (TPR@0.1% FPR is unresolved: fewer than 1,000 non-members)" if report["min_fpr"] > 0.001 else ""),
+             + (" (TPR@0.1% FPR is not resolvable, n/r: fewer than 1,000 non-members; raw values in the JSON)"
+                if report["min_fpr"] > 0.001 else ""),
              "", "| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
+    unresolved = {key for key in ("lira_tpr_at_01pct_fpr", "rmia_tpr_at_01pct_fpr") if report["min_fpr"] > 0.001}
     for row in report["rows"]:
-        cells = ["-" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in columns]
+        cells = ["-" if row.get(key) is None else ("n/r" if key in unresolved else fmt.format(row[key]))
+                 for key, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {r['row']}: {r['selection']}" for r in report["rows"] if r.get("selection")]
     notes += [f"- {r['row']}: .tflite export failed ({r['tflite_error']})" for r in report["rows"]
