@@ -34,7 +34,7 @@ flags.DEFINE_string("shard", "0/1", "audit: train only reference models j with j
 flags.DEFINE_string("reference_dir", None, "audit: folder for reference-model scores (default OUT/reference_models).")
 flags.DEFINE_integer("reference_epochs", 20, "audit: training epochs of each reference model.")
 # compress (tfsafe.pipeline)
-flags.DEFINE_enum("method", None, ["safecompress", "atmc", "self_compress", "rlnet", "baseline"],
+flags.DEFINE_enum("method", None, ["safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd"],
                   "compress: the method (baseline = TF-MOT pruning, the unsafe baseline).")
 flags.DEFINE_enum("data", "digits", ["digits", "mnist", "fashion_mnist", "cifar10"], "compress: the dataset.")
 flags.DEFINE_string("config", None, "compress: JSON file overriding the method's recipe "
@@ -90,7 +90,7 @@ def _compress(argv):
     from tfsafe.pipeline import compress_model  # noqa: PLC0415
 
     if not FLAGS.method:
-        raise InputError("--method is required: safecompress, atmc, self_compress, rlnet or baseline.")
+        raise InputError("--method is required: safecompress, atmc, self_compress, rlnet, baseline or dp_sgd.")
     out = FLAGS.out if FLAGS["out"].present else f"out/{FLAGS.method}"
     compress_model(FLAGS.method, data=FLAGS.data, model=FLAGS.model, data_dir=FLAGS.data_dir, config=FLAGS.config,
                    out_dir=out, resume=FLAGS.resume, verbose=FLAGS.verbose)
