@@ -125,6 +125,14 @@ def evaluate(name, model, splits, pool, is_member, ref_dir, args, extra=None):
     return row
 
 
+def _selection_columns(selection, seconds):
+    """What SafeCompress's selection kept, said in the row (an early state is not hidden)."""
+    return {"steps": selection.get("kept_step"), "seconds": seconds, "selection": selection.get("note"),
+            "early_state": selection.get("early_state"),
+            "selection_tests": [t["name"] for t in selection.get("tests", [])],
+            "selection_tm_scores": [c.get("tm_score") for c in selection.get("checks", [])]}
+
+
 def compress(name, model, splits, **params):
     started = time.perf_counter()
     result = tfsafe.methods.get(name, **params).compress(model, splits, seed=0, verbose=0)
@@ -163,8 +171,7 @@ def run(args):
     result, seconds = compress("safecompress", dense, splits, **sc)
     selection = result.selection
     rows.append(evaluate("mia_safecompress", result.stripped, splits, pool, is_member, ref_dir, args,
-                         {"steps": selection.get("kept_step"), "seconds": seconds,
-                          "selection": selection.get("note"), "early_state": selection.get("early_state")}))
+                         _selection_columns(selection, seconds)))
     kept_step = selection.get("kept_step")
     result, seconds = compress("baseline", dense, splits, **prune, max_steps=kept_step)
     rows.append(evaluate("tfmot_early", result.stripped, splits, pool, is_member, ref_dir, args,
@@ -172,8 +179,7 @@ def run(args):
     pgd = PGDTest(args.pgd_eps, steps=5)
     result, seconds = compress("safecompress", dense, splits, **sc, tests=[(pgd, args.pgd_weight)])
     rows.append(evaluate("safecompress_mia_pgd", result.stripped, splits, pool, is_member, ref_dir, args,
-                         {"steps": result.selection.get("kept_step"), "seconds": seconds,
-                          "selection": result.selection.get("note")}))
+                         _selection_columns(result.selection, seconds)))
     dp = {"epochs": args.dp_epochs, "batch_size": args.dp_batch_size, "learning_rate": args.dp_learning_rate,
           "l2_norm_clip": args.clip}
     for sigma in args.noise:
@@ -212,7 +218,8 @@ def to_markdown(report):
         cells = ["-" if row.get(key) is None else ("n/r" if key in unresolved else fmt.format(row[key]))
                  for key, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"- {r['row']}: {r['selection']}" for r in report["rows"] if r.get("selection")]
+    notes = [f"- {r['row']}: {r['selection']} (score: {' + '.join(r['selection_tests'])})"
+             for r in report["rows"] if r.get("selection")]
     notes += [f"- {r['row']}: .tflite export failed ({r['tflite_error']})" for r in report["rows"]
               if r.get("tflite_error")]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
