@@ -15,22 +15,32 @@ Modes:
 - ``float32``: no quantization.
 """
 
+import contextlib
 import dataclasses
 import gzip
 import os
 import re
+import sys
+import tempfile
 import warnings
 
 import numpy as np
 
 from tflite_export import flatbuffer
 from tflite_export.parity import ParityError, ParityReport, check_parity
-from tflite_export.prepare import calibration_array, input_shape_of, prepare_model, weight_sparsity
+from tflite_export.prepare import (
+    calibration_array,
+    input_shape_of,
+    loop_recurrent_layers,
+    prepare_model,
+    unroll_recurrent,
+    weight_sparsity,
+)
 from tflite_export.sidecar import build_sidecar, check_labels_list, check_normalization, sidecar_path, tensor_info
-from tfsafe._keras import tf
+from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.io import atomic_path, atomic_write_json
-from tfsafe.models import ends_with_softmax
+from tfsafe.models import flat_layers, output_kind
 from tfsafe.validation import check_features, check_fraction, check_labels, check_model, model_num_classes
 
 __all__ = ["MODES", "ExportResult", "to_tflite", "gzip_size", "SPARSITY_THRESHOLD"]
@@ -79,8 +89,8 @@ def gzip_size(data):
     return len(gzip.compress(bytes(data), compresslevel=9, mtime=0))
 
 
-def _converter_error(err, mode):
-    text = str(err)
+def _converter_error(err, mode, text=None):
+    text = str(err) if text is None else text
     ops = set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
     select = re.search(r"TF Select ops: ([^\n]+)", text)
     if select:
@@ -92,7 +102,7 @@ def _converter_error(err, mode):
             "need an extra 5+ MB runtime for). Replace the layer(s) using them with standard layers."
         )
     else:
-        lines = [line.strip() for line in text.splitlines() if "error" in line.lower()][:3]
+        lines = [line.strip()[:200] for line in text.splitlines() if "error" in line.lower()][:2]
         detail = " | ".join(lines) or " ".join(text.split())[:300]
         message = f"The TFLite converter failed for mode='{mode}': {detail}"
     if mode == "int8":
@@ -100,8 +110,66 @@ def _converter_error(err, mode):
     return UnsupportedModelError(message)
 
 
-def _convert(model, mode, calibration=None, integer_io=True, sparse=False):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+def _is_recurrent(model):
+    """A recurrent layer that is still a loop (LSTM, or a GRU over a free number of steps)."""
+    def loops(layer):
+        inner = layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
+        return isinstance(inner, keras.layers.RNN) and not inner.unroll
+
+    return any(loops(layer) for layer in flat_layers(model))
+
+
+def _needs_fixed_batch(text):
+    """The converter failed on TensorFlow's dynamic tensor lists (a recurrent loop over a free
+    batch size); with a batch of 1 it lowers them (LSTM fuses to UNIDIRECTIONAL_SEQUENCE_LSTM)."""
+    return "TensorList" in text or "tensor_list" in text
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Send what the converter's C++ side prints on file descriptor 2 to a temp file.
+
+    Yields a list that holds the captured text once the block ends (the converter writes tens
+    of KB of MLIR diagnostics there, which the error message summarizes instead).
+    """
+    captured = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (some notebooks): nothing to capture
+        yield captured
+        return
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            captured.append(log.read().decode(errors="replace"))
+
+
+def _converter(model, fixed_batch):
+    if not fixed_batch:
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    spec = model.inputs[0]
+    signature = tf.TensorSpec([1, *spec.shape[1:]], spec.dtype)
+    fn = tf.function(lambda t: model(t, training=False)).get_concrete_function(signature)
+    return tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+
+
+def _convert(model, mode, calibration=None, integer_io=True, sparse=False, fixed_batch=None):
+    """Convert ``model``; recurrent models (or a failure on dynamic tensor lists) get a fixed
+    batch of 1, which TFLite's builtin kernels support."""
+    if fixed_batch is None:
+        fixed_batch = _is_recurrent(model)
+    float_input = model.inputs[0].dtype.is_floating
+    converter = _converter(model, fixed_batch)
     optimizations = [] if mode == "float32" else [tf.lite.Optimize.DEFAULT]
     if sparse:
         optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
@@ -112,14 +180,19 @@ def _convert(model, mode, calibration=None, integer_io=True, sparse=False):
         converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if integer_io:
-            converter.inference_input_type = tf.int8
+            if float_input:  # integer inputs (token ids) stay as they are
+                converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _captured_stderr() as log:
         warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected..."
         try:
             return converter.convert()
         except Exception as err:  # noqa: BLE001 - ConverterError and friends become one clear error
-            raise _converter_error(err, mode) from err
+            failure = err
+    text = f"{failure}\n{''.join(log)}"
+    if not fixed_batch and _needs_fixed_batch(text):
+        return _convert(model, mode, calibration, integer_io, sparse, fixed_batch=True)
+    raise _converter_error(failure, mode, text) from failure
 
 
 def _layer_of(op, layer_names):
@@ -268,15 +341,24 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
     plain = prepare_model(keras_model)
     labels = check_labels_list(labels, model_num_classes(plain))
     normalization = check_normalization(normalization)
+    loops = loop_recurrent_layers(plain)
+    if mode == "int8" and loops:
+        raise UnsupportedModelError(
+            f"Layer '{loops[0]}' is a recurrent loop over a free number of time steps, which int8 "
+            "calibration cannot run. Give the Input a fixed sequence length (it is then unrolled), "
+            "or export with mode='dynamic'."
+        )
+    converted = unroll_recurrent(plain)
     calibration = None
     if mode == "int8":
-        calibration = calibration_array(representative_data, input_shape_of(plain), num_calibration_samples)
+        calibration = calibration_array(representative_data, input_shape_of(plain), num_calibration_samples,
+                                        dtype=plain.inputs[0].dtype.as_numpy_dtype)
     checked = check_verify(verify, plain)
 
-    model_bytes = _convert(plain, mode, calibration, integer_io)
+    model_bytes = _convert(converted, mode, calibration, integer_io)
     if mode == "int8" and not allow_float_ops:
         _check_integer_only(model_bytes, {layer.name for layer in plain.layers})
-    model_bytes, sparsity_info = _try_sparsity(plain, mode, calibration, integer_io, model_bytes, sparsity)
+    model_bytes, sparsity_info = _try_sparsity(converted, mode, calibration, integer_io, model_bytes, sparsity)
     # A sparse int8/dynamic file that XNNPack cannot run is only kept with sparsity=True.
     use_xnnpack = not (sparsity_info["used"] and sparsity_info["runs_with_xnnpack"] is False)
 
@@ -305,8 +387,7 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
             sparsity=sparsity_info, parity=parity,
         )
         value_range = None if calibration is None else (calibration.min(), calibration.max())
-        sidecar = build_sidecar(result, plain.name, "probabilities" if ends_with_softmax(plain) else "logits",
-                                labels, normalization, value_range)
+        sidecar = build_sidecar(result, plain.name, output_kind(plain), labels, normalization, value_range)
         atomic_write_json(result.metadata_path, sidecar)
     return result
 

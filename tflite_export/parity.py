@@ -4,9 +4,9 @@
 same inputs and reports top-1 agreement, the largest and mean absolute difference of their
 (dequantized) outputs, and the accuracy of each when labels are given.
 
-What is compared: the model's own outputs. A Keras model that ends with a softmax is
-compared on **probabilities** (the exported file ends with the same softmax); any other
-model on **logits**. ``ParityReport.compared`` says which, so a logit difference of 0.3 is not
+What is compared: the model's own outputs. A Keras model that ends with a softmax or sigmoid
+is compared on **probabilities** (the exported file ends with the same activation); any other
+model on **logits**; a one-unit (binary) head as two classes. ``ParityReport.compared`` says which, so a logit difference of 0.3 is not
 mistaken for a probability difference.
 """
 
@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from tfsafe.errors import TfsafeError
-from tfsafe.models import ends_with_softmax, predict_logits, predict_proba
+from tfsafe.models import class_scores, output_kind, predict_logits, predict_proba
 from tfsafe.validation import check_features, check_labels, check_model, model_input_shape, model_num_classes
 
 __all__ = ["ParityError", "ParityReport", "check_parity"]
@@ -69,8 +69,12 @@ class ParityReport:
 
 
 def keras_outputs(model, x):
-    """Outputs the exported file is compared against: probabilities or logits, and which."""
-    if ends_with_softmax(model):
+    """Outputs the exported file is compared against: probabilities or logits, and which.
+
+    A model ending in a softmax or sigmoid is compared on probabilities, any other on logits;
+    a one-unit head gives two columns (``[1 - p, p]`` or ``[0, z]``).
+    """
+    if output_kind(model) == "probabilities":
         return predict_proba(model, x), "probabilities"
     return predict_logits(model, x), "logits"
 
@@ -105,6 +109,8 @@ def check_parity(keras_model, exported_path, x, y=None, batch_size=256, exported
     runner = exported if exported is not None else load_exported(exported_path)
     reference, compared = keras_outputs(keras_model, x)
     outputs = runner.predict(x, batch_size=batch_size)
+    if outputs.ndim == 2 and outputs.shape[1] == 1:  # a one-unit head, exported from this model
+        outputs = class_scores(outputs, compared)
     if outputs.shape != reference.shape:
         raise ParityError(
             f"'{exported_path}' outputs shape {outputs.shape} but the Keras model {reference.shape}; "

@@ -10,16 +10,26 @@
 import numpy as np
 
 from tfsafe._keras import keras, tf
+from tfsafe.compress._rewrite import clone_with_weights
 from tfsafe.compress.strip import is_wrapped, strip
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.models import flat_layers
 from tfsafe.validation import check_features, check_model, model_input_shape
 
-__all__ = ["prepare_model", "calibration_array", "weight_sparsity"]
+__all__ = ["prepare_model", "calibration_array", "weight_sparsity", "unroll_recurrent", "loop_recurrent_layers"]
+
+# Recurrent layers TFLite has no fused kernel for: their loop becomes a WHILE op, which int8
+# calibration cannot run (it crashes the process) and XNNPack does not accelerate. With a known
+# number of time steps they are unrolled into plain ops instead. LSTM fuses into
+# UNIDIRECTIONAL_SEQUENCE_LSTM and is left as it is.
+_UNROLLED_RNNS = ("GRU", "SimpleRNN")
 
 # TF-MOT quantization-aware-training wrappers are meant to go through the TFLite converter as
 # they are (the converter reads their fake-quant ranges), so they are not an error.
 _CONVERTER_NATIVE_WRAPPERS = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
+# Input dtypes a file may take: float features, or integer ids that are fed as they are (an
+# int8 export quantizes activations and weights, never token ids).
+_INPUT_DTYPES = (tf.float32, tf.int32, tf.int64)
 
 
 def _is_compression_wrapper(layer):
@@ -70,12 +80,52 @@ def prepare_model(model, name="model"):
             f"'{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
             "tflite_export handles single-input, single-output classifiers."
         )
-    if model.inputs[0].dtype != tf.float32:
+    if model.inputs[0].dtype not in _INPUT_DTYPES:
         raise UnsupportedModelError(
             f"'{model.name}' takes {model.inputs[0].dtype.name} inputs; tflite_export handles "
-            "float32 inputs (images, features). Cast inside the model if needed."
+            "float32 inputs (images, features) and int32 / int64 ids (tokens, categories). Cast "
+            "inside the model if needed."
         )
     return model
+
+
+def _rnn_to_unroll(layer):
+    inner = layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
+    return type(inner).__name__ in _UNROLLED_RNNS and not inner.unroll
+
+
+def loop_recurrent_layers(model):
+    """Names of GRU / SimpleRNN layers that stay loops (WHILE ops) after :func:`unroll_recurrent`:
+    their number of time steps is not fixed."""
+    return [layer.name for layer in flat_layers(model)
+            if _rnn_to_unroll(layer) and layer.input_shape[1] is None]
+
+
+def unroll_recurrent(model):
+    """A copy of ``model`` whose GRU / SimpleRNN layers (also inside ``Bidirectional``) with a
+    fixed number of time steps are unrolled (same weights, same outputs); ``model`` itself when
+    there are none.
+
+    Unrolled, they convert to plain FULLY_CONNECTED / ADD / MUL / LOGISTIC / TANH ops that
+    quantize to int8 and run with a free batch size.
+    """
+    targets = [layer for layer in model.layers if _rnn_to_unroll(layer) and layer.input_shape[1] is not None]
+    if not targets:
+        return model
+
+    def unrolled(layer):
+        if layer not in targets:
+            return None
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.Bidirectional):
+            config["layer"]["config"]["unroll"] = True
+            if config.get("backward_layer"):
+                config["backward_layer"]["config"]["unroll"] = True
+        else:
+            config["unroll"] = True
+        return type(layer).from_config(config), layer.get_weights()
+
+    return clone_with_weights(model, unrolled, "to_tflite")
 
 
 def weight_sparsity(model):
@@ -102,7 +152,14 @@ def _collect(items, limit):
     return arrays
 
 
-def _check_dtype(arr, name):
+def _check_dtype(arr, name, dtype=np.float32):
+    if np.dtype(dtype).kind in "iu":
+        if arr.dtype.kind not in "iuf" or (arr.dtype.kind == "f" and np.any(arr != np.round(arr))):
+            raise InputError(
+                f"{name} has dtype {arr.dtype} with non-integer values, but the model takes "
+                f"{np.dtype(dtype).name} ids (e.g. token ids); pass the ids the model is trained on."
+            )
+        return
     if arr.dtype.kind != "f":
         hint = " / 255" if arr.dtype == np.uint8 else ""
         raise InputError(
@@ -111,8 +168,9 @@ def _check_dtype(arr, name):
         )
 
 
-def calibration_array(data, input_shape, max_samples=500, name="representative_data", seed=0):
-    """Representative inputs as a float32 array ``(n, *input_shape)``, at most ``max_samples``.
+def calibration_array(data, input_shape, max_samples=500, name="representative_data", seed=0, dtype=np.float32):
+    """Representative inputs as an array ``(n, *input_shape)`` of the model's input dtype, at most
+    ``max_samples``.
 
     Args:
         data: a float array of examples, a ``tf.data.Dataset`` (of ``x`` or ``(x, y)``,
@@ -122,6 +180,8 @@ def calibration_array(data, input_shape, max_samples=500, name="representative_d
             (data sorted by class would otherwise calibrate on one class).
         name: used in error messages.
         seed: seed of the subsampling.
+        dtype: the model's input dtype: float32, or int32 / int64 for ids (integer-valued
+            data is accepted and cast).
 
     Raises:
         InputError: missing data, integer or non-numeric dtype, wrong shape, NaN/inf.
@@ -141,7 +201,7 @@ def calibration_array(data, input_shape, max_samples=500, name="representative_d
         if not arrays:
             raise InputError(f"{name} produced no examples.")
         for arr in arrays:
-            _check_dtype(arr, name)
+            _check_dtype(arr, name, dtype)
         # Unbatched elements have the input's rank; add the batch axis.
         arrays = [a[None] if a.ndim == len(input_shape) else a for a in arrays]
         try:
@@ -154,8 +214,8 @@ def calibration_array(data, input_shape, max_samples=500, name="representative_d
         raise InputError(f"{name} must be an array of examples: {err}") from err
     if arr.dtype == object:
         raise InputError(f"{name} is a ragged or non-numeric array; pass examples of one shape.")
-    _check_dtype(arr, name)
-    arr = check_features(arr, name, tuple(input_shape))
+    _check_dtype(arr, name, dtype)
+    arr = check_features(arr, name, tuple(input_shape), dtype=dtype)
     if len(arr) > max_samples:
         keep = np.sort(np.random.default_rng(seed).choice(len(arr), max_samples, replace=False))
         arr = arr[keep]

@@ -15,6 +15,8 @@ import os
 import numpy as np
 
 from tfsafe.errors import InputError, MissingDependencyError, UnsupportedModelError
+from tflite_export.sidecar import read_output_kind
+from tfsafe.models import check_output_kind, class_scores, num_classes_of_outputs
 from tfsafe.validation import check_features
 
 __all__ = ["TFLiteModel", "ONNXModel", "load_exported", "is_tflite_file"]
@@ -50,11 +52,19 @@ class TFLiteModel:
         use_xnnpack: apply LiteRT's default XNNPack CPU delegate (``False`` runs the builtin
             kernels only).
         batch_size: examples per ``invoke`` in :meth:`predict`.
+        output_kind: ``"logits"`` or ``"probabilities"`` to state what the output holds
+            (default: read from the side-car or the file).
 
     Attributes:
         input_details, output_details: LiteRT's tensor details of the single input/output.
         input_shape: per-example input shape (``None`` for free dimensions).
-        num_classes: size of the output's last axis.
+        num_classes: classes of the output (its last axis; 2 for a one-unit binary head).
+        output_kind: ``"probabilities"`` or ``"logits"``: from the side-car JSON written by
+            ``to_tflite`` when it is there, else from the op producing the output (SOFTMAX /
+            LOGISTIC), else ``None`` (unknown; pass ``output_kind=``).
+        stateful: the file keeps variable tensors between invocations (e.g. the states of a
+            fused LSTM); every ``invoke`` then starts from ``reset_all_variables()``, so each
+            batch is run independently like the Keras model.
         is_tflite: ``True``; how the safety tests tell a ``.tflite`` target (no gradients)
             from a Keras model.
 
@@ -70,9 +80,11 @@ class TFLiteModel:
 
     is_tflite = True
 
-    def __init__(self, path, num_threads=None, use_xnnpack=True, batch_size=64):
+    def __init__(self, path, num_threads=None, use_xnnpack=True, batch_size=64, output_kind=None):
         try:
             from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
+
+            from tflite_export import flatbuffer  # noqa: PLC0415 - reads LiteRT's schema module
         except ImportError as err:
             raise MissingDependencyError("Running .tflite files needs LiteRT: pip install ai-edge-litert") from err
 
@@ -102,7 +114,15 @@ class TFLiteModel:
         self._dynamic_batch = int(signature[0]) == -1
         self._fixed_batch = None if self._dynamic_batch else int(signature[0])
         self.input_shape = tuple(None if d == -1 else int(d) for d in signature[1:])
-        self.num_classes = int(outputs[0]["shape"][-1])
+        self.output_width = int(outputs[0]["shape"][-1])
+        self.num_classes = num_classes_of_outputs(self.output_width)
+        with open(self.path, "rb") as f:
+            content = f.read()
+        self.stateful = flatbuffer.has_state(content)
+        if output_kind is not None:
+            self.output_kind = check_output_kind(output_kind, "output_kind")
+        else:
+            self.output_kind = read_output_kind(self.path) or flatbuffer.output_kind(content)
         self._batch = None
         self.allocate(self._fixed_batch or 1)
 
@@ -150,8 +170,13 @@ class TFLiteModel:
         if x.dtype == dtype:
             return x
         scale, zero_point = self.input_quantization
-        if scale == 0:
-            raise UnsupportedModelError(f"Input of '{self.path}' is {np.dtype(dtype).name} without quantization.")
+        if scale == 0:  # an integer input that is not quantized: token ids, category codes
+            if x.dtype.kind == "f" and np.any(x != np.round(x)):
+                raise InputError(
+                    f"'{self.path}' takes {np.dtype(dtype).name} inputs (e.g. token ids) but x holds "
+                    "non-integer values; pass the integer ids the model was trained on."
+                )
+            return x.astype(dtype)
         info = np.iinfo(dtype)
         q = np.round(x.astype(np.float64) / scale) + zero_point
         return np.clip(q, info.min, info.max).astype(dtype)
@@ -167,6 +192,8 @@ class TFLiteModel:
     def invoke(self, batch):
         """Run one already-quantized batch and return the raw output tensor."""
         self.allocate(len(batch))
+        if self.stateful:  # independent batches: start from the initial state, as Keras does
+            self.interpreter.reset_all_variables()
         self.interpreter.set_tensor(self.input_details["index"], batch)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output_details["index"])
@@ -188,8 +215,30 @@ class TFLiteModel:
     __call__ = predict
 
     def accuracy(self, x, y, batch_size=None):
-        """Top-1 accuracy on ``(x, y)`` (integer labels)."""
-        return float(np.mean(self.predict(x, batch_size).argmax(axis=1) == np.asarray(y).reshape(-1)))
+        """Top-1 accuracy on ``(x, y)`` (integer labels; a one-unit output is a binary classifier)."""
+        return float(np.mean(self.predict_labels(x, batch_size) == np.asarray(y).reshape(-1)))
+
+    def class_outputs(self, x, batch_size=None):
+        """:meth:`predict` as ``(n, classes >= 2)``: a one-unit output ``z`` or ``p`` becomes
+        ``[0, z]`` or ``[1 - p, p]`` (needs :attr:`output_kind`)."""
+        outputs = self.predict(x, batch_size)
+        if outputs.shape[-1] != 1:
+            return outputs
+        return class_scores(outputs, self._known_kind())
+
+    def predict_labels(self, x, batch_size=None):
+        """Predicted class ids."""
+        return self.class_outputs(x, batch_size).argmax(axis=1)
+
+    def _known_kind(self):
+        if self.output_kind is None:
+            raise InputError(
+                f"Cannot tell whether '{self.path}' outputs logits or probabilities (no side-car "
+                "JSON, and the last op is not SOFTMAX / LOGISTIC or an affine op). State it: "
+                "TFLiteModel(path, output_kind='logits'|'probabilities'), output=... in the tfsafe "
+                "call, or --output_kind on the command line."
+            )
+        return self.output_kind
 
 
 class ONNXModel:

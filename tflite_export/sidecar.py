@@ -14,7 +14,8 @@ import numpy as np
 
 from tfsafe.errors import InputError
 
-__all__ = ["SCHEMA", "tensor_info", "check_labels_list", "check_normalization", "build_sidecar", "sidecar_path"]
+__all__ = ["SCHEMA", "tensor_info", "check_labels_list", "check_normalization", "build_sidecar", "sidecar_path",
+           "read_output_kind"]
 
 SCHEMA = "tfsafe.export/1"
 
@@ -88,3 +89,14 @@ def build_sidecar(result, model_name, output_kind, labels=None, normalization=No
         "sparsity": result.sparsity,
         "parity": None if result.parity is None else result.parity.to_dict(),
     }
+
+
+def read_output_kind(path):
+    """``output.kind`` (``"logits"`` / ``"probabilities"``) from the side-car of ``path``, or None
+    when there is no readable side-car or it does not say."""
+    try:
+        with open(sidecar_path(path)) as f:
+            kind = json.load(f).get("output", {}).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind in ("logits", "probabilities") else None

@@ -31,12 +31,14 @@ from tfsafe.compress.quantization import LearnableBitQuant, quantize_learnable  
 from tfsafe.compress.strip import strip  # noqa: E402
 from tfsafe.data import (  # noqa: E402
     MembershipSplits,
+    data_kind,
     load_cifar10,
     load_dataset,
     load_digits,
     load_fashion_mnist,
     load_mnist,
     membership_split,
+    membership_split_from_train_test,
 )
 from tfsafe.errors import InputError, MissingDependencyError, TfsafeError, UnsupportedModelError  # noqa: E402
 from tfsafe.io import load_model, save_model  # noqa: E402
@@ -47,6 +49,7 @@ from tfsafe.methods.self_compress import self_compress  # noqa: E402
 from tfsafe.metrics import compression_ratio, count_nonzero, count_params, model_size, relu_count, sparsity  # noqa: E402
 from tfsafe.models import accuracy, copy_model, lenet, logits_model, mlp, predict_logits, small_cnn  # noqa: E402
 from tfsafe.pipeline import compress_model  # noqa: E402
+from tfsafe.preprocessing import InputRangeWarning, Preprocessing, decide_preprocessing, default_attack_eps  # noqa: E402
 from tfsafe.recipes import load_recipe  # noqa: E402
 from tfsafe.report import SafetyReport  # noqa: E402
 from tfsafe.safety.adversarial import (  # noqa: E402
@@ -62,12 +65,17 @@ from tfsafe.safety.evaluate import evaluate_safety  # noqa: E402
 from tfsafe.safety.lira import lira_audit, train_reference_models  # noqa: E402
 from tfsafe.safety.membership import MembershipAudit, audit_membership  # noqa: E402
 from tfsafe.safety.safety_set import select_safety_set  # noqa: E402
+from tfsafe.user_data import UserData, check_data_matches_model, load_user_data  # noqa: E402
 
 __all__ = [
     "__version__", "keras", "tf", "tfmot", "to_tf_keras",
     # data, models, files, errors
     "load_digits", "load_mnist", "load_fashion_mnist", "load_cifar10", "load_dataset", "membership_split",
-    "MembershipSplits", "small_cnn", "lenet", "mlp", "logits_model", "predict_logits", "accuracy", "copy_model",
+    "MembershipSplits", "membership_split_from_train_test", "data_kind",
+    # a user's own data and its preprocessing
+    "load_user_data", "UserData", "check_data_matches_model", "Preprocessing", "decide_preprocessing",
+    "default_attack_eps", "InputRangeWarning",
+    "small_cnn", "lenet", "mlp", "logits_model", "predict_logits", "accuracy", "copy_model",
     "load_model", "save_model", "TfsafeError", "InputError", "UnsupportedModelError", "MissingDependencyError",
     # compression mechanisms
     "PrunableSafe", "prune_safe", "DynamicSparsity", "LearnableBitQuant", "quantize_learnable", "FactorizedDense",

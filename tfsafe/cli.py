@@ -26,6 +26,9 @@ flags.DEFINE_string("model", None, "audit: a .keras/.h5 model or a .tflite file;
                     "model (default: train the recipe's dense model); export: a .keras model; bench: .tflite files.")
 flags.DEFINE_string("members", None, "audit: .npz with arrays x, y drawn from the training data.")
 flags.DEFINE_string("nonmembers", None, "audit: .npz with arrays x, y the model never saw.")
+flags.DEFINE_enum("output_kind", None, ["logits", "probabilities"], "audit: what the model outputs, when the "
+                  "model cannot say (a .tflite file without its side-car JSON whose last op is neither "
+                  "SOFTMAX/LOGISTIC nor affine).")
 flags.DEFINE_list("attacks", None, "Membership attacks (default: all for audit, the fast ones for demo).")
 flags.DEFINE_integer("reference_models", 0, "audit: also run LiRA / offset with this many reference models "
                      "(same architecture as --model, trained on halves of members + non-members).")
@@ -131,7 +134,8 @@ def _audit(argv):
     model = FLAGS.model if FLAGS.model.endswith(".tflite") else load_model(FLAGS.model)
     if FLAGS.model.endswith(".tflite") and not os.path.isfile(FLAGS.model):
         raise InputError(f"--model file '{FLAGS.model}' does not exist.")
-    audit = audit_membership(model, members, nonmembers, attacks=FLAGS.attacks, seed=FLAGS.seed)
+    audit = audit_membership(model, members, nonmembers, attacks=FLAGS.attacks, seed=FLAGS.seed,
+                             output=FLAGS.output_kind)
     if FLAGS.reference_models:
         if not audit_lira_rows(model, members, nonmembers, audit):
             return

@@ -1,17 +1,20 @@
-"""Datasets and the member / non-member splits of the evaluation protocol.
+"""Built-in datasets and the kind of a dataset (the protocol's splits are re-exported from :mod:`tfsafe.splits`).
 
-Every loader returns ``(x_train, y_train), (x_test, y_test)`` like ``keras.datasets``, with
-images as float32 in [0, 1] shaped (N, H, W, C) and labels as int64 class ids.
+Every built-in loader returns ``(x_train, y_train), (x_test, y_test)`` like ``keras.datasets``,
+with images as float32 in [0, 1] shaped (N, H, W, C) and labels as int64 class ids.
 
 - :func:`load_digits` needs nothing: scikit-learn ships the 1,797 8x8 digit images.
-- :func:`load_mnist`, :func:`load_fashion_mnist`, :func:`load_cifar10` read files from
-  ``data_dir`` (IDX ``.gz``, ``.npz`` with the keras.datasets keys, CIFAR pickles) and fall back
-  to ``keras.datasets`` (which downloads) only when no ``data_dir`` is given.
-- :func:`membership_split` makes the disjoint train (members) / validation / audit
-  non-members / test splits that honest privacy and robustness numbers need.
+- :func:`load_mnist`, :func:`load_fashion_mnist`, :func:`load_cifar10` read ``data_dir``: a
+  file (``.npz`` with the keras.datasets keys) or a folder holding exactly one set of files
+  (IDX ``.gz``, one ``.npz``, CIFAR pickles); a folder with several candidates is refused with
+  the candidates listed. Without ``data_dir`` they fall back to ``keras.datasets`` (downloads).
+- :func:`data_kind` says whether data is images, tabular rows or token sequences.
+- :func:`membership_split`, :func:`membership_split_from_train_test` and
+  :class:`MembershipSplits` live in :mod:`tfsafe.splits` and are re-exported here.
+
+A user's own files (``.npz``, ``.csv``, image folders) are read by :mod:`tfsafe.user_data`.
 """
 
-import dataclasses
 import glob
 import gzip
 import os
@@ -19,12 +22,17 @@ import pickle
 
 import numpy as np
 
+from tfsafe._keras import keras
 from tfsafe.errors import InputError
+from tfsafe.splits import MembershipSplits, membership_split, membership_split_from_train_test
 
 __all__ = [
-    "load_digits", "load_mnist", "load_fashion_mnist", "load_cifar10", "load_dataset",
-    "DATASETS", "MembershipSplits", "membership_split", "read_idx",
+    "load_digits", "load_mnist", "load_fashion_mnist", "load_cifar10", "load_dataset", "load_builtin",
+    "DATASETS", "MembershipSplits", "membership_split", "membership_split_from_train_test", "read_idx",
+    "data_kind", "DATA_KINDS", "leading_layers",
 ]
+
+DATA_KINDS = ("image", "tabular", "sequence")
 
 
 def load_digits(test_fraction=0.25, seed=0):
@@ -65,9 +73,20 @@ def read_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def _find(data_dir, patterns):
+def _refuse_several(name, data_dir, candidates):
+    listed = ", ".join(os.path.relpath(c, data_dir) for c in candidates)
+    raise InputError(
+        f"data_dir '{data_dir}' holds several candidate {name} files ({listed}); name the one to read, "
+        f"e.g. data_dir='{candidates[0]}' (CLI: --data_dir)."
+    )
+
+
+def _find(name, data_dir, patterns):
+    """The one file matching the first pattern that matches anything (several matches are refused)."""
     for pattern in patterns:
         hits = sorted(glob.glob(os.path.join(data_dir, pattern)))
+        if len(hits) > 1:
+            _refuse_several(name, data_dir, hits)
         if hits:
             return hits[0]
     return None
@@ -81,22 +100,29 @@ def _images_to_float(x):
 
 
 def _from_npz(path):
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-        if missing:
-            raise InputError(f"'{path}' lacks the keras.datasets keys {missing}.")
-        return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
+            if missing:
+                raise InputError(f"'{path}' lacks the keras.datasets keys {missing} (it has {sorted(f.files)}).")
+            return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+    except (OSError, ValueError) as err:
+        raise InputError(f"'{path}' is not a readable .npz file: {err}") from err
 
 
-def _finish(name, train, test):
+def _finish(train, test, raw=False):
+    """Labels as int64 ids, images with a channel axis; float32 in [0, 1] unless ``raw`` (as stored)."""
+    def images(x):
+        x = np.asarray(x)
+        return (x[..., None] if x.ndim == 3 else x) if raw else _images_to_float(x)
+
     (x, y), (xt, yt) = train, test
-    return (_images_to_float(x), np.asarray(y, np.int64).reshape(-1)), (
-        _images_to_float(xt), np.asarray(yt, np.int64).reshape(-1))
+    return (images(x), np.asarray(y, np.int64).reshape(-1)), (images(xt), np.asarray(yt, np.int64).reshape(-1))
 
 
-def _check_dir(name, data_dir):
-    if not os.path.isdir(data_dir):
-        raise InputError(f"data_dir '{data_dir}' for {name} does not exist or is not a folder.")
+def _check_path(name, data_dir):
+    if not os.path.exists(data_dir):
+        raise InputError(f"data_dir '{data_dir}' for {name} does not exist.")
 
 
 def _offline_error(name, files, err):
@@ -106,42 +132,50 @@ def _offline_error(name, files, err):
     )
 
 
+def _npz_file(name, data_dir, files):
+    if not data_dir.endswith(".npz"):
+        raise InputError(f"data_dir '{data_dir}' for {name} is a file but not an .npz; pass {files}.")
+    return _from_npz(data_dir), [data_dir]
+
+
 def _load_idx_dataset(name, data_dir, keras_loader):
     files = "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, " \
             "t10k-labels-idx1-ubyte.gz (or a keras-format .npz)"
     if data_dir is None:
         try:
-            return _finish(name, *keras_loader())
+            return keras_loader(), [f"keras.datasets ({name})"]
         except Exception as err:  # noqa: BLE001 - any download failure means "use data_dir"
             raise _offline_error(name, files, err) from err
-    _check_dir(name, data_dir)
+    _check_path(name, data_dir)
+    if os.path.isfile(data_dir):
+        return _npz_file(name, data_dir, files)
     parts = {
-        "x_train": _find(data_dir, ["train-images-idx3-ubyte.gz", "train-images-idx3-ubyte", "train-images*"]),
-        "y_train": _find(data_dir, ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte", "train-labels*"]),
-        "x_test": _find(data_dir, ["t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte", "t10k-images*"]),
-        "y_test": _find(data_dir, ["t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte", "t10k-labels*"]),
+        "x_train": _find(name, data_dir, ["train-images-idx3-ubyte.gz", "train-images-idx3-ubyte", "train-images*"]),
+        "y_train": _find(name, data_dir, ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte", "train-labels*"]),
+        "x_test": _find(name, data_dir, ["t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte", "t10k-images*"]),
+        "y_test": _find(name, data_dir, ["t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte", "t10k-labels*"]),
     }
+    npzs = sorted(glob.glob(os.path.join(data_dir, "*.npz")))
+    if all(parts.values()) and npzs:
+        _refuse_several(name, data_dir, [parts["x_train"], *npzs])
     if all(parts.values()):
         arrays = {k: read_idx(p) for k, p in parts.items()}
-        return _finish(name, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]))
-    npz = _find(data_dir, ["*.npz"])
-    if npz:
-        return _finish(name, *_from_npz(npz))
+        return ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])), list(parts.values())
+    if len(npzs) > 1:
+        _refuse_several(name, data_dir, npzs)
+    if npzs:
+        return _from_npz(npzs[0]), npzs
     raise InputError(f"No {name} files in '{data_dir}': expected {files}.")
 
 
 def load_mnist(data_dir=None):
-    """MNIST (60,000 + 10,000 28x28 digits) from ``data_dir`` IDX/.npz files or keras.datasets."""
-    from tfsafe._keras import keras  # noqa: PLC0415
-
-    return _load_idx_dataset("MNIST", data_dir, keras.datasets.mnist.load_data)
+    """MNIST (60,000 + 10,000 28x28 digits) from ``data_dir`` (IDX folder or .npz) or keras.datasets."""
+    return load_builtin("mnist", data_dir)[:2]
 
 
 def load_fashion_mnist(data_dir=None):
-    """Fashion-MNIST from ``data_dir`` (IDX .gz or .npz) or keras.datasets."""
-    from tfsafe._keras import keras  # noqa: PLC0415
-
-    return _load_idx_dataset("Fashion-MNIST", data_dir, keras.datasets.fashion_mnist.load_data)
+    """Fashion-MNIST from ``data_dir`` (IDX .gz folder or .npz) or keras.datasets."""
+    return load_builtin("fashion_mnist", data_dir)[:2]
 
 
 def _read_cifar_pickles(folder):
@@ -159,28 +193,39 @@ def _read_cifar_pickles(folder):
     if not train_files or not os.path.exists(test_file):
         return None
     xs, ys = zip(*(read(p) for p in train_files))
-    return (np.concatenate(xs), np.concatenate(ys)), read(test_file)
+    return ((np.concatenate(xs), np.concatenate(ys)), read(test_file)), [*train_files, test_file]
 
 
-def load_cifar10(data_dir=None):
-    """CIFAR-10 from ``data_dir`` (.npz with keras.datasets keys, or cifar-10-batches-py)."""
-    from tfsafe._keras import keras  # noqa: PLC0415
-
+def _load_cifar10(data_dir, keras_loader):
+    name = "CIFAR-10"
     files = "a .npz with x_train/y_train/x_test/y_test, or the cifar-10-batches-py pickles"
     if data_dir is None:
         try:
-            return _finish("CIFAR-10", *keras.datasets.cifar10.load_data())
+            return keras_loader(), ["keras.datasets (CIFAR-10)"]
         except Exception as err:  # noqa: BLE001
-            raise _offline_error("CIFAR-10", files, err) from err
-    _check_dir("CIFAR-10", data_dir)
-    npz = _find(data_dir, ["*.npz"])
-    if npz:
-        return _finish("CIFAR-10", *_from_npz(npz))
-    for folder in (data_dir, os.path.join(data_dir, "cifar-10-batches-py")):
-        loaded = _read_cifar_pickles(folder)
-        if loaded:
-            return _finish("CIFAR-10", *loaded)
-    raise InputError(f"No CIFAR-10 files in '{data_dir}': expected {files}.")
+            raise _offline_error(name, files, err) from err
+    _check_path(name, data_dir)
+    if os.path.isfile(data_dir):
+        return _npz_file(name, data_dir, files)
+    candidates = sorted(glob.glob(os.path.join(data_dir, "*.npz")))
+    pickles = [p for p in (_read_cifar_pickles(f) for f in (data_dir, os.path.join(data_dir, "cifar-10-batches-py")))
+               if p]
+    if len(candidates) + len(pickles) > 1:
+        _refuse_several(name, data_dir, candidates + [os.path.dirname(p[1][0]) for p in pickles])
+    if candidates:
+        return _from_npz(candidates[0]), candidates
+    if pickles:
+        return pickles[0]
+    raise InputError(f"No {name} files in '{data_dir}': expected {files}.")
+
+
+def load_cifar10(data_dir=None):
+    """CIFAR-10 from ``data_dir`` (an .npz with keras.datasets keys, or cifar-10-batches-py)."""
+    return load_builtin("cifar10", data_dir)[:2]
+
+
+def _keras_loader(name):
+    return getattr(keras.datasets, name).load_data
 
 
 DATASETS = {
@@ -191,6 +236,36 @@ DATASETS = {
 }
 
 
+def load_builtin(name, data_dir=None, raw=False):
+    """A built-in dataset and the files it was read from.
+
+    Args:
+        name: ``digits``, ``mnist``, ``fashion_mnist`` or ``cifar10``.
+        data_dir: the file, or a folder with exactly one set of files; None downloads.
+        raw: keep images as stored (``uint8`` pixels; digits stay float in [0, 1]) instead of
+            float32 in [0, 1], for :mod:`tfsafe.preprocessing` to decide.
+
+    Returns:
+        ``((x_train, y_train), (x_test, y_test), files)``: ``files`` lists the paths read (or
+        the ``keras.datasets`` / scikit-learn origin), for the report's provenance.
+
+    Raises:
+        InputError: unknown name, missing files, or a folder with several candidate files.
+    """
+    if name not in DATASETS:
+        raise InputError(f"Unknown dataset '{name}'; choose one of {sorted(DATASETS)} or pass a file.")
+    if name == "digits":
+        return (*load_digits(), ["scikit-learn load_digits (bundled), split 75/25 with seed 0"])
+    if data_dir is not None:
+        data_dir = os.fspath(data_dir)
+    if name == "cifar10":
+        parts, files = _load_cifar10(data_dir, _keras_loader("cifar10"))
+    else:
+        label = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[name]
+        parts, files = _load_idx_dataset(label, data_dir, _keras_loader(name))
+    return (*_finish(*parts, raw=raw), files)
+
+
 def load_dataset(name, data_dir=None):
     """Load a dataset by name: one of ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``."""
     if name not in DATASETS:
@@ -198,90 +273,50 @@ def load_dataset(name, data_dir=None):
     return DATASETS[name](data_dir=data_dir)
 
 
-@dataclasses.dataclass
-class MembershipSplits:
-    """Disjoint splits of one pool of data (each an ``(x, y)`` tuple).
+def leading_layers(model):
+    """The layers a single-input model applies first: its preprocessing layers, then the first other one.
 
-    Attributes:
-        train: the members: the only data the model is trained on.
-        validation: for model selection, early stopping and safety sets.
-        nonmembers: audit non-members; never used for training or selection.
-        test: for reporting accuracy and robustness.
-        reference: optional extra split for simulated attackers and shadow models (never the
-            audit non-members); empty when not requested.
-        indices: the row indices of each split in the pool, for provenance checks.
+    Input layers are skipped and nested models entered, so a ``Sequential`` preprocessing block
+    counts. Preprocessing layers are ``Rescaling``, ``Normalization``, ``Resizing`` and
+    ``CenterCrop``; the walk stops after the first layer of any other kind (e.g. an
+    ``Embedding`` or a ``Conv2D``), which ends the list.
     """
-
-    train: tuple
-    validation: tuple
-    nonmembers: tuple
-    test: tuple
-    reference: tuple
-    indices: dict
-
-    def audit_sets(self, size=None, seed=0):
-        """Balanced ``(members, nonmembers)`` for a membership audit.
-
-        Members are a random subset of ``train`` of the same size as the non-members used
-        (``size`` caps both).
-        """
-        n = min(len(self.train[0]), len(self.nonmembers[0]))
-        if size is not None:
-            n = min(n, int(size))
-        rng = np.random.default_rng(seed)
-        m = rng.choice(len(self.train[0]), n, replace=False)
-        nm = rng.choice(len(self.nonmembers[0]), n, replace=False)
-        return (self.train[0][m], self.train[1][m]), (self.nonmembers[0][nm], self.nonmembers[1][nm])
-
-    def sizes(self):
-        """Number of examples in each split."""
-        return {k: len(v) for k, v in self.indices.items()}
+    out = []
+    for layer in getattr(model, "layers", []):
+        if type(layer).__name__ == "InputLayer":
+            continue
+        inner = leading_layers(layer) if hasattr(layer, "layers") else [layer]
+        out.extend(inner)
+        if inner and type(inner[-1]).__name__ not in _PREPROCESSING_LAYERS:
+            break
+    return out
 
 
-def _count(size, total, name):
-    """A split size given as a fraction of the pool (float < 1) or as a count."""
-    if isinstance(size, float) and size < 1:
-        if size < 0:
-            raise InputError(f"{name} as a fraction must be in [0, 1), got {size}.")
-        return int(round(size * total))
-    if size < 0 or int(size) != size:
-        raise InputError(f"{name} must be a fraction in [0, 1) or a whole count >= 0, got {size}.")
-    return int(size)
+_PREPROCESSING_LAYERS = ("Rescaling", "Normalization", "Resizing", "CenterCrop")
 
 
-def membership_split(x, y, seed=0, train_size=0.4, validation_size=0.1, nonmember_size=0.25,
-                     test_size=0.25, reference_size=0):
-    """Split one pool into disjoint train / validation / non-member / test (/ reference) sets.
+def data_kind(x, model=None):
+    """What kind of examples ``x`` holds: ``"image"``, ``"tabular"`` or ``"sequence"``.
 
-    Sizes are fractions of the pool (floats below 1) or counts (ints). The split is a seeded
-    random permutation: the same seed gives the same indices.
+    Rule (by shape and dtype; a model whose first layer is an ``Embedding`` makes it a sequence):
+    (N, H, W, C) is an image; (N, H, W) is an image unless it holds integer tokens (a signed or
+    wider-than-8-bit integer dtype), then it is a sequence (N, T, F); (N, F) is tabular unless
+    it holds integers other than 0/1 (token ids, N, T), then it is a sequence. ``uint8`` and
+    ``bool`` arrays are never tokens.
 
-    Example:
-        >>> (x, y), _ = load_digits()
-        >>> s = membership_split(x, y, seed=0, train_size=300, validation_size=100,
-        ...                      nonmember_size=300, test_size=300)
-        >>> s.sizes()["train"]
-        300
+    Raises:
+        InputError: ``x`` has fewer than two axes.
     """
-    from tfsafe.validation import check_features, check_labels  # noqa: PLC0415
-
-    x = check_features(x, "x")
-    y = check_labels(y, name="y", n=len(x))
-    total = len(x)
-    names = ["train", "validation", "nonmembers", "test", "reference"]
-    requested = [train_size, validation_size, nonmember_size, test_size, reference_size]
-    counts = [_count(s, total, f"{n}_size") for s, n in zip(requested, names)]
-    if sum(counts) > total:
-        raise InputError(
-            f"The splits ask for {sum(counts)} examples ({dict(zip(names, counts))}) but there are "
-            f"only {total}; lower the sizes."
-        )
-    if counts[0] == 0 or counts[2] == 0:
-        raise InputError("train_size and nonmember_size must both be > 0 for a membership audit.")
-    order = np.random.default_rng(seed).permutation(total)
-    indices, start = {}, 0
-    for name, count in zip(names, counts):
-        indices[name] = np.sort(order[start:start + count])
-        start += count
-    parts = {name: (x[idx], y[idx]) for name, idx in indices.items()}
-    return MembershipSplits(indices=indices, **parts)
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise InputError(f"data has shape {x.shape}; examples need at least one feature axis (N, F).")
+    if model is not None and any(type(layer).__name__ == "Embedding" for layer in leading_layers(model)):
+        return "sequence"
+    tokens = x.dtype.kind in "iu" and x.dtype != np.uint8
+    if x.ndim >= 4:
+        return "image"
+    if x.ndim == 3:
+        return "sequence" if tokens else "image"
+    if tokens and x.size and (x.min() < 0 or x.max() > 1):
+        return "sequence"
+    return "tabular"

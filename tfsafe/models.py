@@ -1,8 +1,12 @@
 """Small reference models and helpers to read a classifier's logits and probabilities.
 
-tfsafe accepts classifiers that end in a softmax (probabilities) or not (logits). Attacks and
-audits need logits, since a saturated softmax hides gradients and membership signal, so
-:func:`logits_model` returns a view of the model without its final softmax.
+tfsafe accepts classifiers that end in a softmax or sigmoid (probabilities) or not (logits),
+including one-unit binary heads. Attacks and audits need logits, since a saturated softmax
+hides gradients and membership signal, so :func:`logits_model` returns a view of the model
+without its final activation, and a one-unit head ``z`` becomes the two-class logits
+``[0, z]`` (:func:`class_scores` does the same for outputs already computed, e.g. by a
+``.tflite`` file or a callable). Whether outputs are probabilities is read from the model
+(:func:`output_kind`), never guessed from their values.
 """
 
 import weakref
@@ -10,9 +14,12 @@ import weakref
 import numpy as np
 
 from tfsafe._keras import keras, tf
+from tfsafe.errors import InputError
 
-__all__ = ["small_cnn", "lenet", "mlp", "logits_model", "ends_with_softmax", "compiled_logits",
-           "predict_logits", "predict_proba", "accuracy", "copy_model", "compile_classifier", "flat_layers"]
+__all__ = ["small_cnn", "lenet", "mlp", "logits_model", "ends_with_softmax", "final_activation", "output_kind",
+           "check_output_kind", "class_scores", "to_probabilities", "num_classes_of_outputs", "BinaryLogits",
+           "compiled_logits", "predict_logits", "predict_proba", "accuracy", "copy_model", "compile_classifier",
+           "flat_layers"]
 
 
 def small_cnn(input_shape=(8, 8, 1), num_classes=10, filters=(16, 32), dense=64, name="small_cnn"):
@@ -60,31 +67,170 @@ def mlp(input_shape=(8, 8, 1), num_classes=10, units=(128,), name="mlp"):
     return keras.Sequential(layers, name=name)
 
 
+OUTPUT_KINDS = ("logits", "probabilities")
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def _activation_name(layer):
+    """Name of the activation a layer applies last (``"softmax"``, ``"sigmoid"``, ...) or None."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    if isinstance(activation, str):
+        return activation
+    for name in _PROBABILITY_ACTIVATIONS:
+        if activation is getattr(keras.activations, name):
+            return name
+    return getattr(activation, "__name__", None)
+
+
+def _output_node(model):
+    """``(layer, node_index)`` producing the single output of a graph model, or ``(None, None)``."""
+    outputs = getattr(model, "outputs", None)
+    if not outputs or len(outputs) != 1 or not hasattr(outputs[0], "_keras_history"):
+        return None, None
+    history = outputs[0]._keras_history
+    return history.layer, history.node_index
+
+
+def final_activation(model):
+    """The activation the model's output passes through last, looking inside nested models.
+
+    Returns:
+        ``"softmax"``, ``"sigmoid"``, another activation's name, or None (no activation).
+    """
+    layer, _ = _output_node(model)
+    if layer is None:
+        layer = model.layers[-1] if getattr(model, "layers", None) else None
+    if layer is None:
+        return None
+    if isinstance(layer, keras.Model):
+        return final_activation(layer)
+    return _activation_name(layer)
+
+
 def ends_with_softmax(model):
     """True when the model's output is a softmax (layer activation, Activation or Softmax)."""
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return True
-    activation = getattr(last, "activation", None)
-    return activation is keras.activations.softmax or getattr(activation, "__name__", "") == "softmax"
+    return final_activation(model) == "softmax"
+
+
+def output_kind(model):
+    """``"probabilities"`` when a Keras model ends in a softmax or sigmoid, else ``"logits"``.
+
+    Read from the model's graph (nested models included), never from the output values: a
+    dequantized int8 softmax does not sum to one exactly.
+    """
+    return "probabilities" if final_activation(model) in _PROBABILITY_ACTIVATIONS else "logits"
+
+
+def check_output_kind(kind, name="output"):
+    """``kind`` if it is ``"logits"`` or ``"probabilities"``, else an :class:`InputError`."""
+    if kind not in OUTPUT_KINDS:
+        raise InputError(f"{name} must be 'logits' or 'probabilities', got {kind!r}.")
+    return kind
+
+
+def class_scores(outputs, kind):
+    """A classifier's raw outputs as ``(n, classes)`` logits or probabilities, ``classes >= 2``.
+
+    A one-unit output is a binary classifier: the logit ``z`` becomes ``[0, z]`` (softmax of it
+    is ``[1 - sigmoid(z), sigmoid(z)]``), the probability ``p`` becomes ``[1 - p, p]``. Wider
+    outputs are returned unchanged.
+
+    Args:
+        outputs: ``(n,)``, ``(n, 1)`` or ``(n, classes)`` numpy array.
+        kind: ``"logits"`` or ``"probabilities"`` (what ``outputs`` are).
+
+    Returns:
+        float32 array ``(n, max(2, classes))``.
+    """
+    check_output_kind(kind, "kind")
+    out = np.asarray(outputs, np.float32)
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.ndim != 2:
+        raise InputError(f"Expected classifier outputs of shape (examples, classes), got {out.shape}.")
+    if out.shape[1] != 1:
+        return out
+    if kind == "logits":
+        return np.concatenate([np.zeros_like(out), out], axis=1)
+    return np.concatenate([1.0 - out, out], axis=1)
+
+
+def to_probabilities(outputs, kind):
+    """``(n, classes >= 2)`` probabilities from logits or probabilities (one-unit heads widened)."""
+    scores = class_scores(outputs, kind)
+    return scores if kind == "probabilities" else tf.nn.softmax(scores).numpy()
+
+
+def num_classes_of_outputs(width):
+    """Classes of a classifier whose output has ``width`` values: 2 for a one-unit (binary) head."""
+    return max(2, int(width))
+
+
+@keras.utils.register_keras_serializable(package="tfsafe")
+class BinaryLogits(keras.layers.Layer):
+    """``z`` of shape ``(batch, 1)`` -> ``[0, z]``: the two-class logits of a one-unit head.
+
+    ``softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]``, so cross-entropy on these logits is the
+    binary cross-entropy of the sigmoid head and class 1 is the positive class.
+    """
+
+    def call(self, inputs):
+        return tf.concat([tf.zeros_like(inputs), inputs], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)[:-1].concatenate([2])
+
+
+def _pre_activation(model, name):
+    """A functional model sharing ``model``'s weights whose output skips the final softmax /
+    sigmoid (nested models are opened); None when there is nothing to remove."""
+    if final_activation(model) not in _PROBABILITY_ACTIVATIONS:
+        return None
+    layer, node_index = _output_node(model)
+    if layer is None:
+        return None
+    inputs = layer._inbound_nodes[node_index].input_tensors
+    if isinstance(layer, keras.Model):
+        inner = _pre_activation(layer, f"{layer.name}_logits")
+        if inner is None:
+            return None
+        return keras.Model(model.inputs, inner(inputs), name=name)
+    if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+        return keras.Model(model.inputs, inputs, name=name)
+    # Dense/Conv with a softmax/sigmoid activation: re-run the layer's own call without it.
+    outputs = _WithoutActivation(layer, name=f"{layer.name}_logits")(inputs)
+    return keras.Model(model.inputs, outputs, name=name)
 
 
 def logits_model(model):
-    """Return a model with the same weights that outputs logits (the final softmax removed).
+    """Return a model with the same weights that outputs logits, at least two per example.
 
-    A model that already outputs logits is returned unchanged. The returned model shares
-    variables with ``model``: training one trains the other.
+    The final softmax or sigmoid (layer activation, ``Activation``, ``Softmax``; inside nested
+    models too) is removed, so attacks differentiate the pre-activation logits rather than the
+    log of a saturated probability. A one-unit head (sigmoid or linear) becomes the two-class
+    logits ``[0, z]`` (:class:`BinaryLogits`). A model that already outputs two or more logits
+    is returned unchanged. The returned model shares variables with ``model``: training one
+    trains the other.
     """
-    if not ends_with_softmax(model):
+    if not isinstance(model, keras.Model):
         return model
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax) or isinstance(last, keras.layers.Activation):
-        pre = last.input
-        return keras.Model(model.inputs, pre, name=f"{model.name}_logits")
+    logits = _pre_activation(model, f"{model.name}_logits")
+    if logits is None and not _one_unit(model):
+        return model
+    base = logits if logits is not None else model
+    if _one_unit(base):
+        return keras.Model(base.inputs, BinaryLogits(name="binary_logits")(base.outputs[0]),
+                           name=f"{model.name}_logits")
+    return base
 
-    # Dense/Conv with activation='softmax': re-run the layer's own call without the activation.
-    outputs = _WithoutActivation(last, name=f"{last.name}_logits")(last.input)
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_logits")
+
+def _one_unit(model):
+    outputs = getattr(model, "outputs", None)
+    return bool(outputs) and len(outputs) == 1 and outputs[0].shape[-1] == 1
 
 
 class _WithoutActivation(keras.layers.Layer):
@@ -125,12 +271,13 @@ def compiled_logits(model):
 def predict_logits(model, x, batch_size=512):
     """Logits of ``model`` (a Keras model or a callable returning logits) on ``x``, as float32 numpy.
 
-    Keras models run in inference mode through :func:`compiled_logits`.
+    Keras models run in inference mode through :func:`compiled_logits`. One-unit outputs come
+    back as two-class logits ``[0, z]``.
     """
     fn = compiled_logits(model)
     x = np.asarray(x, np.float32)
     outs = [np.asarray(fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs, axis=0).astype(np.float32)
+    return class_scores(np.concatenate(outs, axis=0), "logits")
 
 
 def predict_proba(model, x, batch_size=512):

@@ -89,8 +89,8 @@ def model_input_shape(model):
 
 
 def model_num_classes(model):
-    """Number of outputs of a single-output classifier."""
-    return int(model.outputs[0].shape[-1])
+    """Number of classes of a single-output classifier (2 for a one-unit binary head)."""
+    return max(2, int(model.outputs[0].shape[-1]))
 
 
 def check_xy(model, x, y, name="data"):

@@ -4,7 +4,9 @@
   :mod:`~tfsafe.safety.adversarial_training`: Madry / TRADES training in ``train_step``.
 - :mod:`~tfsafe.safety.corruptions`: natural corruptions x 5 severities, mean accuracy, mCE.
 - :mod:`~tfsafe.safety.membership`: tensorflow-privacy audits; :mod:`~tfsafe.safety.lira`:
-  LiRA / offset scores from sharded reference models; :mod:`~tfsafe.safety.simulated_attacker`:
+  sharded reference models and LiRA (online / offline); :mod:`~tfsafe.safety.rmia`: RMIA;
+  :mod:`~tfsafe.safety.reference_attacks`: both as the headline audit; :mod:`~tfsafe.safety.roc`:
+  TPR at low FPR and what an audit set resolves; :mod:`~tfsafe.safety.simulated_attacker`:
   the attacker MIA-SafeCompress selects against.
 - :mod:`~tfsafe.safety.safety_set`: Grad-CAM + margin + k-means safety sets.
 - :mod:`~tfsafe.safety.tests` and :mod:`~tfsafe.safety.evaluate`: the pluggable safety tests
@@ -35,6 +37,8 @@ from tfsafe.safety.membership import (
     audit_membership,
     audit_outputs,
 )
+from tfsafe.safety.reference_attacks import audit_pool, reference_audit
+from tfsafe.safety.rmia import rmia_audit
 from tfsafe.safety.safety_set import safety_scores, select_safety_set
 from tfsafe.safety.simulated_attacker import SimulatedAttacker, nasr_attacker
 from tfsafe.safety.tests import (
@@ -58,7 +62,8 @@ __all__ = [
     "CORRUPTIONS", "SEVERITIES", "corrupt", "corruption_accuracy",
     # membership inference
     "ATTACKS", "DEFAULT_ATTACKS", "FAST_ATTACKS", "MembershipAudit", "audit_membership", "audit_outputs",
-    "train_reference_models", "lira_audit", "SimulatedAttacker", "nasr_attacker",
+    "train_reference_models", "lira_audit", "rmia_audit", "reference_audit", "audit_pool", "SimulatedAttacker",
+    "nasr_attacker",
     # safety sets
     "select_safety_set", "safety_scores",
     # pluggable tests and one-call evaluation

@@ -128,7 +128,9 @@ def _logits_fn(model, training, bpda):
         def fn(x):
             return lm(x, training=training)
     elif callable(model):
-        fn = model
+        def fn(x):  # a one-unit logit z is the binary classifier [0, z]
+            z = model(x)
+            return tf.concat([tf.zeros_like(z), z], axis=-1) if z.shape[-1] == 1 else z
     else:
         raise UnsupportedModelError(
             f"Expected a Keras model or a callable returning logits, got {type(model).__name__}.")

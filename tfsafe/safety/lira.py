@@ -1,17 +1,32 @@
-"""LiRA and offset membership scores from reference (shadow) models, trainable in shards.
+"""Reference models trained in shards, and the likelihood-ratio attack (LiRA) on them.
 
-The likelihood-ratio attack (Carlini et al., 2022) asks, for every audit example, how the
-target model's confidence compares with the confidences of reference models that did
-(IN) and did not (OUT) train on that example. tensorflow-privacy supplies the statistics
-and the scores (``advanced_mia.calculate_statistic``, ``compute_score_lira``,
-``compute_score_offset``); this module trains the reference models and merges their
-statistics.
+LiRA (Carlini, Chien, Nasr, Song, Terzis, Tramer, "Membership Inference Attacks From First
+Principles", IEEE S&P 2022) asks, for every audit example ``(x, y)``, how the target model's
+logit-scaled confidence ``phi = log(p_y / (1 - p_y))`` compares with the confidences of
+reference (shadow) models that did (IN) and did not (OUT) train on ``(x, y)``:
+
+- **online**: fit one Gaussian to the IN and one to the OUT confidences of the example;
+  the score is the log-likelihood ratio ``log N(phi; mu_in, s_in) - log N(phi; mu_out, s_out)``.
+- **offline**: OUT models only; the one-sided test ``Pr[Z < phi]``, ``Z ~ N(mu_out, s_out)``
+  (ranked by ``(phi - mu_out) / s_out``, which orders examples the same way without
+  saturating at 1).
+- **global variance**: with few reference models per-example variances are noise; then one
+  IN and one OUT standard deviation over all examples' confidences (as the paper's code
+  does) replaces them. ``global_variance=None`` chooses it below
+  :data:`GLOBAL_VARIANCE_BELOW` models per side.
+
+``phi`` is computed from logits without forming ``p_y``: ``z_y - logsumexp_{j != y} z_j``
+(exact, no overflow, no ``1 - p`` cancellation); probability outputs are first taken to logs.
 
 Reference models are independent jobs. :func:`train_reference_models` trains the ones of
-one shard (``shard=(i, n)`` trains models ``j`` with ``j % n == i``) and writes one ``.npz``
-per model into a shared folder, skipping models already there, so shards run on separate
-workers and an interrupted run resumes where it stopped. :func:`lira_audit` merges every
-file it finds.
+one shard (``shard=(i, n)`` trains models ``j`` with ``j % n == i``), each on a random half of
+the pool (models ``2k`` and ``2k + 1`` on complementary halves, so every example has as many
+IN as OUT models), or on halves of a separate population (``train_on="population"``: OUT
+for every pool example, the offline setting), and writes one ``ref_<j>.npz`` with the
+model's logits on the pool (and population) into a shared folder. Existing files are
+skipped, so shards run on separate workers and an interrupted run resumes.
+:func:`load_reference_models` merges every file; RMIA (:mod:`tfsafe.safety.rmia`) reads the
+same files.
 
 Example:
     >>> # pool = members + non-members of the target audit, is_member marks the members
@@ -19,37 +34,66 @@ Example:
     >>> # audit = lira_audit(target, pool, is_member, "refs")
 """
 
+import dataclasses
 import glob
 import hashlib
 import os
 
 import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import norm
 
+from tfsafe._keras import keras
 from tfsafe.errors import InputError
 from tfsafe.io import atomic_path
+from tfsafe.models import compile_classifier, predict_logits
+from tfsafe.safety.membership import MembershipAudit, _model_outputs
+from tfsafe.safety.roc import roc_row, worst_case
+from tfsafe.validation import check_features, check_labels
 
-__all__ = ["pool_fingerprint", "train_reference_models", "load_reference_stats", "lira_audit"]
+__all__ = ["GLOBAL_VARIANCE_BELOW", "ReferenceModels", "as_logits", "check_audit_pool", "lira_audit",
+           "lira_scores", "load_reference_models", "logit_confidence", "pool_fingerprint", "target_logits",
+           "train_reference_models"]
+
+FILE_FORMAT = 2  # 1 stored only the hinge statistic; 2 stores the logits (LiRA and RMIA)
+# Carlini et al. fix the variance for small budgets: per-example variances from fewer models
+# than this per side are too noisy.
+GLOBAL_VARIANCE_BELOW = 32
 
 
-def pool_fingerprint(x, y):
-    """A short hash of the audit pool, stored with every reference model to catch mix-ups."""
+def pool_fingerprint(x, y, population=None):
+    """A short hash of the audit pool (and population), stored with every reference model."""
     digest = hashlib.sha256(np.ascontiguousarray(x, np.float32).tobytes())
     digest.update(np.ascontiguousarray(y, np.int64).tobytes())
+    if population is not None:
+        digest.update(b"population")
+        digest.update(np.ascontiguousarray(population[0], np.float32).tobytes())
+        digest.update(np.ascontiguousarray(population[1], np.int64).tobytes())
     return digest.hexdigest()[:16]
 
 
-def _advanced_mia():
-    from tfsafe.safety.membership import _tf_privacy  # noqa: PLC0415
-
-    _tf_privacy()  # sets tensorflow-privacy's import switch and checks it is installed
-    from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import advanced_mia  # noqa: PLC0415
-
-    return advanced_mia
+def as_logits(outputs, kind):
+    """Outputs as logits: probabilities become their logs (a zero floored at 1e-30)."""
+    outputs = np.asarray(outputs, np.float64)
+    return np.log(np.maximum(outputs, 1e-30)) if kind == "probabilities" else outputs
 
 
-def _statistic(logits, labels):
-    # The hinge (true-class logit minus the best other logit) is LiRA's most Gaussian statistic.
-    return _advanced_mia().calculate_statistic(logits, labels, is_logits=True, option="hinge")
+def logit_confidence(logits, labels):
+    """LiRA's statistic ``log(p_y / (1 - p_y))`` from logits, computed stably.
+
+    Args:
+        logits: ``(..., n, classes)`` logits (any additive constant per row cancels).
+        labels: ``(n,)`` integer labels.
+
+    Returns:
+        float64 ``(..., n)``: ``z_y - logsumexp_{j != y} z_j``.
+    """
+    z = np.asarray(logits, np.float64)
+    index = np.broadcast_to(np.asarray(labels, np.int64)[:, None], z.shape[:-1] + (1,))
+    true = np.take_along_axis(z, index, axis=-1)[..., 0]
+    others = z.copy()
+    np.put_along_axis(others, index, -np.inf, axis=-1)
+    return true - logsumexp(others, axis=-1)
 
 
 def _parse_shard(shard):
@@ -66,11 +110,7 @@ def _parse_shard(shard):
 
 
 def _build(template_or_fn):
-    from tfsafe._keras import keras  # noqa: PLC0415
-
     if isinstance(template_or_fn, keras.Model):
-        from tfsafe.models import compile_classifier  # noqa: PLC0415
-
         # Same architecture, fresh weights.
         return compile_classifier(keras.models.clone_model(template_or_fn), learning_rate=1e-3)
     if callable(template_or_fn):
@@ -79,36 +119,60 @@ def _build(template_or_fn):
                      "compiled model.")
 
 
+def _check_xy(data, name, feature_shape=None):
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise InputError(f"{name} must be a pair (x, y).")
+    x = check_features(data[0], f"{name} x", feature_shape)
+    return x, check_labels(data[1], name=f"{name} y", n=len(x))
+
+
+def _half(n, seed, j):
+    # Models 2k and 2k + 1 train on complementary halves.
+    mask = np.zeros(n, bool)
+    mask[np.random.default_rng(seed + j // 2).permutation(n)[: n // 2]] = True
+    return ~mask if j % 2 else mask
+
+
 def train_reference_models(build_fn, pool, out_dir, num_models=8, shard=(0, 1), seed=0, fit_kwargs=None,
-                           log=print):
-    """Train this shard's reference models, each on a random half of ``pool``.
+                           population=None, train_on="pool", log=print):
+    """Train this shard's reference models and store their logits.
 
     Args:
         build_fn: a function returning a compiled, untrained model, or a Keras model whose
             architecture is cloned (compiled with Adam and cross-entropy).
         pool: ``(x, y)``: the examples to audit (target members and non-members together).
         out_dir: shared folder for ``ref_<j>.npz`` files (one per model).
-        num_models: total reference models across all shards (LiRA wants 16+; 4 is a floor).
+        num_models: total reference models across all shards. LiRA wants 16+ (IN and OUT
+            per example: ``train_on="pool"`` needs 2+); RMIA works from 1.
         shard: ``(i, n)`` or ``"i/n"``: train models ``j`` with ``j % n == i``.
-        seed: seeds the IN/OUT halves; models ``2k`` and ``2k + 1`` train on complementary
-            halves, so every example has ``num_models // 2`` IN and OUT models.
+        seed: seeds the halves (and each model's initialization).
         fit_kwargs: passed to ``model.fit`` (epochs, batch_size...).
+        population: optional ``(x, y)`` from the same distribution, never audited: RMIA's
+            population samples ``z``, and the training data when ``train_on="population"``.
+        train_on: ``"pool"`` (random halves of the pool: online LiRA / RMIA) or
+            ``"population"`` (random halves of ``population``: every pool example is OUT,
+            the offline setting).
+        log: called with one line per model.
 
     Returns:
         Paths of this shard's files (existing ones are kept, not retrained).
-    """
-    from tfsafe._keras import keras  # noqa: PLC0415
-    from tfsafe.models import predict_logits  # noqa: PLC0415
-    from tfsafe.validation import check_features, check_labels  # noqa: PLC0415
 
-    x, y = pool
-    x = check_features(x, "pool x")
-    y = check_labels(y, name="pool y", n=len(x))
+    Raises:
+        InputError: bad shard, too few models, missing population, mismatched shapes.
+    """
+    x, y = _check_xy(pool, "pool")
+    if population is not None:
+        population = _check_xy(population, "population", x.shape[1:])
     index, count = _parse_shard(shard)
-    if num_models < 2:
-        raise InputError(f"num_models must be >= 2 (LiRA needs IN and OUT models), got {num_models}.")
+    if train_on not in ("pool", "population"):
+        raise InputError(f"train_on must be 'pool' or 'population', got {train_on!r}.")
+    if train_on == "population" and population is None:
+        raise InputError("train_on='population' needs population=(x, y): data the target never saw, not in the pool.")
+    if num_models < (2 if train_on == "pool" else 1):
+        raise InputError(f"num_models must be >= 2 when training on pool halves (every example needs an IN and "
+                         f"an OUT model), got {num_models}; or train on a population (offline).")
     os.makedirs(out_dir, exist_ok=True)
-    fingerprint = pool_fingerprint(x, y)
+    fingerprint = pool_fingerprint(x, y, population)
     fit_kwargs = {"epochs": 20, "batch_size": 32, "verbose": 0, **(fit_kwargs or {})}
     paths = []
     for j in range(index, num_models, count):
@@ -117,88 +181,199 @@ def train_reference_models(build_fn, pool, out_dir, num_models=8, shard=(0, 1), 
         if os.path.exists(path):
             log(f"reference model {j}: already trained, skipping")
             continue
-        # Models come in complementary pairs (2k, 2k+1), so every example has as many IN as OUT
-        # reference models.
-        in_mask = np.zeros(len(x), bool)
-        in_mask[np.random.default_rng(seed + j // 2).permutation(len(x))[: len(x) // 2]] = True
-        if j % 2:
-            in_mask = ~in_mask
+        m = 0 if population is None else len(population[0])
+        if train_on == "pool":
+            in_mask, pop_in = _half(len(x), seed, j), np.zeros(m, bool)
+            train_x, train_y = x[in_mask], y[in_mask]
+        else:
+            in_mask, pop_in = np.zeros(len(x), bool), _half(m, seed, j)
+            train_x, train_y = population[0][pop_in], population[1][pop_in]
         keras.utils.set_random_seed(seed + j)
         model = _build(build_fn)
-        model.fit(x[in_mask], y[in_mask], **fit_kwargs)
-        stat = _statistic(predict_logits(model, x), y)
+        model.fit(train_x, train_y, **fit_kwargs)
+        logits = predict_logits(model, x)
+        pop_logits = predict_logits(model, population[0]) if population is not None else np.zeros((0, 0))
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, in_mask=in_mask, stat=stat, fingerprint=fingerprint, index=j)
-        log(f"reference model {j}: trained on {in_mask.sum()} examples")
+                np.savez(f, in_mask=in_mask, logits=logits, pop_in_mask=pop_in, pop_logits=pop_logits,
+                         fingerprint=fingerprint, index=j, format=FILE_FORMAT)
+        log(f"reference model {j}: trained on {len(train_x)} {train_on} examples")
     return paths
 
 
-def load_reference_stats(out_dir, pool):
-    """Merge every shard's files: ``(in_masks, stats)`` of shape (models, examples)."""
+@dataclasses.dataclass
+class ReferenceModels:
+    """Every reference model's logits, merged from all shards.
+
+    Attributes:
+        in_mask: bool ``(models, n)``: model trained on pool example.
+        logits: float32 ``(models, n, classes)`` on the pool.
+        pop_in_mask: bool ``(models, m)`` and pop_logits ``(models, m, classes)`` on the
+            population (``m = 0`` without one).
+    """
+
+    in_mask: np.ndarray
+    logits: np.ndarray
+    pop_in_mask: np.ndarray
+    pop_logits: np.ndarray
+
+    @property
+    def num_models(self):
+        return len(self.in_mask)
+
+    def counts(self):
+        """IN / OUT reference models per pool example (min and median) and the total."""
+        n_in, n_out = self.in_mask.sum(0), (~self.in_mask).sum(0)
+        return {"total": self.num_models, "in_min": int(n_in.min()), "in_median": float(np.median(n_in)),
+                "out_min": int(n_out.min()), "out_median": float(np.median(n_out))}
+
+
+def load_reference_models(out_dir, pool, population=None):
+    """Merge every shard's ``ref_*.npz`` in ``out_dir`` into a :class:`ReferenceModels`.
+
+    Raises:
+        InputError: no files, files for another pool / population, or files of an older format.
+    """
     x, y = pool
-    fingerprint = pool_fingerprint(x, y)
-    files = sorted(glob.glob(os.path.join(out_dir, "ref_*.npz")))
-    if len(files) < 2:
-        raise InputError(f"Found {len(files)} reference models in '{out_dir}'; train at least 2 with "
-                         "train_reference_models (or tfsafe audit --reference_models).")
-    masks, stats = [], []
+    fingerprint = pool_fingerprint(x, y, population)
+    files = sorted(glob.glob(os.path.join(os.fspath(out_dir), "ref_*.npz")))
+    if not files:
+        raise InputError(f"Found 0 reference models in '{out_dir}'; train them with train_reference_models "
+                         "(or tfsafe audit --reference_models).")
+    parts = {"in_mask": [], "logits": [], "pop_in_mask": [], "pop_logits": []}
     for path in files:
         with np.load(path, allow_pickle=False) as data:
+            if "logits" not in data:
+                raise InputError(f"'{path}' was written by an older tfsafe (statistics only); delete "
+                                 f"'{out_dir}' and train the reference models again.")
             if str(data["fingerprint"]) != fingerprint:
-                raise InputError(f"'{path}' was trained for a different audit pool; use a separate folder "
-                                 "per pool.")
-            masks.append(data["in_mask"])
-            stats.append(data["stat"])
-    return np.stack(masks), np.stack(stats)
+                raise InputError(f"'{path}' was trained for a different audit pool or population; use a "
+                                 "separate folder per pool, and pass the same population it was trained with.")
+            for key, values in parts.items():
+                values.append(data[key])
+    return ReferenceModels(**{key: np.stack(values) for key, values in parts.items()})
 
 
-def lira_audit(model, pool, is_member, reference_dir, min_models_per_side=1):
-    """Score every pool example with LiRA and the offset attack, then measure how well the
-    scores separate the target's members from its non-members.
+def check_audit_pool(pool, is_member, population=None):
+    """Validated ``(x, y), is_member, population`` of an audit over reference models."""
+    x, y = _check_xy(pool, "pool")
+    is_member = np.asarray(is_member)
+    if is_member.dtype != bool or is_member.shape != (len(x),):
+        raise InputError(f"is_member must be a boolean vector of length {len(x)} (one per pool example), "
+                         f"got {is_member.dtype} {is_member.shape}.")
+    if is_member.all() or not is_member.any():
+        raise InputError("is_member must mark both members and non-members of the target.")
+    if population is not None:
+        population = _check_xy(population, "population", x.shape[1:])
+    return (x, y), is_member, population
+
+
+def target_logits(model, x, batch_size=512, output=None):
+    """The target's outputs on ``x`` as ``(n, classes)`` logits (probabilities taken to logs)."""
+    outputs, kind = _model_outputs(model, x, batch_size, output)
+    return as_logits(outputs, kind)
+
+
+def _masked_mean_std(values, mask):
+    count = mask.sum(0)
+    mean = np.where(mask, values, 0.0).sum(0) / np.maximum(count, 1)
+    var = np.where(mask, (values - mean) ** 2, 0.0).sum(0) / np.maximum(count, 1)
+    return mean, np.sqrt(var)
+
+
+def lira_scores(target_phi, ref_phi, in_mask, mode="online", global_variance=None):
+    """LiRA membership scores (higher = more likely a member).
 
     Args:
-        model: the target Keras model (or anything ``audit_membership`` accepts).
-        pool: ``(x, y)`` the reference models were trained on halves of.
-        is_member: boolean array: which pool examples the target trained on.
-        reference_dir: folder written by :func:`train_reference_models` (all shards).
+        target_phi: ``(n,)`` the target's logit-scaled confidences.
+        ref_phi: ``(models, n)`` the reference models' confidences.
+        in_mask: bool ``(models, n)``: which reference models trained on each example.
+        mode: ``"online"`` (IN and OUT Gaussians, likelihood ratio) or ``"offline"`` (OUT
+            only, one-sided test).
+        global_variance: one standard deviation per side over all confidences; ``None``
+            chooses it when any example has fewer than :data:`GLOBAL_VARIANCE_BELOW` models
+            on a side it uses.
 
     Returns:
-        A :class:`tfsafe.safety.membership.MembershipAudit` with attacks ``lira`` and ``offset``.
+        ``(scores, global_variance_used)``.
+
+    Raises:
+        InputError: an example without the reference models ``mode`` needs.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve  # noqa: PLC0415
+    target_phi, ref_phi, in_mask = np.asarray(target_phi), np.asarray(ref_phi), np.asarray(in_mask, bool)
+    out_mask = ~in_mask
+    n_in, n_out = in_mask.sum(0), out_mask.sum(0)
+    if mode not in ("online", "offline"):
+        raise InputError(f"LiRA mode must be 'online' or 'offline', got {mode!r}.")
+    if n_out.min() < 1 or (mode == "online" and n_in.min() < 1):
+        missing = int(((n_out < 1) | ((n_in < 1) & (mode == "online"))).sum())
+        raise InputError(f"{missing} pool examples have no {'IN or ' if mode == 'online' else ''}OUT reference "
+                         f"model for {mode} LiRA; train more reference models.")
+    fewest = min(n_out.min(), n_in.min()) if mode == "online" else n_out.min()
+    if global_variance is None:
+        global_variance = bool(fewest < GLOBAL_VARIANCE_BELOW)
+    mu_out, sd_out = _masked_mean_std(ref_phi, out_mask)
+    if global_variance:
+        sd_out = np.full_like(mu_out, np.std(ref_phi[out_mask]))
+    sd_out = sd_out + 1e-30
+    if mode == "offline":
+        return (target_phi - mu_out) / sd_out, global_variance
+    mu_in, sd_in = _masked_mean_std(ref_phi, in_mask)
+    if global_variance:
+        sd_in = np.full_like(mu_in, np.std(ref_phi[in_mask]))
+    sd_in = sd_in + 1e-30
+    return norm.logpdf(target_phi, mu_in, sd_in) - norm.logpdf(target_phi, mu_out, sd_out), global_variance
 
-    from tfsafe.safety.membership import METRICS, MembershipAudit, _model_outputs, tpr_at_fpr  # noqa: PLC0415
-    from tfsafe.validation import check_features, check_labels  # noqa: PLC0415
 
-    advanced_mia = _advanced_mia()
-    x, y = pool
-    x = check_features(x, "pool x")
-    y = check_labels(y, name="pool y", n=len(x))
-    is_member = np.asarray(is_member, bool)
-    if is_member.shape != (len(x),) or is_member.all() or not is_member.any():
-        raise InputError("is_member must be a boolean vector over the pool with both members and non-members.")
-    in_masks, stats = load_reference_stats(reference_dir, (x, y))
-    if in_masks.sum(0).min() < min_models_per_side or (~in_masks).sum(0).min() < min_models_per_side:
-        raise InputError("Some pool examples have no IN or no OUT reference model; train more reference models.")
-    outputs, kind = _model_outputs(model, x, 512)
-    if kind != "logits":
-        outputs = np.log(np.clip(outputs, 1e-12, 1.0))  # log-probabilities: same hinge statistic
-    target = _statistic(outputs, y)[:, None]
-    stat_in = [stats[in_masks[:, i], i][:, None] for i in range(len(x))]
-    stat_out = [stats[~in_masks[:, i], i][:, None] for i in range(len(x))]
-    scores = {
-        # compute_score_* return low values for members; negate so higher = more likely member.
-        "lira": -advanced_mia.compute_score_lira(target, stat_in, stat_out, option="both"),
-        "offset": advanced_mia.compute_score_offset(target, stat_in, stat_out, option="out"),
-    }
-    rows = []
-    for name, score in scores.items():
-        fpr, tpr, _ = roc_curve(is_member, score)
-        rows.append({"attack": name, "auc": float(roc_auc_score(is_member, score)),
-                     "advantage": float(np.max(tpr - fpr)), "tpr_at_1pct_fpr": tpr_at_fpr(fpr, tpr, 0.01),
-                     "tpr_at_01pct_fpr": tpr_at_fpr(fpr, tpr, 0.001), "fpr": fpr.tolist(), "tpr": tpr.tolist()})
-    worst = {metric: max(r[metric] for r in rows) for metric in METRICS}
-    worst["attack"] = max(rows, key=lambda r: r["auc"])["attack"]
+def lira_audit(model, pool, is_member, reference_dir, modes=("online", "offline"), global_variance=None,
+               population=None, output=None, batch_size=512):
+    """Score every pool example with LiRA, then measure how well the scores separate the
+    target's members from its non-members.
+
+    Args:
+        model: the target: a Keras model, ``.tflite`` path or callable (see
+            :func:`tfsafe.safety.membership.audit_membership`).
+        pool: ``(x, y)`` the reference models were trained on halves of.
+        is_member: bool ``(n,)``: which pool examples the target trained on.
+        reference_dir: folder written by :func:`train_reference_models` (all shards).
+        modes: any of ``"online"``, ``"offline"``.
+        global_variance: see :func:`lira_scores`.
+        population: the population the reference models were trained with, if any.
+        output: ``"logits"`` / ``"probabilities"`` for callables and files that do not say.
+        batch_size: examples per target call.
+
+    Returns:
+        A :class:`~tfsafe.safety.membership.MembershipAudit` with rows ``lira_online``,
+        ``lira_offline`` and ``offset`` (``phi - mu_out``), each with ``reference_models``
+        (IN / OUT counts) and ``global_variance``; ``headline`` is their worst case. A mode
+        the reference models cannot support (online without IN models) is listed in
+        ``skipped``.
+
+    Raises:
+        InputError: bad pool, no usable reference models.
+    """
+    (x, y), is_member, population = check_audit_pool(pool, is_member, population)
+    unknown = set(modes) - {"online", "offline"}
+    if unknown or not modes:
+        raise InputError(f"LiRA modes must be among 'online', 'offline', got {list(modes)}.")
+    refs = load_reference_models(reference_dir, (x, y), population)
+    target_phi = logit_confidence(target_logits(model, x, batch_size, output), y)
+    ref_phi = logit_confidence(refs.logits, y)
+    counts = refs.counts()
+    rows, skipped = [], []
+    for mode in modes:
+        try:
+            scores, used_global = lira_scores(target_phi, ref_phi, refs.in_mask, mode, global_variance)
+        except InputError as err:
+            skipped.append({"attack": f"lira_{mode}", "reason": str(err)})
+            continue
+        rows.append(roc_row(f"lira_{mode}", is_member, scores, reference_models=counts,
+                            global_variance=used_global))
+    if (~refs.in_mask).sum(0).min() >= 1:
+        mu_out, _ = _masked_mean_std(ref_phi, ~refs.in_mask)
+        rows.append(roc_row("offset", is_member, target_phi - mu_out, reference_models=counts))
+    if not rows:
+        raise InputError("LiRA could not run: " + "; ".join(s["reason"] for s in skipped))
+    worst = worst_case(rows)
     return MembershipAudit(attacks=rows, worst=worst, n_members=int(is_member.sum()),
-                           n_nonmembers=int((~is_member).sum()))
+                           n_nonmembers=int((~is_member).sum()), skipped=skipped, headline=dict(worst))

@@ -10,9 +10,13 @@ it is importable from here as ``TFLiteModel`` too.
 
 import os
 
-from tfsafe.models import predict_logits
+import numpy as np
 
-__all__ = ["as_target", "is_tflite_path", "predict_outputs", "predict_labels"]
+from tfsafe._keras import keras, tf
+from tfsafe.errors import InputError
+from tfsafe.models import check_output_kind, class_scores, predict_logits
+
+__all__ = ["as_target", "is_tflite_path", "predict_outputs", "predict_labels", "target_outputs"]
 
 
 def is_tflite_path(obj):
@@ -29,17 +33,64 @@ def as_target(model):
     return TFLiteModel(model)
 
 
-def predict_outputs(model, x, batch_size=256):
-    """Outputs of a Keras model (its logits), a callable (whatever it returns) or a ``.tflite`` target."""
+def target_outputs(model, x, batch_size=256, output=None):
+    """Outputs of any target as ``(n, classes >= 2)`` scores, and what they are.
+
+    Args:
+        model: a Keras model (its logits), a ``.tflite`` path / ``TFLiteModel`` (its outputs,
+            whose kind the side-car or the file's last op gives), or a callable / object with
+            ``predict(x)``.
+        x: inputs.
+        batch_size: examples per call.
+        output: ``"logits"`` or ``"probabilities"``: what a callable or ``.tflite`` file
+            returns, when the file does not say (ignored for Keras models, which say
+            themselves).
+
+    Returns:
+        ``(scores, kind)``: float32 ``(n, classes)`` with one-unit heads widened to two
+        classes (``[0, z]`` / ``[1 - p, p]``), and ``kind`` (``None`` when it is unknown and
+        the output is wide enough not to need it).
+
+    Raises:
+        InputError: a one-unit output whose kind nobody states.
+    """
+    if output is not None:
+        output = check_output_kind(output, "output")
     model = as_target(model)
+    if isinstance(model, keras.Model):
+        return predict_logits(model, x, batch_size), "logits"
     if getattr(model, "is_tflite", False):
-        return model.predict(x, batch_size=batch_size)
-    return predict_logits(model, x, batch_size)
+        raw = model.predict(x, batch_size=batch_size)
+        kind = output or model.output_kind
+    elif hasattr(model, "predict"):
+        raw = np.asarray(model.predict(x), np.float32)
+        kind = output
+    elif callable(model):
+        x = np.asarray(x, np.float32)
+        raw = np.concatenate([np.asarray(model(tf.constant(x[i:i + batch_size])), np.float32)
+                              for i in range(0, len(x), batch_size)], axis=0)
+        kind = output
+    else:
+        raise InputError(f"Cannot run a {type(model).__name__}; pass a Keras model, a .tflite path or a callable.")
+    if raw.ndim == 1 or (raw.ndim == 2 and raw.shape[1] == 1):
+        if kind is None:
+            raise InputError(
+                "The model has one output unit and nothing says whether it is a logit or a sigmoid "
+                "probability; pass output='logits' or output='probabilities'."
+            )
+        return class_scores(raw, kind), kind
+    return np.asarray(raw, np.float32), kind
 
 
-def predict_labels(model, x, batch_size=256):
+def predict_outputs(model, x, batch_size=256, output=None):
+    """Outputs of a Keras model (its logits), a callable or a ``.tflite`` target as
+    ``(n, classes >= 2)`` scores (see :func:`target_outputs`)."""
+    return target_outputs(model, x, batch_size, output)[0]
+
+
+def predict_labels(model, x, batch_size=256, output=None):
     """Predicted class ids of any model kind :func:`predict_outputs` accepts."""
-    return predict_outputs(model, x, batch_size).argmax(axis=1)
+    return predict_outputs(model, x, batch_size, output).argmax(axis=1)
 
 
 def __getattr__(name):
