@@ -103,11 +103,13 @@ def load_setting(args):
 def evaluate(name, model, splits, pool, is_member, ref_dir, args, extra=None):
     """One table row: accuracy, LiRA / RMIA / tensorflow-privacy leakage, size, .tflite bytes."""
     row = {"row": name, "test_accuracy": accuracy(model, *splits.test)}
-    lira = lira_audit(model, pool, is_member, ref_dir)
+    population = {"population": splits.reference} if rmia_audit is not None else {}
+    lira = lira_audit(model, pool, is_member, ref_dir, **population)
     row.update(lira_auc=lira.worst["auc"], lira_tpr_at_01pct_fpr=lira.worst["tpr_at_01pct_fpr"],
-               lira_tpr_at_1pct_fpr=lira.worst["tpr_at_1pct_fpr"], lira_attack=lira.worst.get("attack"))
+               lira_tpr_at_1pct_fpr=lira.worst["tpr_at_1pct_fpr"], lira_attack=lira.worst.get("attack"),
+               unresolved=lira.worst.get("unresolved"))
     if rmia_audit is not None:
-        rmia = rmia_audit(model, pool, is_member, ref_dir)
+        rmia = rmia_audit(model, pool, is_member, ref_dir, **population)
         row.update(rmia_auc=rmia.worst["auc"], rmia_tpr_at_01pct_fpr=rmia.worst["tpr_at_01pct_fpr"],
                    rmia_tpr_at_1pct_fpr=rmia.worst["tpr_at_1pct_fpr"])
     members, nonmembers = splits.audit_sets(seed=args.seed)
@@ -159,8 +161,10 @@ def run(args):
     dense.fit(*splits.train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
     print(f"dense trained in {time.perf_counter() - started:.0f} s", flush=True)
     ref_dir = os.path.join(args.out, f"refs_{args.setting}_seed{args.seed}")
+    # With RMIA (h9's reference models), the reference split is RMIA's population z.
+    population = {"population": splits.reference} if rmia_audit is not None else {}
     train_reference_models(fresh, pool, ref_dir, num_models=args.reference_models, seed=args.seed,
-                           fit_kwargs={"epochs": args.epochs, "batch_size": args.batch_size}, log=print)
+                           fit_kwargs={"epochs": args.epochs, "batch_size": args.batch_size}, log=print, **population)
 
     rows = [evaluate("dense", dense, splits, pool, is_member, ref_dir, args)]
     prune = {"target_sparsity": args.sparsity, "epochs": args.compress_epochs, "batch_size": args.batch_size}
