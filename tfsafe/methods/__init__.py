@@ -2,7 +2,8 @@
 
 Registered names (:func:`names`): ``safecompress`` (MIA-SafeCompress, :class:`SafeCompress`),
 ``atmc`` (:class:`ATMC`), ``self_compress`` (:class:`SelfCompress`), ``rlnet``
-(:class:`RLNet`) and ``baseline`` (TF-MOT pruning, :class:`TFMOTPruning`). Each is a
+(:class:`RLNet`), ``baseline`` (TF-MOT pruning, :class:`TFMOTPruning`) and ``dp_sgd``
+(DP-SGD, optionally + pruning, :class:`DPSGD`). Each is a
 :class:`CompressionMethod` whose constructor takes every hyper-parameter, with one verb,
 ``compress``, returning a :class:`CompressionResult`; :func:`register` plugs in new ones.
 
@@ -10,7 +11,7 @@ Modules: :mod:`~tfsafe.methods.base` (the contract), :mod:`~tfsafe.methods.regis
 :mod:`~tfsafe.methods.safecompress` (+ ``safecompress_selection``, ``adversarial_regularization``),
 :mod:`~tfsafe.methods.atmc` (+ ``atmc_model``, ``atmc_callbacks``, ``atmc_projection``,
 ``atmc_baselines``), :mod:`~tfsafe.methods.self_compress`, :mod:`~tfsafe.methods.rlnet`,
-:mod:`~tfsafe.methods.baseline`.
+:mod:`~tfsafe.methods.baseline`, :mod:`~tfsafe.methods.dp_sgd`.
 
 The 0.x one-call functions ``safecompress``, ``self_compress`` and ``rlnet`` share their
 module's name, so they are not re-exported here (the package attribute stays the module): use
