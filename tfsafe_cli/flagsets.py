@@ -14,7 +14,7 @@ from absl import flags
 
 __all__ = ["COMMANDS", "COMMON_FLAGS", "flag_values", "PARITY_HELP"]
 
-METHODS = ["safecompress", "atmc", "self_compress", "rlnet", "baseline"]
+METHODS = ["safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd"]
 DATASETS = ["digits", "mnist", "fashion_mnist", "cifar10"]
 TFLITE_MODES = ["int8", "dynamic", "float16", "float32"]
 COMMON_FLAGS = ("out", "seed", "verbose")
