@@ -166,3 +166,11 @@ def test_quiet_diverts_fd2_but_keeps_python_stderr(verbose, c_level_shown):
     assert proc.returncode == 0
     assert ("C-LEVEL LINE" in proc.stderr) == c_level_shown
     assert "tfsafe: PYTHON LINE" in proc.stderr and proc.stderr.rstrip().endswith("after")
+
+
+def test_method_choices_are_the_registry_names():
+    # The front end lists methods without importing TensorFlow, so it keeps its own list.
+    import tfsafe.methods
+    from tfsafe_cli.flagsets import METHODS
+
+    assert sorted(METHODS) == sorted(tfsafe.methods.names())
