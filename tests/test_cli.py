@@ -43,7 +43,7 @@ def test_help_lists_the_commands_own_flags_without_tensorflow(front_end):
     assert summary["codes"][:3] == [0, 0, 0]
     assert not summary["tensorflow"] and not summary["tfsafe"]  # help never imports TensorFlow
     command_help = out.split("usage: tfsafe compress")[1]
-    assert "--method (one of safecompress|atmc|self_compress|rlnet|baseline; default: none)" in command_help
+    assert "--method (one of safecompress|atmc|self_compress|rlnet|baseline|dp_sgd; default: none)" in command_help
     assert "--quick" in command_help and "--resume" in command_help and "--verbose" in command_help
     # Only compress's own flags: nothing from TensorFlow, absl logging or the other commands.
     for foreign in ("--xla", "--logtostderr", "--tt_", "--modes", "--members", "--num_runs", "--epochs"):
