@@ -28,7 +28,10 @@ def test_demo_compares_dense_baseline_and_a_tfsafe_method(demo):
     # TF-MOT and MIA-SafeCompress compress to the same sparsity, so they compare at one size.
     assert abs(pruned["size"]["sparsity"] - 0.8) < 0.01 and abs(ours["size"]["sparsity"] - 0.8) < 0.01
     assert pruned["size"]["relu_count"] == dense["size"]["relu_count"] == 1600
-    assert saved["meta"]["methods"]["safecompress"]["target_sparsity"] == 0.8
+    config = saved["meta"]["methods"]["safecompress"]
+    assert config["target_sparsity"] == 0.8 and config["epochs"] == 3
+    # Candidates are also scored on PGD at the digits eps (on validation data).
+    assert [(t["class"], t["config"]["eps"], t["weight"]) for t in config["tests"]] == [("PGDTest", 0.1, 1.0)]
     for entry in (dense, pruned, ours, deployed):
         assert 0.0 <= entry["accuracy"] <= 1.0
         assert 0.0 <= entry["membership"]["worst"]["auc"] <= 1.0

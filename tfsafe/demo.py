@@ -32,12 +32,14 @@ from tfsafe.report import SafetyReport
 from tfsafe.report_verdict import TOLERANCE
 from tfsafe.safety.evaluate import DATASET_EPS, evaluate_safety
 from tfsafe.safety.membership import FAST_ATTACKS, audit_membership
+from tfsafe.safety.tests import PGDTest
 from tfsafe.splits import membership_split
 
 __all__ = ["run_demo", "demo_table", "what_to_look_at", "DEMO_METHODS", "Progress"]
 
 # The tfsafe methods the demo can show, with settings that fit its ~2 minute budget on digits
-# (``target_sparsity`` / ``epochs`` are filled from run_demo's arguments where a method has them).
+# (``target_sparsity`` / ``epochs`` are filled from run_demo's arguments where a method has them;
+# MIA-SafeCompress also scores its candidates with PGD at the digits eps on validation data).
 DEMO_METHODS = {
     "safecompress": {"update_every": 10, "num_candidates": 2, "attack_size": 200, "attack_epochs": 3},
     "self_compress": {"safety_size": 100, "monitor_every": 20},
@@ -61,8 +63,32 @@ def _method_params(method, target_sparsity, epochs, params):
         merged["target_sparsity"] = target_sparsity
     if "epochs" in accepted:
         merged["epochs"] = epochs
+    if method == "safecompress" and "tests" not in (params or {}):
+        merged["tests"] = [(PGDTest(DATASET_EPS["digits"], steps=5, max_examples=100), 1.0)]
     merged.update(params or {})
     return merged
+
+
+# Seconds of each stage at the defaults on 2 shared cores (scaled by the settings): the time-left
+# estimate multiplies what is left by how fast the finished stages went against these.
+_STAGE_SECONDS = (0.1, 8.0, 6.0, 10.0, 2.5, 9.0, 57.0, 1.5)
+
+
+def _stage_weights(epochs, prune_epochs, pgd_steps, pgd_examples, attacks, audit_size):
+    w = list(_STAGE_SECONDS)
+    w[1] *= epochs / 60
+    w[2] *= prune_epochs / 15
+    w[3] *= prune_epochs / 15
+    w[5] *= pgd_steps * pgd_examples / 2000
+    w[6] *= len(attacks) / 5 * audit_size / 500
+    return w
+
+
+def _time_left(weights, stage, started):
+    """``"about 1m05s left"`` at the start of ``stage`` (1-based), from the pace of the stages before it."""
+    done, left = sum(weights[:stage - 1]), sum(weights[stage - 1:])
+    pace = (time.perf_counter() - started) / done if done >= 1.0 else 1.0
+    return f"      elapsed {format_seconds(time.perf_counter() - started)}, about {format_seconds(pace * left)} left"
 
 
 def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, attacks=FAST_ATTACKS,
@@ -112,7 +138,14 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
     eps = DATASET_EPS["digits"]
 
     started = time.perf_counter()
-    progress = Progress(STAGES, log)
+    weights = _stage_weights(epochs, prune_epochs, pgd_steps, pgd_examples, attacks, audit_size)
+    stage_log = Progress(STAGES, log)
+
+    def progress(message):
+        stage_log(message)
+        if stage_log.step >= 2:
+            log(_time_left(weights, stage_log.step, started))
+
     progress("loading digits and making member / validation / non-member / test splits")
     (x, y), (xt, yt) = load_digits()
     pool_x, pool_y = np.concatenate([x, xt]), np.concatenate([y, yt])
@@ -130,11 +163,11 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
              f"(methods.get('baseline').compress, {prune_epochs} epochs)")
     base_result = baseline.compress(dense, splits, seed=seed, verbose=verbose)
     pruned = base_result.stripped
-    log(_time_left(base_result.seconds, started))
 
-    progress(f"tfsafe method '{method}' (methods.get('{method}', ...).compress: "
-             + ", ".join(f"{k}={v}" for k, v in params.items() if k in ("target_sparsity", "epochs", "granularity"))
-             + ")")
+    shown = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("target_sparsity", "epochs", "granularity"))
+    selection = ("; candidates scored on validation by accuracy - simulated attacker's advantage + PGD accuracy"
+                 if method == "safecompress" else "")
+    progress(f"tfsafe method '{method}' (methods.get('{method}', ...).compress: {shown}{selection})")
     result = compressor.compress(dense, splits, seed=seed, verbose=verbose)
     compressed = result.stripped
 
@@ -173,11 +206,11 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
                     f"{', '.join(evaluations[0]['robustness']['attacks'])}, {pgd_steps} steps, 1 restart, "
                     f"first {evaluations[0]['robustness']['pgd_examples']} test examples; the .tflite file: "
                     "the same attacks run on the tfsafe Keras model and transferred",
-        methods={"baseline": baseline.get_config(), method: _brief_config(compressor.get_config())},
+        methods={"baseline": baseline.get_config(), method: compressor.get_config()},
         parity=export.parity.summary(),
         size_headline="ideal bytes = non-zeros x bits / 8; .tflite bytes = the deployed file",
     )
-    roles = ("dense", "unsafe baseline", result_role(compressor), "deployed")
+    roles = ("dense", "unsafe baseline", getattr(compressor, "role", "compressed"), "deployed")
     sizes = (model_size(dense), model_size(pruned, reference=dense), model_size(result.model, reference=dense), None)
     for name, role, size, evaluation, audit in zip(names, roles, sizes, evaluations, audits):
         robustness = dict(evaluation["robustness"])
@@ -195,7 +228,7 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
                          membership=audit.to_dict(), **extra)
     report.meta["seconds"] = round(time.perf_counter() - started, 1)
     paths = report.save(out_dir)
-    progress.done()
+    stage_log.done()
     data = report.to_dict()
     table = demo_table(data["models"])
     notes = what_to_look_at(data["models"], method)
@@ -209,22 +242,6 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
     log(f"wrote {', '.join(paths)} and {tflite_path} in {format_seconds(report.meta['seconds'])}")
     data["table"], data["notes"] = table, notes
     return data
-
-
-def result_role(method):
-    """How the report labels a method's result (``compressed`` for every tfsafe method)."""
-    return getattr(method, "role", "compressed")
-
-
-def _brief_config(config):
-    return {k: v for k, v in config.items() if k != "tests" or v}
-
-
-def _time_left(baseline_seconds, started):
-    """A rough estimate of the rest of the run, scaled from the baseline's training time."""
-    # On digits the tfsafe method takes ~1.5x the baseline's training, evaluation and audits ~3x (>= 20 s).
-    left = baseline_seconds * 1.5 + max(20.0, 3.0 * baseline_seconds)
-    return f"      elapsed {format_seconds(time.perf_counter() - started)}, about {format_seconds(left)} left"
 
 
 def _get(entry, *path):
