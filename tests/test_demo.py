@@ -1,6 +1,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -102,3 +104,18 @@ def test_what_to_look_at_says_when_the_method_is_not_better():
     assert "+4.0 points" in accuracy_line and "WORSE than TF-MOT" in accuracy_line
     assert "no better than (within 0.01 of) TF-MOT" in membership_line
     assert "better than dense" in membership_line
+
+
+def test_cli_demo_prints_the_table_and_keeps_tensorflow_chatter_off_stderr(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "tfsafe_cli", "demo", "--epochs=5", "--prune_epochs=2",
+                           "--attacks=threshold", "--verbose=0", f"--out={tmp_path}"], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=root), cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr  # stage lines, table and notes go to stdout; TF says nothing
+    out = proc.stdout
+    assert "| model | test acc | adv. acc (eps 0.1) |" in out and "What to look at:" in out
+    assert out.index("[8/8]") < out.index("| safecompress int8 .tflite |") < out.index("What to look at:")
+    assert "Epoch 1/" not in out  # --verbose=0: no Keras progress bars
+    for name in ("report.json", "report.md", "report.html", "safecompress_int8.tflite"):
+        assert (tmp_path / name).is_file()

@@ -323,7 +323,8 @@ def what_to_look_at(models, method):
         file_auc = _get(deployed, "membership", "worst", "auc")
         lines.append(
             f"The int8 .tflite ({_get(deployed, 'file', 'bytes'):,} bytes, "
-            f"{_get(deployed, 'file', 'gzip_bytes'):,} gzipped) agrees with its Keras model on "
+            f"{_get(deployed, 'file', 'gzip_bytes'):,} gzipped: TFLite stores int8 weights densely, so the zeros "
+            "show in the download size) agrees with its Keras model on "
             f"{_get(deployed, 'parity', 'top1_agreement'):.1%} of test inputs; its own audit gives MIA AUC "
             f"{file_auc:.3f} (Keras {auc[2]:.3f}); its adversarial number is a transfer attack (an upper "
             "bound, not comparable with the white-box rows). report.html's verdict flags every threat on "
