@@ -120,7 +120,7 @@ def evaluate(name, model, splits, pool, is_member, ref_dir, args, extra=None):
         export = to_tflite(model, os.path.join(args.out, "tflite", f"{args.setting}_{name}.tflite"), "int8",
                            representative_data=splits.train[0][:200], verify=splits.test, min_agreement=0.9)
         row["tflite_bytes"], row["tflite_gzip_bytes"] = int(export.bytes), int(export.gzip_bytes)
-    except Exception as err:  # noqa: BLE001 - a failed export is a table cell, not a crash
+    except Exception as err:  # a failed export is a table cell, not a crash
         row["tflite_bytes"], row["tflite_error"] = None, f"{type(err).__name__}: {err}"[:200]
     row.update(extra or {})
     print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()}), flush=True)

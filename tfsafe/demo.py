@@ -126,8 +126,8 @@ def run_demo(out_dir="out", epochs=60, prune_epochs=15, target_sparsity=0.8, att
         >>> [m["name"] for m in report["models"]]  # doctest: +SKIP
         ['dense', 'TF-MOT pruning', 'safecompress', 'safecompress int8 .tflite']
     """
-    from tflite_export.convert import to_tflite  # noqa: PLC0415
-    from tflite_export.runtime import TFLiteModel  # noqa: PLC0415
+    from tflite_export.convert import to_tflite
+    from tflite_export.runtime import TFLiteModel
 
     if method in ("baseline", "rlnet"):
         raise InputError(f"tfsafe demo --method {method}: choose a tfsafe method that compresses the demo's CNN "

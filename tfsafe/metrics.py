@@ -51,7 +51,7 @@ _WEIGHT_STATS = {}
 _RELU_COUNTERS = {}
 
 
-def WeightStat(layer, name, values=None, shape=None, params=None, nonzeros=None, bits=32, kind=None):  # noqa: N802
+def WeightStat(layer, name, values=None, shape=None, params=None, nonzeros=None, bits=32, kind=None):
     """Build one weight-statistics record (a plain dict).
 
     Either pass ``values`` (an array; params and non-zeros are counted from it) or ``shape``
@@ -132,7 +132,7 @@ def _prune_low_magnitude_stats(layer):
 
 
 def _register_builtin():
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (  # noqa: PLC0415
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
         PruneLowMagnitude,
     )
 
