@@ -100,7 +100,7 @@ def _load_npz_xy(path, flag):
         raise InputError(f"--{flag} file '{path}' is not a readable .npz: {err}") from err
 
 
-def _audit_sets(fv, model):
+def _audit_sets(fv, model, given):
     """``(members, nonmembers, meta)`` as the model takes them, preprocessed one way."""
     keras_model = model if isinstance(model, keras.Model) else None
     if fv.data is not None:
@@ -117,8 +117,7 @@ def _audit_sets(fv, model):
         audited = [line for line in splits.describe() if line.startswith(("train", "nonmembers"))]
         meta = {"data": data.describe(), "splits": audited}
     else:
-        members = _load_npz_xy(fv.members, "members")
-        nonmembers = _load_npz_xy(fv.nonmembers, "nonmembers")
+        members, nonmembers = given
         pre = decide_preprocessing(members[0], fv.normalization, model=keras_model)
         members = (pre.apply(members[0], name=f"--members '{fv.members}'"), members[1])
         nonmembers = (pre.apply(nonmembers[0], name=f"--nonmembers '{fv.nonmembers}'"), nonmembers[1])
@@ -131,13 +130,14 @@ def _audit_sets(fv, model):
 
 
 def audit(fv):
+    given = None if fv.data else (_load_npz_xy(fv.members, "members"), _load_npz_xy(fv.nonmembers, "nonmembers"))
     if fv.model.endswith(".tflite"):
         if not os.path.isfile(fv.model):
             raise InputError(f"--model file '{fv.model}' does not exist.")
         model = fv.model
     else:
         model = load_model(fv.model)
-    members, nonmembers, meta = _audit_sets(fv, model)
+    members, nonmembers, meta = _audit_sets(fv, model, given)
     result = audit_membership(model, members, nonmembers, attacks=fv.attacks, seed=fv.seed,
                               output=fv.output_kind)
     if fv.reference_models:

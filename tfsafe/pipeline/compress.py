@@ -54,7 +54,7 @@ from tfsafe.pipeline.run_state import RUN_FILE, RunState
 from tfsafe.preprocessing import default_attack_eps
 from tfsafe.recipes import load_recipe
 from tfsafe.report import SafetyReport
-from tfsafe.safety.evaluate import DATASET_EPS, evaluate_safety
+from tfsafe.safety.evaluate import DATASET_EPS, default_eps, evaluate_safety
 from tfsafe.safety.tflite_model import as_target, predict_labels
 from tfsafe.user_data import check_data_matches_model, load_user_data
 
@@ -363,7 +363,15 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
                                lambda: _export(result.model, splits, export_settings, tflite_path, pre.to_dict()),
                                what=f"{export_settings['mode']} .tflite with a parity check")
     ev = recipe["evaluation"]
-    eps = ev["eps"] if ev["eps"] is not None else eps_rule["radii"]
+    builtin = user.provenance["format"] == "builtin"
+    if ev["eps"] is not None:
+        eps, eps_text = ev["eps"], "recipe evaluation.eps"
+    elif builtin:  # the protocol's radii the built-in recipes were tuned with
+        eps = default_eps(tuple(splits.test[0].shape[1:]))
+        eps_text = "the protocol's radii for this input shape"
+    else:
+        eps, eps_text = eps_rule["radii"], eps_rule["rule"]
+    eps = [float(e) for e in (eps if isinstance(eps, (list, tuple)) else [eps])]
     tests, skipped = _tests(user.kind, eps)
 
     def evaluate(target, source):
@@ -383,13 +391,12 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
     dense_labels = predict_labels(dense, x_test)
     agreement = {"compressed": _agreement(deployable, dense_labels, x_test),
                  "tflite": _agreement(tflite_path, dense_labels, x_test)}
-    name = user.name if user.provenance["format"] == "builtin" else os.path.basename(os.path.normpath(user.name))
+    name = user.name if builtin else os.path.basename(os.path.normpath(user.name))
     report = SafetyReport(f"tfsafe compress: {method} on {name}", method=method, dataset=user.name,
                           data=user.describe(), splits=splits.sizes(), split_sources=splits.describe(),
                           preprocessing=pre.describe(), params=result.config, run_record=RUN_FILE,
                           attack_eps=("none: " + eps_rule["rule"]) if not eps else
-                          (f"{', '.join(f'{e:.4g}' for e in eps)} (recipe evaluation.eps)" if ev["eps"] is not None
-                           else f"{', '.join(f'{e:.4g}' for e in eps)} ({eps_rule['rule']})"),
+                          f"{', '.join(f'{e:.4g}' for e in eps)} ({eps_text})",
                           protocol="test split for accuracy/robustness; balanced members vs. never-used audit "
                                    "non-members for membership; worst case over attacks")
     if skipped:
