@@ -61,6 +61,7 @@ from tfsafe.user_data import check_data_matches_model, load_user_data
 __all__ = ["compress_model", "StageRunner", "load_splits", "dense_model", "method_params", "IMAGE_ONLY_TESTS"]
 
 ARCHITECTURES = {"small_cnn": small_cnn, "lenet": lenet, "mlp": mlp, "rlnet_cnn": rlnet_cnn}
+CONV_ARCHITECTURES = ("small_cnn", "lenet", "rlnet_cnn")
 # Safety tests that only make sense for images (pixel corruptions; Grad-CAM safety sets).
 IMAGE_ONLY_TESTS = ("corruptions", "safety_set")
 # Split data (x_train / x_test): validation held out of x_train, reference non-members out of x_test.
@@ -222,12 +223,15 @@ def _dense_stage(model_path, user_model, splits, settings, seed, verbose, num_cl
     if user_model is not None:
         return user_model, {"source": os.path.abspath(model_path)}
     keras.utils.set_random_seed(seed)
-    model = dense_model(settings["architecture"], x.shape[1:], num_classes)
+    architecture = settings["architecture"]
+    if x.ndim != 4 and architecture in CONV_ARCHITECTURES:
+        architecture = "mlp"  # a conv net needs (H, W, C) inputs; tabular / flat data gets the MLP
+    model = dense_model(architecture, x.shape[1:], num_classes)
     compile_classifier(model, float(settings["learning_rate"]))
     validation = splits.validation if len(splits.validation[0]) else None
     model.fit(x, y, epochs=int(settings["epochs"]), batch_size=int(settings["batch_size"]),
               validation_data=validation, verbose=verbose)
-    return model, {"source": f"trained: {settings['architecture']}, {settings['epochs']} epochs"}
+    return model, {"source": f"trained: {architecture}, {settings['epochs']} epochs"}
 
 
 def _write_audit_sets(splits, stages, seed):
