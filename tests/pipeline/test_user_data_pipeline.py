@@ -202,3 +202,19 @@ def test_bad_npz_keys_folder_shape_and_labels(user, tmp_path, capsys):
     np.savez(tmp_path / "labels.npz", x_train=x, y_train=y + 1, x_test=xt, y_test=yt + 1)
     err = _bad(tmp_path, user, capsys, f"--data={tmp_path / 'labels.npz'}")
     assert "labels.npz" in err and "label 3" in err and "subtract 1" in err
+
+
+def test_audit_refuses_pool_data_and_names_a_shape_mismatch(user, tmp_path, capsys):
+    args = [f"--model={user / 'cnn.keras'}", f"--out={tmp_path / 'audit'}"]
+    assert run_cli("audit", *args, f"--data={user / 'images'}") == 2
+    err = capsys.readouterr().err.strip()
+    assert "images" in err and "one pool" in err and "x_train" in err and "\n" not in err
+    assert run_cli("audit", *args, f"--data={user / 'table.csv'}", "--label_column=label") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tfsafe: error:") and "one pool" in err
+    (x, y), (xt, yt) = _table(80, 7), _table(60, 8)
+    np.savez(tmp_path / "flat.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    assert run_cli("audit", *args, f"--data={tmp_path / 'flat.npz'}") == 2
+    err = capsys.readouterr().err.strip()
+    assert "flat.npz" in err and "(12,)" in err and "(8, 8, 3)" in err and "\n" not in err
+    assert not (tmp_path / "audit").exists()
