@@ -271,7 +271,7 @@ def _tests(kind, eps):
     return [n for n in names if n not in skipped], skipped
 
 
-def _prepare(method, data, model, data_dir, recipe, normalization, load):
+def _prepare(data, model, data_dir, recipe, normalization, load):
     """Everything that can fail on the user's input, before the run folder exists."""
     if model is not None and not os.path.isfile(os.fspath(model)):
         raise InputError(f"--model file '{model}' does not exist.")
@@ -281,7 +281,7 @@ def _prepare(method, data, model, data_dir, recipe, normalization, load):
     if user_model is not None:
         for part in ("test", "train"):
             check_data_matches_model(user_model, *getattr(splits, part), name=f"{user.name} ({part} split)")
-    num_classes = int(max(splits.train[1].max(), splits.test[1].max())) + 1
+    num_classes = max(user.num_classes, int(max(splits.train[1].max(), splits.test[1].max())) + 1)
     return user, pre, splits, user_model, num_classes
 
 
@@ -328,7 +328,7 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
     recipe = load_recipe(method, config)
     seed = int(recipe["seed"])
     load = {k: v for k, v in (("label_column", label_column), ("image_size", image_size)) if v is not None}
-    user, pre, splits, user_model, num_classes = _prepare(method, data, model, data_dir, recipe, normalization, load)
+    user, pre, splits, user_model, num_classes = _prepare(data, model, data_dir, recipe, normalization, load)
     eps_rule = default_attack_eps(splits.test[0], pre, kind=user.kind)
     compressor = get(method, **method_params(recipe["params"], data, eps_rule["eps"]))
     data_name = data if user.provenance["format"] == "builtin" else os.path.abspath(os.fspath(data))
