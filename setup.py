@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "statsmodels>=0.14",
     "immutabledict>=4.0",
+    # DP-SGD's accountant (tfsafe.methods.dp_sgd); tensorflow-privacy is installed --no-deps.
+    "dp-accounting>=0.4",
 ]
 
 # tensorflow-privacy's membership-inference code carries stale pins (numpy<2, TF estimator,

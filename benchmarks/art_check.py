@@ -60,8 +60,8 @@ def parse_args(argv=None):
 
 def import_art():
     try:
-        from art.attacks import evasion  # noqa: PLC0415
-        from art.estimators.classification import TensorFlowV2Classifier  # noqa: PLC0415
+        from art.attacks import evasion
+        from art.estimators.classification import TensorFlowV2Classifier
     except ImportError as err:
         raise MissingDependencyError(f"ART is missing ({err}); install it with: pip install -e .[bench]") from err
     return evasion, TensorFlowV2Classifier
@@ -69,7 +69,7 @@ def import_art():
 
 def has_multiprocess():
     try:
-        import multiprocess  # noqa: F401, PLC0415 - ART's AutoAttack.generate imports it
+        import multiprocess  # noqa: F401 - ART's AutoAttack.generate imports it
     except ImportError:
         return False
     return True

@@ -131,13 +131,13 @@ def factor_summary(model):
 
 def export(model, name, train, test, args):
     try:
-        from tflite_export.convert import to_tflite  # noqa: PLC0415
+        from tflite_export.convert import to_tflite
     except ImportError as err:
         return {"error": f"tflite_export unavailable: {err}"}
     path = os.path.join(os.path.dirname(args.out) or ".", f"atmc_{name}.tflite")
     try:
         result = to_tflite(model, path, "int8", train[0][:500], verify=(test[0][:500], test[1][:500]))
-    except Exception as err:  # noqa: BLE001 - report, keep the benchmark going
+    except Exception as err:  # report, keep the benchmark going
         return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
     return {"path": path, "bytes": result.bytes, "gzip_bytes": result.gzip_bytes,
             "sparse_encoding": (result.sparsity or {}).get("used")}

@@ -60,7 +60,7 @@ def _config(method, args):
 
 def _method_seconds(run_dir):
     """Seconds of the method's own stages (not dense training, export or evaluation), from run.json."""
-    from tfsafe.pipeline.run_state import RUN_FILE  # noqa: PLC0415
+    from tfsafe.pipeline.run_state import RUN_FILE
 
     with open(os.path.join(run_dir, RUN_FILE), encoding="utf-8") as f:
         stages = json.load(f)["stages"]
@@ -144,7 +144,7 @@ def main(argv=None):
     parser.add_argument("--out", default="out/bench/compare.json")
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
-    from tfsafe.pipeline import compress_model  # noqa: PLC0415 - TensorFlow loads after --help
+    from tfsafe.pipeline import compress_model  # TensorFlow loads after --help
 
     data = args.data or ("mnist" if args.data_dir else "digits")
     methods = [m for m in args.methods.split(",") if m]

@@ -110,7 +110,7 @@ def evaluate(label, model, path, data, args, reference, std_relus, timing):
 
 def export(student, label, path_name, data, args, out_dir):
     xt, yt = data
-    from tflite_export.convert import to_tflite  # noqa: PLC0415
+    from tflite_export.convert import to_tflite
 
     if path_name != "clean":
         student = with_inference_path(student, path_name)

@@ -104,13 +104,13 @@ def load(args):
 
 def to_tflite(model, path, calibration):
     """Full-int8 file of ``model`` (a QAT model converts from its fake-quant graph); its bytes."""
-    from tflite_export.convert import to_tflite as export  # noqa: PLC0415
+    from tflite_export.convert import to_tflite as export
 
     return export(model, path, "int8", calibration, num_calibration_samples=200).bytes
 
 
 def latency_p50(path, x):
-    from tflite_export.benchmark import benchmark_tflite  # noqa: PLC0415
+    from tflite_export.benchmark import benchmark_tflite
 
     result = benchmark_tflite(path, x[:64], num_threads=1, warmup_runs=50, num_runs=500)
     return result.latency_ms["p50"]
@@ -132,7 +132,7 @@ def evaluate(name, model, eval_model, data, args, tmp, tflite_fn, size, step_ms=
         try:
             row[f"pgd_{eps}"] = adversarial_accuracy(eval_model, xt[:n], yt[:n], eps=eps, steps=20, restarts=1,
                                                      seed=0)
-        except Exception as err:  # noqa: BLE001 - keep the other numbers; the table shows "-" and the JSON why
+        except Exception as err:  # keep the other numbers; the table shows "-" and the JSON why
             row[f"pgd_{eps}"] = None
             row["pgd_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
     row.update(extra or {})

@@ -32,7 +32,7 @@ def clone(model):
 
 def run_cli(*args):
     """Run ``tfsafe *args`` in this process (flag parsing included); returns the exit status."""
-    import tfsafe_cli  # noqa: PLC0415
+    import tfsafe_cli
 
     return tfsafe_cli.main(["tfsafe", *args])
 

@@ -43,7 +43,7 @@ def test_help_lists_the_commands_own_flags_without_tensorflow(front_end):
     assert summary["codes"][:3] == [0, 0, 0]
     assert not summary["tensorflow"] and not summary["tfsafe"]  # help never imports TensorFlow
     command_help = out.split("usage: tfsafe compress")[1]
-    assert "--method (one of safecompress|atmc|self_compress|rlnet|baseline; default: none)" in command_help
+    assert "--method (one of safecompress|atmc|self_compress|rlnet|baseline|dp_sgd; default: none)" in command_help
     assert "--quick" in command_help and "--resume" in command_help and "--verbose" in command_help
     # Only compress's own flags: nothing from TensorFlow, absl logging or the other commands.
     for foreign in ("--xla", "--logtostderr", "--tt_", "--modes", "--members", "--num_runs", "--epochs"):
@@ -191,3 +191,11 @@ def test_user_data_flags_help_and_errors_without_tensorflow():
     for line in (neither, both):
         assert line.startswith("tfsafe: error: give either --data (with x_train / x_test) or both --members")
     assert size.startswith("tfsafe: error: --image_size takes HEIGHT,WIDTH")
+
+
+def test_method_choices_are_the_registry_names():
+    # The front end lists methods without importing TensorFlow, so it keeps its own list.
+    import tfsafe.methods
+    from tfsafe_cli.flagsets import METHODS
+
+    assert sorted(METHODS) == sorted(tfsafe.methods.names())

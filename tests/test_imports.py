@@ -7,8 +7,6 @@ import ast
 import os
 import sys
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("tfsafe", "tflite_export")
 MAX_LINES = 500
@@ -98,18 +96,9 @@ def _package_edges_ignored(graph):
     return out
 
 
-# Split on another branch this round (tfsafe.safety.adversarial stops re-exporting training classes).
-NOT_OWNED_CYCLES = [["tfsafe.safety.adversarial", "tfsafe.safety.adversarial_training"]]
-
-
-def test_no_import_cycle_between_modules_outside_the_ones_split_elsewhere():
-    cycles = find_cycles(_package_edges_ignored(import_graph()))
-    assert [c for c in cycles if c not in NOT_OWNED_CYCLES] == [], f"import cycles: {cycles}"
-
-
-@pytest.mark.xfail(strict=False, reason="safety/adversarial.py is split on another branch; passes after the merge")
 def test_no_import_cycle_between_modules():
-    assert find_cycles(_package_edges_ignored(import_graph())) == []
+    cycles = find_cycles(_package_edges_ignored(import_graph()))
+    assert cycles == [], f"import cycles: {cycles}"
 
 
 def test_the_cycle_finder_sees_function_local_imports(tmp_path, monkeypatch):
@@ -123,10 +112,6 @@ def test_the_cycle_finder_sees_function_local_imports(tmp_path, monkeypatch):
     assert find_cycles(_package_edges_ignored(import_graph())) == [["tfsafe.a", "tfsafe.b"]]
 
 
-# Modules over the limit that other engineers split this round (merged by the lead).
-NOT_OWNED = {"tfsafe/safety/adversarial.py", "tfsafe/compress/linearization.py"}
-
-
 def _long_modules():
     out = []
     for path in _modules().values():
@@ -137,11 +122,6 @@ def _long_modules():
     return sorted(out)
 
 
-def test_owned_modules_stay_under_500_lines():
-    long = [(p, n) for p, n in _long_modules() if p not in NOT_OWNED]
-    assert long == [], f"modules over {MAX_LINES} lines: {long}"
-
-
-@pytest.mark.xfail(strict=False, reason="modules split on other branches this round; passes after the merge")
 def test_no_module_over_500_lines():
-    assert _long_modules() == []
+    long = _long_modules()
+    assert long == [], f"modules over {MAX_LINES} lines: {long}"

@@ -148,8 +148,8 @@ def parse_benchmark_output(text):
 def result_from_output(text, model_path, device="android", num_threads=None, delegate=None,
                        warmup_runs=None, num_runs=None):
     """A :class:`~tflite_export.benchmark.BenchmarkResult` from a ``benchmark_model`` log."""
-    from tflite_export.benchmark import BenchmarkResult  # noqa: PLC0415
-    from tflite_export.convert import gzip_size  # noqa: PLC0415
+    from tflite_export.benchmark import BenchmarkResult
+    from tflite_export.convert import gzip_size
 
     parsed = parse_benchmark_output(text)
     stats, timings = parsed["inference_us"] or {}, parsed["timings_us"]
@@ -298,7 +298,7 @@ def benchmark_android(model_path, *, adb=None, serial=None, benchmark_binary=Non
         >>> r.latency_ms["mean"]  # doctest: +SKIP
         1.47
     """
-    from tflite_export.runtime import is_tflite_file  # noqa: PLC0415
+    from tflite_export.runtime import is_tflite_file
 
     if not os.path.isfile(model_path) or not is_tflite_file(model_path):
         raise InputError(f"'{model_path}' is not a .tflite file (missing, or no TFL3 identifier).")

@@ -128,7 +128,7 @@ class _MemoryProbe:
             pass
         if self.method is None:
             try:
-                import resource  # noqa: PLC0415
+                import resource
 
                 self.start_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                 self.method = "ru_maxrss"
@@ -139,7 +139,7 @@ class _MemoryProbe:
         if self.method == "vmhwm":
             peak = _status_kb("VmHWM")
         elif self.method == "ru_maxrss":
-            import resource  # noqa: PLC0415
+            import resource
 
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         else:
@@ -214,13 +214,13 @@ def benchmark_tflite(path, x=None, y=None, *, num_threads=1, use_xnnpack=True, w
     overall_mb = probe.growth_mb()
     accuracy = n_eval = None
     if x is not None and y is not None:
-        from tfsafe.validation import check_labels  # noqa: PLC0415
+        from tfsafe.validation import check_labels
 
         accuracy = model.accuracy(x, check_labels(y, None, "y", n=len(x)))
         n_eval = int(len(x))
     with open(model.path, "rb") as f:
         data = f.read()
-    from tflite_export.convert import gzip_size  # noqa: PLC0415
+    from tflite_export.convert import gzip_size
 
     return BenchmarkResult(
         model=model.path, platform="host", device=host_description(), runtime=runtime_version(),
@@ -252,7 +252,7 @@ def write_results(results, path):
 
 def read_results(path):
     """Read a file written by :func:`write_results` back into :class:`BenchmarkResult` objects."""
-    import json  # noqa: PLC0415
+    import json
 
     with open(path, encoding="utf-8") as f:
         data = json.load(f)

@@ -32,7 +32,7 @@ class ExportRefused(TfsafeError):
 
 def load_split(dataset, data_dir=None, split="test", limit=None):
     """``(x, y)`` of a named dataset's ``train`` or ``test`` split (first ``limit`` rows)."""
-    from tfsafe.data import load_dataset  # noqa: PLC0415
+    from tfsafe.data import load_dataset
 
     train, test = load_dataset(dataset, data_dir)
     x, y = train if split == "train" else test
@@ -100,8 +100,8 @@ def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_
     Example:
         >>> export_command("model.keras", "out", modes=["int8", "float32"])  # doctest: +SKIP
     """
-    from tflite_export.convert import MODES, to_tflite  # noqa: PLC0415
-    from tfsafe.io import load_model  # noqa: PLC0415
+    from tflite_export.convert import MODES, to_tflite
+    from tfsafe.io import load_model
 
     modes = [modes] if isinstance(modes, str) else list(modes)
     unknown = [m for m in modes if m not in MODES]
@@ -119,7 +119,7 @@ def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_
         num_calibration_samples=calibration_samples, integer_io=integer_io, verify=checked, labels=labels, **rule))
         for mode in modes]
     if onnx:
-        from tflite_export.onnx_export import to_onnx  # noqa: PLC0415 - tf2onnx only when ONNX is asked for
+        from tflite_export.onnx_export import to_onnx  # tf2onnx only when ONNX is asked for
 
         jobs.append(("onnx", lambda: to_onnx(model, os.path.join(out_dir, f"{stem}.onnx"), opset, verify=checked,
                                              labels=labels, **rule)))
@@ -184,7 +184,7 @@ def bench_command(model_paths, out=None, dataset=None, data_dir=None, threads=(1
         raise InputError(f"threads must be positive integers, got {threads}.")
     results = []
     if android:
-        from tflite_export.android import benchmark_android  # noqa: PLC0415
+        from tflite_export.android import benchmark_android
 
         for path in paths:
             for n in threads:

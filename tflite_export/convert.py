@@ -194,7 +194,7 @@ def _convert(model, mode, calibration=None, integer_io=True, sparse=False, fixed
         warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected..."
         try:
             return converter.convert()
-        except Exception as err:  # noqa: BLE001 - ConverterError and friends become one clear error
+        except Exception as err:  # ConverterError and friends become one clear error
             failure = err
     text = f"{failure}\n{''.join(log)}"
     if not fixed_batch and _needs_fixed_batch(text):
@@ -229,7 +229,7 @@ def _check_integer_only(model_bytes, layer_names):
 
 
 def _runs_with_xnnpack(model_bytes):
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+    from ai_edge_litert.interpreter import Interpreter
 
     try:
         interpreter = Interpreter(model_content=bytes(model_bytes))
@@ -382,7 +382,7 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
     # A sparse int8/dynamic file that XNNPack cannot run is only kept with sparsity=True.
     use_xnnpack = not (sparsity_info["used"] and sparsity_info["runs_with_xnnpack"] is False)
 
-    from tflite_export.runtime import TFLiteModel  # noqa: PLC0415
+    from tflite_export.runtime import TFLiteModel
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -234,7 +234,7 @@ def _float_tflite(model):
         warnings.simplefilter("ignore")
         try:
             return converter.convert()
-        except Exception as err:  # noqa: BLE001 - any converter failure becomes one line
+        except Exception as err:  # any converter failure becomes one line
             detail = " ".join(str(err).split())[:300]
             raise UnsupportedModelError(f"The TFLite converter failed on '{model.name}' (float32): {detail}") from err
 
@@ -312,7 +312,7 @@ def quantize_low_bit(plain, mode, calibration, num_threads=1):
             conversion / quantization failure.
     """
     try:
-        from ai_edge_quantizer import qtyping, quantizer  # noqa: PLC0415 - optional heavy dependency
+        from ai_edge_quantizer import qtyping, quantizer  # optional heavy dependency
     except ImportError as err:
         raise MissingDependencyError("mode='int4'/'learned' needs ai-edge-quantizer: "
                                      "pip install ai-edge-quantizer==0.10.0") from err

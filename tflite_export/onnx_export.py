@@ -27,7 +27,7 @@ DEFAULT_OPSET = 17
 
 def _tf2onnx():
     try:
-        import tf2onnx  # noqa: PLC0415
+        import tf2onnx
     except ImportError as err:
         raise MissingDependencyError("ONNX export needs tf2onnx and onnx: pip install tf2onnx onnx") from err
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -45,11 +45,11 @@ def _check_opset(opset, tf2onnx):
 
 def _probe_difference(plain, model_bytes, shape):
     """Largest |onnxruntime - Keras| output difference on a random probe batch."""
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     try:
         session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise UnsupportedModelError(f"onnxruntime cannot load the converted graph: {err}") from err
     probe = np.random.default_rng(0).random((4,) + tuple(d or 1 for d in shape), dtype=np.float32)
     out = session.run(None, {session.get_inputs()[0].name: probe})[0]
@@ -92,7 +92,7 @@ def to_onnx(model, path, opset=DEFAULT_OPSET, *, verify=None, min_agreement=None
     signature = [tf.TensorSpec((None,) + shape, tf.float32, name="input")]
     try:
         proto, _ = tf2onnx.convert.from_keras(plain, input_signature=signature, opset=opset)
-    except Exception as err:  # noqa: BLE001 - tf2onnx raises many types; one clear error instead
+    except Exception as err:  # tf2onnx raises many types; one clear error instead
         raise UnsupportedModelError(f"tf2onnx could not convert '{plain.name}' (opset {opset}): {err}") from err
     model_bytes = proto.SerializeToString()
     difference = _probe_difference(plain, model_bytes, shape)

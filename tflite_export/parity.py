@@ -197,7 +197,7 @@ def check_parity(keras_model, exported_path, x, y=None, batch_size=256, exported
         >>> report.top1_agreement >= 0.99  # doctest: +SKIP
         True
     """
-    from tflite_export.runtime import is_tflite_file, load_exported  # noqa: PLC0415
+    from tflite_export.runtime import is_tflite_file, load_exported
 
     keras_model = check_model(keras_model, "keras_model")
     x = check_features(x, "x", model_input_shape(keras_model))

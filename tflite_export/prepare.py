@@ -41,7 +41,7 @@ def _is_compression_wrapper(layer):
 
 
 def _strip_clustering(model):
-    from tfsafe._keras import tfmot  # noqa: PLC0415
+    from tfsafe._keras import tfmot
 
     has_cluster = any(type(layer).__name__.startswith("ClusterWeights") for layer in flat_layers(model))
     return tfmot.clustering.keras.strip_clustering(model) if has_cluster else model

@@ -82,9 +82,9 @@ class TFLiteModel:
 
     def __init__(self, path, num_threads=None, use_xnnpack=True, batch_size=64, output_kind=None):
         try:
-            from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-            from tflite_export import flatbuffer  # noqa: PLC0415 - reads LiteRT's schema module
+            from tflite_export import flatbuffer  # reads LiteRT's schema module
         except ImportError as err:
             raise MissingDependencyError("Running .tflite files needs LiteRT: pip install ai-edge-litert") from err
 
@@ -254,7 +254,7 @@ class ONNXModel:
 
     def __init__(self, path, num_threads=None, batch_size=256):
         try:
-            import onnxruntime as ort  # noqa: PLC0415
+            import onnxruntime as ort
         except ImportError as err:
             raise MissingDependencyError("ONNX needs onnxruntime: pip install onnxruntime") from err
         self.path = _check_file(path, "ONNX")
@@ -264,7 +264,7 @@ class ONNXModel:
             options.intra_op_num_threads = int(num_threads)
         try:
             self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as err:  # onnxruntime raises its own exception types
             raise InputError(f"'{self.path}' is not a valid ONNX model ({_short(err)}).") from err
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:

@@ -102,7 +102,7 @@ def is_tf_keras_model(obj):
 
 def _keras3():
     try:
-        import keras as keras3  # noqa: PLC0415 - optional: only present with Keras 3 installed
+        import keras as keras3  # optional: only present with Keras 3 installed
     except ImportError:
         return None
     return keras3
@@ -295,7 +295,7 @@ def _apply_op(op, args, kwargs):
     """Replay a Keras 3 op (not a layer) on tf_keras tensors with the TensorFlow backend."""
     try:
         return op.call(*args, **kwargs)
-    except Exception as err:  # noqa: BLE001 - any failure means the op cannot be replayed
+    except Exception as err:  # any failure means the op cannot be replayed
         raise UnsupportedModelError(
             f"Cannot convert the inline op '{op.name}' ({class_name_of(op)}) of the Keras 3 model to "
             f"tf_keras ({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}). "

@@ -43,7 +43,7 @@ def load_digits(test_fraction=0.25, seed=0):
         >>> x.shape[1:], float(x.max()) <= 1.0
         ((8, 8, 1), True)
     """
-    from sklearn.datasets import load_digits as sk_digits  # noqa: PLC0415
+    from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
     x = (bunch.images / 16.0).astype(np.float32)[..., None]
@@ -144,7 +144,7 @@ def _load_idx_dataset(name, data_dir, keras_loader):
     if data_dir is None:
         try:
             return keras_loader(), [f"keras.datasets ({name})"]
-        except Exception as err:  # noqa: BLE001 - any download failure means "use data_dir"
+        except Exception as err:  # any download failure means "use data_dir"
             raise _offline_error(name, files, err) from err
     _check_path(name, data_dir)
     if os.path.isfile(data_dir):
@@ -202,7 +202,7 @@ def _load_cifar10(data_dir, keras_loader):
     if data_dir is None:
         try:
             return keras_loader(), ["keras.datasets (CIFAR-10)"]
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise _offline_error(name, files, err) from err
     _check_path(name, data_dir)
     if os.path.isfile(data_dir):

@@ -63,9 +63,9 @@ def atomic_write_text(path, text):
 
 def to_jsonable(obj):
     """Convert numpy scalars/arrays, tuples and dataclasses into plain JSON types."""
-    import dataclasses  # noqa: PLC0415
+    import dataclasses
 
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
@@ -121,24 +121,24 @@ def load_model(path, compile=False):  # noqa: A002 - mirrors keras.models.load_m
     Raises:
         InputError: when the path does not exist or is not a loadable Keras model.
     """
-    from tfsafe._keras import keras, tfmot, to_tf_keras  # noqa: PLC0415
+    from tfsafe._keras import keras, tfmot, to_tf_keras
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"Model file '{path}' does not exist.")
     if os.path.isdir(path):
         raise InputError(f"'{path}' is a folder; pass a .keras or .h5 model file.")
-    import tfsafe.compress  # noqa: F401,PLC0415 - registers tfsafe layers for deserialization
+    import tfsafe.compress  # noqa: F401 - registers tfsafe layers for deserialization
 
     try:
         with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope():
             return keras.models.load_model(path, compile=compile)
-    except Exception as err_tf_keras:  # noqa: BLE001 - tried with both Keras versions below
+    except Exception as err_tf_keras:  # tried with both Keras versions below
         try:
-            import keras as keras3  # noqa: PLC0415
+            import keras as keras3
 
             return to_tf_keras(keras3.models.load_model(path, compile=False))
-        except Exception:  # noqa: BLE001
+        except Exception:
             first_line = str(err_tf_keras).strip().splitlines()[0] if str(err_tf_keras) else ""
             if path.endswith(".keras") and _holds_tfmot_quantization(path):
                 raise InputError(

@@ -40,7 +40,7 @@ from tfsafe._keras import keras
 __all__ = [
     "WeightStat", "register_weight_stats", "register_relu_counter", "weight_stats", "count_params",
     "count_nonzero", "sparsity", "average_bits", "ideal_bytes", "dense_bytes", "compression_ratio",
-    "relu_count", "model_size", "short_name", "deployed_stats", "record_deploy_bits", "codebook_bits",
+    "relu_count", "model_size", "short_name", "masked_weights", "deployed_stats", "record_deploy_bits", "codebook_bits",
     "DEPLOY_BITS_ATTR",
 ]
 
@@ -51,7 +51,7 @@ _WEIGHT_STATS = {}
 _RELU_COUNTERS = {}
 
 
-def WeightStat(layer, name, values=None, shape=None, params=None, nonzeros=None, bits=32, kind=None):  # noqa: N802
+def WeightStat(layer, name, values=None, shape=None, params=None, nonzeros=None, bits=32, kind=None):
     """Build one weight-statistics record (a plain dict).
 
     Either pass ``values`` (an array; params and non-zeros are counted from it) or ``shape``
@@ -102,15 +102,37 @@ def _plain_stats(layer):
     return [WeightStat(layer.name, short_name(w), w.numpy()) for w in layer.weights]
 
 
-def _prune_low_magnitude_stats(layer):
-    from tfsafe.compress.strip import masked_weights  # noqa: PLC0415
+def masked_weights(layer, masks):
+    """Every weight of ``layer`` with its pruning mask multiplied in.
 
+    Shared by the strippers (:mod:`tfsafe.compress.strip`) and the size statistics of pruning wrappers (TF-MOT's
+    ``PruneLowMagnitude`` and :class:`~tfsafe.compress.pruning.PrunableSafe`).
+
+    Args:
+        layer: the wrapped (inner) layer.
+        masks: ``[(weight variable, mask variable), ...]`` for the pruned weights.
+
+    Returns:
+        ``[(variable, masked numpy value, is_pruned), ...]`` in ``layer.weights`` order.
+    """
+    by_id = {id(weight): mask for weight, mask in masks}
+    out = []
+    for weight in layer.weights:
+        value = weight.numpy()
+        mask = by_id.get(id(weight))
+        if mask is not None:
+            value = value * np.asarray(mask.numpy(), value.dtype)
+        out.append((weight, value, mask is not None))
+    return out
+
+
+def _prune_low_magnitude_stats(layer):
     masks = [(weight, mask) for weight, mask, _ in layer.pruning_vars]
     return [WeightStat(layer.layer.name, short_name(w), value) for w, value, _ in masked_weights(layer.layer, masks)]
 
 
 def _register_builtin():
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (  # noqa: PLC0415
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
         PruneLowMagnitude,
     )
 
@@ -356,19 +378,25 @@ def model_size(model, reference=None):
     ``params`` is what the deployed model stores (a factorized layer counts its merged kernel,
     not its factors; ``stored_params`` keeps the factor count), ``average_bits`` and
     ``ideal_bytes`` the bits it ships with (for a stripped model, the bits ``strip()``
-    recorded). See the module docstring for the definitions.
+    recorded). ``stored_ideal_bytes`` / ``stored_compression_ratio`` count the model in its
+    own form instead (ATMC's factors: what its budget constrains, not what ``strip()`` ships;
+    equal to the deployed figures for every other model). See the module docstring for the
+    definitions.
     """
     stats = deployed_stats(model)
+    stored = weight_stats(model)
     ref_stats = deployed_stats(reference) if reference is not None else stats
     dense = count_params(ref_stats) * 4.0
     return {
         "params": count_params(stats),
-        "stored_params": count_params(weight_stats(model)),
+        "stored_params": count_params(stored),
         "nonzeros": count_nonzero(stats),
         "sparsity": sparsity(stats),
         "average_bits": average_bits(stats),
         "ideal_bytes": ideal_bytes(stats),
         "dense_bytes": dense,
         "compression_ratio": ideal_bytes(stats) / dense if dense else 0.0,
+        "stored_ideal_bytes": ideal_bytes(stored),
+        "stored_compression_ratio": ideal_bytes(stored) / dense if dense else 0.0,
         "relu_count": relu_count(model),
     }

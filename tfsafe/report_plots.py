@@ -15,10 +15,10 @@ __all__ = ["membership_roc", "attack_rocs", "robustness_curve", "corruption_figu
 
 
 def _pyplot():
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -67,10 +67,10 @@ def privacy_roc_figure(entry):
     curve = _worst_curve(entry)
     if curve is None:
         return None
-    from tfsafe.safety.membership import _tf_privacy  # noqa: PLC0415
+    from tfsafe.safety.membership import _tf_privacy
 
     data_structures, _ = _tf_privacy()
-    from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import plotting  # noqa: PLC0415
+    from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import plotting
 
     fpr = np.asarray(curve["fpr"])
     roc = data_structures.RocCurve(tpr=np.asarray(curve["tpr"]), fpr=fpr, thresholds=np.zeros_like(fpr),

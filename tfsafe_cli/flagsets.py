@@ -14,7 +14,7 @@ from absl import flags
 
 __all__ = ["COMMANDS", "COMMON_FLAGS", "flag_values", "PARITY_HELP"]
 
-METHODS = ["safecompress", "atmc", "self_compress", "rlnet", "baseline"]
+METHODS = ["safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd"]
 DATASETS = ["digits", "mnist", "fashion_mnist", "cifar10"]
 TFLITE_MODES = ["int8", "dynamic", "float16", "float32"]
 NORMALIZATIONS = ["auto", "0-1", "-1-1", "none", "mean_std"]  # tfsafe.preprocessing.NORMALIZATIONS
@@ -67,9 +67,10 @@ def image_size(value):
 
 def define_demo(fv):
     flags.DEFINE_integer("epochs", 60, "Training epochs of the dense model.", flag_values=fv, lower_bound=1)
-    flags.DEFINE_integer("prune_epochs", 15, "Fine-tuning epochs while pruning.", flag_values=fv, lower_bound=1)
-    flags.DEFINE_float("target_sparsity", 0.8, "TF-MOT pruning target.", flag_values=fv,
-                       lower_bound=0.0, upper_bound=0.99)
+    flags.DEFINE_integer("prune_epochs", 15, "Fine-tuning epochs of TF-MOT pruning and of the tfsafe method "
+                         "(MIA-SafeCompress).", flag_values=fv, lower_bound=1)
+    flags.DEFINE_float("target_sparsity", 0.8, "Sparsity of TF-MOT pruning and of MIA-SafeCompress (the same, so "
+                       "the two compare at one size).", flag_values=fv, lower_bound=0.0, upper_bound=0.99)
     flags.DEFINE_list("attacks", None, "Membership attacks (default: the fast ones).", flag_values=fv)
 
 
@@ -184,7 +185,8 @@ def define_bench(fv):
 
 # name -> (one-line help, flag definitions)
 COMMANDS = {
-    "demo": ("train, prune with TF-MOT, export int8 TFLite and audit membership on bundled digits", define_demo),
+    "demo": ("dense vs TF-MOT pruning vs MIA-SafeCompress on bundled digits: accuracy, adversarial accuracy, "
+             "membership, int8 TFLite, report", define_demo),
     "compress": ("compress with a method's recipe, export int8 .tflite, test safety, write a report (--resume, "
                  "--quick)", define_compress),
     "audit": ("membership audit of a .keras or .tflite model on member / non-member .npz files; writes a report",

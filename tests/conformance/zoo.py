@@ -66,9 +66,9 @@ def _backbone(family, lib):
 
 def _private(lib, module):
     if lib is keras3:
-        from keras.src.applications import efficientnet, nasnet  # noqa: PLC0415 - the width knobs are not public
+        from keras.src.applications import efficientnet, nasnet  # the width knobs are not public
     else:
-        from tf_keras.src.applications import efficientnet, nasnet  # noqa: PLC0415
+        from tf_keras.src.applications import efficientnet, nasnet
     return {"efficientnet": efficientnet, "nasnet": nasnet}[module]
 
 

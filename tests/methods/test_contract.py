@@ -22,6 +22,7 @@ TINY = {
     "rlnet": {"teacher_epochs": 1, "search_epochs": 1, "finetune_epochs": 1, "pgd_steps": 1, "batch_size": 32,
               "adversarial": False, "augment": False},
     "baseline": {"epochs": 1, "batch_size": 32},
+    "dp_sgd": {"epochs": 1, "batch_size": 32, "target_sparsity": 0.5, "prune_epochs": 1},
 }
 
 
@@ -70,7 +71,7 @@ class Recorder(StageCallback):
 
 
 def test_registry_names_and_errors():
-    assert tfsafe.methods.names() == ("safecompress", "atmc", "self_compress", "rlnet", "baseline")
+    assert tfsafe.methods.names() == ("safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd")
     with pytest.raises(InputError, match="Unknown method 'prune'; choose one of safecompress"):
         tfsafe.methods.get("prune")
     with pytest.raises(InputError, match="Unknown params for atmc: budgt"):

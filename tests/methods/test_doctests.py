@@ -7,7 +7,8 @@ import pytest
 
 FAST = ["tfsafe.methods", "tfsafe.methods.base", "tfsafe.methods.registry", "tfsafe.methods.baseline",
         "tfsafe.methods.atmc_projection", "tfsafe.methods.safecompress_selection", "tfsafe.recipes",
-        "tfsafe.pipeline.run_state", "tfsafe.safety.simulated_attacker"]
+        "tfsafe.pipeline.run_state", "tfsafe.safety.simulated_attacker",
+        "tfsafe.compress.densities"]
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -181,8 +181,8 @@ def dense_gradients(model, x, y, wrappers=None):
     entry is how fast the loss would fall if it were regrown (RigL's criterion). Uses the
     compiled loss, or softmax cross-entropy on the logits when the model is not compiled.
     """
-    from tfsafe.models import logits_model  # noqa: PLC0415
-    from tfsafe.objectives import softmax_cross_entropy  # noqa: PLC0415
+    from tfsafe.models import logits_model
+    from tfsafe.objectives import softmax_cross_entropy
 
     wrappers = prunable_wrappers(model) if wrappers is None else wrappers
     x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)

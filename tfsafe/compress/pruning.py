@@ -22,6 +22,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
 from tfsafe._keras import keras, tf
 from tfsafe.compress import channel_pruning
 from tfsafe.compress.channel_removal import register_channel_source, remove_dead_channels
+from tfsafe.compress.densities import DENSITY_INITS, layer_densities
 from tfsafe.compress.strip import masked_weights, register_model_pass, register_stripper
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.metrics import WeightStat, register_weight_stats, short_name
@@ -31,7 +32,6 @@ __all__ = ["PrunableSafe", "prune_safe", "is_prunable", "prunable_wrappers", "la
            "MASK_INITS", "DENSITY_INITS", "GRANULARITIES"]
 
 MASK_INITS = ("magnitude", "random")
-DENSITY_INITS = ("erk", "uniform", "dense")
 GRANULARITIES = channel_pruning.GRANULARITIES
 
 
@@ -304,56 +304,6 @@ def prunable_wrappers(model):
         elif isinstance(layer, keras.Model):
             found.extend(prunable_wrappers(layer))
     return found
-
-
-def _erk_raw(shape, power_scale):
-    return (np.sum(shape) / np.prod(shape)) ** power_scale
-
-
-def layer_densities(shapes, density, init="erk", power_scale=1.0, sizes=None):
-    """Per-weight keep counts for a global ``density`` (= 1 - sparsity).
-
-    ``"uniform"`` gives every weight the same density; ``"erk"`` (Erdos-Renyi-Kernel, as in
-    RigL) makes density proportional to ``sum(shape) / prod(shape)``, capping full layers at 1
-    and re-spreading the rest. Counts are integers whose sum is exactly
-    ``round(density * total)`` (largest-remainder rounding), every weight keeping at least one.
-
-    ``sizes`` counts in other units than weights (channels, for ``granularity="channel"``): the
-    ERK ratio still comes from ``shapes``, the budget and the counts are in ``sizes``.
-
-    Returns:
-        A list of integer keep counts, one per shape.
-    """
-    if sizes is None:
-        sizes = [int(np.prod(s)) for s in shapes]
-    sizes = np.array(sizes, dtype=np.float64)
-    total_keep = int(round(density * sizes.sum()))
-    if init == "uniform":
-        wanted = density * sizes
-    elif init == "erk":
-        dense = set()
-        while True:
-            raw = np.array([0.0 if i in dense else _erk_raw(s, power_scale) for i, s in enumerate(shapes)])
-            budget = total_keep - sum(sizes[i] for i in dense)
-            eps = budget / float(np.sum(raw * sizes)) if np.any(raw > 0) else 0.0
-            over = [i for i in range(len(shapes)) if i not in dense and raw[i] * eps > 1.0]
-            if not over:
-                break
-            dense.update(over)
-        wanted = np.where([i in dense for i in range(len(shapes))], sizes, raw * eps * sizes)
-    else:
-        raise InputError(f"init must be one of {DENSITY_INITS}, got {init!r}.")
-    counts = np.clip(np.floor(wanted), 1, sizes).astype(np.int64)
-    remainder = total_keep - int(counts.sum())
-    order = np.argsort(-(wanted - np.floor(wanted)), kind="stable")
-    for i in order if remainder > 0 else order[::-1]:
-        if remainder == 0:
-            break
-        step = 1 if remainder > 0 else -1
-        if 1 <= counts[i] + step <= sizes[i]:
-            counts[i] += step
-            remainder -= step
-    return [int(c) for c in counts]
 
 
 def _check_layers(model, skip_layers):

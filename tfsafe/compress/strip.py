@@ -13,13 +13,12 @@ and run after the layer-wise strip.
 TF-MOT's ``PruneLowMagnitude`` wrapper is handled out of the box, like ``strip_pruning``.
 """
 
-import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
 from tfsafe._keras import keras, tfmot
 from tfsafe.compress._rewrite import clone_with_weights
 from tfsafe.errors import UnsupportedModelError
-from tfsafe.metrics import record_deploy_bits
+from tfsafe.metrics import masked_weights, record_deploy_bits
 from tfsafe.models import flat_layers
 
 __all__ = ["strip", "register_stripper", "register_model_pass", "is_wrapped", "masked_weights"]
@@ -49,30 +48,6 @@ def _stripper_for(layer):
 def is_wrapped(model):
     """True when any layer of ``model`` needs stripping before export."""
     return any(_stripper_for(layer) is not None for layer in flat_layers(model))
-
-
-def masked_weights(layer, masks):
-    """Every weight of ``layer`` with its pruning mask multiplied in.
-
-    Shared by the strippers and the size statistics of pruning wrappers (TF-MOT's
-    ``PruneLowMagnitude`` and :class:`~tfsafe.compress.pruning.PrunableSafe`).
-
-    Args:
-        layer: the wrapped (inner) layer.
-        masks: ``[(weight variable, mask variable), ...]`` for the pruned weights.
-
-    Returns:
-        ``[(variable, masked numpy value, is_pruned), ...]`` in ``layer.weights`` order.
-    """
-    by_id = {id(weight): mask for weight, mask in masks}
-    out = []
-    for weight in layer.weights:
-        value = weight.numpy()
-        mask = by_id.get(id(weight))
-        if mask is not None:
-            value = value * np.asarray(mask.numpy(), value.dtype)
-        out.append((weight, value, mask is not None))
-    return out
 
 
 def _strip_prune_low_magnitude(layer):

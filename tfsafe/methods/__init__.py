@@ -2,7 +2,8 @@
 
 Registered names (:func:`names`): ``safecompress`` (MIA-SafeCompress, :class:`SafeCompress`),
 ``atmc`` (:class:`ATMC`), ``self_compress`` (:class:`SelfCompress`), ``rlnet``
-(:class:`RLNet`) and ``baseline`` (TF-MOT pruning, :class:`TFMOTPruning`). Each is a
+(:class:`RLNet`), ``baseline`` (TF-MOT pruning, :class:`TFMOTPruning`) and ``dp_sgd``
+(DP-SGD, optionally + pruning, :class:`DPSGD`). Each is a
 :class:`CompressionMethod` whose constructor takes every hyper-parameter, with one verb,
 ``compress``, returning a :class:`CompressionResult`; :func:`register` plugs in new ones.
 The SNL ReLU mask search RLNet runs is in :mod:`tfsafe.methods.relu_mask_search`.
@@ -11,7 +12,7 @@ Modules: :mod:`~tfsafe.methods.base` (the contract), :mod:`~tfsafe.methods.regis
 :mod:`~tfsafe.methods.safecompress` (+ ``safecompress_selection``, ``adversarial_regularization``),
 :mod:`~tfsafe.methods.atmc` (+ ``atmc_model``, ``atmc_callbacks``, ``atmc_projection``,
 ``atmc_baselines``), :mod:`~tfsafe.methods.self_compress`, :mod:`~tfsafe.methods.rlnet`,
-:mod:`~tfsafe.methods.baseline`.
+:mod:`~tfsafe.methods.baseline`, :mod:`~tfsafe.methods.dp_sgd`.
 
 The 0.x one-call functions ``safecompress``, ``self_compress`` and ``rlnet`` share their
 module's name, so they are not re-exported here (the package attribute stays the module): use
@@ -32,6 +33,7 @@ from tfsafe.methods.atmc_model import ATMCModel
 from tfsafe.methods.atmc_projection import budget_for_ratio, kmeans_quantize
 from tfsafe.methods.base import CompressionMethod, CompressionResult, StageCallback, default_eps
 from tfsafe.methods.baseline import TFMOTPruning
+from tfsafe.methods.dp_sgd import DPSGD
 from tfsafe.methods.registry import get, method_class, names, register, unregister
 from tfsafe.methods.relu_mask_search import ReLUBudgetSchedule, ReLUMaskSearch, search_relu_mask
 from tfsafe.methods.rlnet import (
@@ -48,7 +50,7 @@ from tfsafe.methods.safecompress import SafeCompress, SafeCompressResult
 from tfsafe.methods.safecompress_selection import CandidateSelection, CandidateTests, tm_score
 from tfsafe.methods.self_compress import SafetyMonitor, SelfCompress, SelfCompressingModel, SelfCompressResult
 
-for _cls in (SafeCompress, ATMC, SelfCompress, RLNet, TFMOTPruning):
+for _cls in (SafeCompress, ATMC, SelfCompress, RLNet, TFMOTPruning, DPSGD):
     register(_cls.name, _cls)
 del _cls
 
@@ -58,7 +60,7 @@ __all__ = [
     "method_class",
     "default_eps",
     # the methods
-    "SafeCompress", "ATMC", "SelfCompress", "RLNet", "TFMOTPruning",
+    "SafeCompress", "ATMC", "SelfCompress", "RLNet", "TFMOTPruning", "DPSGD",
     # MIA-SafeCompress parts
     "SafeCompressResult", "CandidateSelection", "CandidateTests", "AdversarialRegularization", "tm_score",
     # ATMC parts and its baselines

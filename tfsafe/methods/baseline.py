@@ -2,12 +2,25 @@
 
 import numpy as np
 
-from tfsafe._keras import tfmot
+from tfsafe._keras import keras, tfmot
 from tfsafe.methods.base import CompressionMethod, check_int, check_number
 from tfsafe.models import compile_classifier, copy_model
 from tfsafe.validation import check_fraction
 
 __all__ = ["TFMOTPruning"]
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Stops ``fit`` after ``steps`` batches (early-stopped pruning)."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps, self.seen = steps, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen >= self.steps:
+            self.model.stop_training = True
 
 
 class TFMOTPruning(CompressionMethod):
@@ -24,6 +37,10 @@ class TFMOTPruning(CompressionMethod):
         batch_size: training batch size.
         learning_rate: Adam learning rate.
         end_fraction: share of the training steps after which the target sparsity holds.
+        max_steps: ``None`` or stop after this many training steps (batches): early-stopped
+            TF-MOT pruning. The schedule then spans ``max_steps`` (the target sparsity holds
+            from ``end_fraction`` of them), so the run is comparable with a method that kept
+            a state after that many steps (e.g. MIA-SafeCompress's ``selection["kept_step"]``).
 
     Example:
         >>> TFMOTPruning(target_sparsity=0.8).stages
@@ -34,25 +51,33 @@ class TFMOTPruning(CompressionMethod):
     stages = ("prune", "strip")
     role = "unsafe baseline"
 
-    def __init__(self, target_sparsity=0.9, epochs=30, batch_size=32, learning_rate=1e-3, end_fraction=0.7):
+    def __init__(self, target_sparsity=0.9, epochs=30, batch_size=32, learning_rate=1e-3, end_fraction=0.7,
+                 max_steps=None):
         self.target_sparsity = check_fraction(target_sparsity, "target_sparsity", 0.0, 1.0)
         self.epochs = check_int(epochs, "epochs")
         self.batch_size = check_int(batch_size, "batch_size")
         self.learning_rate = check_number(learning_rate, "learning_rate", strict=True)
         self.end_fraction = check_fraction(end_fraction, "end_fraction", 0.0, 1.0, include_high=True)
+        self.max_steps = None if max_steps is None else check_int(max_steps, "max_steps")
 
     def _stage_prune(self, run):
         x, y = run.train
-        steps = self.epochs * int(np.ceil(len(x) / self.batch_size))
+        steps_per_epoch = int(np.ceil(len(x) / self.batch_size))
+        steps = self.epochs * steps_per_epoch
+        stop = []
+        if self.max_steps is not None and self.max_steps < steps:
+            steps = self.max_steps
+            stop = [_StopAfter(steps)]
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0, final_sparsity=self.target_sparsity, begin_step=0,
             end_step=max(1, int(steps * self.end_fraction)), frequency=max(1, steps // 20))
         pruned = tfmot.sparsity.keras.prune_low_magnitude(copy_model(run.models["input"]), pruning_schedule=schedule)
         history = compile_classifier(pruned, self.learning_rate).fit(
-            x, y, epochs=self.epochs, batch_size=self.batch_size, verbose=run.verbose,
-            callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *run.callbacks])
+            x, y, epochs=min(self.epochs, -(-steps // steps_per_epoch)), batch_size=self.batch_size,
+            verbose=run.verbose, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *stop, *run.callbacks])
         run.models["model"] = pruned
         run.state["history"]["prune"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        run.state["info"]["steps"] = int(pruned.optimizer.iterations.numpy())
 
     def _stage_strip(self, run):
         run.models["model"] = tfmot.sparsity.keras.strip_pruning(run.models["model"])

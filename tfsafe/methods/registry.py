@@ -7,7 +7,7 @@ a new method plugs in with ``register("my_method", MyMethod)`` and is then avail
 Example:
     >>> import tfsafe.methods
     >>> tfsafe.methods.names()
-    ('safecompress', 'atmc', 'self_compress', 'rlnet', 'baseline')
+    ('safecompress', 'atmc', 'self_compress', 'rlnet', 'baseline', 'dp_sgd')
     >>> tfsafe.methods.get("baseline", target_sparsity=0.8).target_sparsity
     0.8
 """

@@ -284,6 +284,7 @@ class SafeCompress(CompressionMethod):
             "checks": [{"round": r["round"], "selected": r["selected"],
                         "tm_score": r["candidates"][r["selected"]]["tm_score"]} for r in selection.history],
             "kept": kept, "early": kept != "final",
+            **_kept_steps(kept, selection),
         }
 
     # -- the 0.x API ----------------------------------------------------------------------------
@@ -337,3 +338,22 @@ def safecompress(model, splits, target_sparsity=0.9, epochs=20, batch_size=64, *
         warnings.simplefilter("ignore", DeprecationWarning)
         method = SafeCompress(target_sparsity=target_sparsity, **kwargs)
     return method.fit(model, splits, epochs=epochs, batch_size=batch_size)
+
+
+def _kept_steps(kept, selection):
+    """How far training had gone in the kept state: ``kept_round``, ``kept_step``, ``total_steps``,
+    ``early_state`` and a one-line ``note``, so an early state is said, not hidden.
+
+    ``kept_step`` counts the accepted training steps that led to the kept state (a round's
+    winner after its trial steps); an early-stopped TF-MOT run with ``max_steps=kept_step`` is
+    the comparison that tells the gain from selection apart from the gain from stopping early.
+    """
+    total = int(selection.step)
+    if kept == "final":
+        return {"kept_round": None, "kept_step": total, "total_steps": total, "early_state": False,
+                "note": f"kept the final state ({total} training steps)"}
+    r = selection.history[int(kept)]
+    step = int(r["step"] + r["candidates"][r["selected"]]["trial_steps"])
+    return {"kept_round": int(kept), "kept_step": step, "total_steps": total, "early_state": True,
+            "note": f"kept round {kept}'s winner, an early state after {step} of {total} training steps"}
+

@@ -25,7 +25,7 @@ from tfsafe.methods.registry import method_class
 
 __all__ = ["METHODS", "load_recipe", "recipe_path", "merge_config", "check_params"]
 
-METHODS = ("safecompress", "atmc", "self_compress", "rlnet", "baseline")  # the built-in recipe files
+METHODS = ("safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd")  # the built-in recipe files
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -123,7 +123,7 @@ class AdversarialModel(keras.Model):
     def metrics(self):
         return list(self._trackers.values()) + [self._adv_accuracy] + super().metrics
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):  # noqa: D102
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         if loss is not None:
             warnings.warn("AdversarialModel computes its own loss (cross-entropy on logits); the `loss` "
                           "passed to compile() is ignored.", stacklevel=2)

@@ -56,7 +56,7 @@ def _impulse_noise(x, c, rng):
 
 
 def _gaussian_blur(x, c, rng):
-    from scipy.ndimage import gaussian_filter  # noqa: PLC0415
+    from scipy.ndimage import gaussian_filter
 
     sigma = c * max(1.0, max(x.shape[1], x.shape[2]) / 32.0)
     return gaussian_filter(x, sigma=(0, sigma, sigma, 0), mode="nearest")
@@ -83,7 +83,7 @@ def _pixelate(x, c, rng):
 
 
 def _jpeg(x, c, rng):
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     out = np.empty_like(x)
     for i, img in enumerate(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)):
@@ -168,7 +168,7 @@ def corruption_accuracy(model, x, y, reference=None, severities=SEVERITIES, corr
         >>> res = corruption_accuracy(model, x_test, y_test, reference=dense)  # doctest: +SKIP
         >>> res["mean_accuracy"], res["mce"]  # doctest: +SKIP
     """
-    from tfsafe.safety.tflite_model import predict_labels  # noqa: PLC0415
+    from tfsafe.safety.tflite_model import predict_labels
 
     x = _check_images(x)
     y = check_labels(y, None, "y", n=len(x))

@@ -58,7 +58,7 @@ def _tf_privacy():
     # The package's own switch: skip its estimator imports, which fail on TF >= 2.16.
     sys.skip_tf_privacy_import = True
     try:
-        from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import (  # noqa: PLC0415
+        from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import (
             data_structures,
             membership_inference_attack,
         )
@@ -196,7 +196,7 @@ def audit_outputs(member_outputs, nonmember_outputs, member_labels, nonmember_la
     Returns:
         A :class:`MembershipAudit`.
     """
-    from tfsafe.validation import check_labels  # noqa: PLC0415
+    from tfsafe.validation import check_labels
 
     if outputs not in ("logits", "probabilities"):
         raise InputError(f"outputs must be 'logits' or 'probabilities', got {outputs!r}.")
@@ -300,7 +300,7 @@ def audit_membership(model, members, nonmembers, attacks=None, balance=True, see
     Raises:
         InputError: bad data, or outputs whose kind cannot be known and ``output`` is None.
     """
-    from tfsafe.validation import check_features  # noqa: PLC0415
+    from tfsafe.validation import check_features
 
     (xm, ym), (xn, yn) = members, nonmembers
     xm = check_features(xm, "members x", dtype=None)

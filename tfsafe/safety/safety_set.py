@@ -114,13 +114,13 @@ def safety_scores(model, x, y, layer=None, batch_size=256):
 
 
 def _rank01(v):
-    from scipy.stats import rankdata  # noqa: PLC0415
+    from scipy.stats import rankdata
 
     return (rankdata(v, method="average") - 1) / max(len(v) - 1, 1)
 
 
 def _reduce(embeddings, dims, seed):
-    from sklearn.decomposition import PCA  # noqa: PLC0415
+    from sklearn.decomposition import PCA
 
     emb = embeddings.astype(np.float64)
     emb = (emb - emb.mean(0)) / (emb.std(0) + 1e-8)
@@ -153,7 +153,7 @@ def select_safety_set(model, x, y, size, seed=0, n_clusters=None, weights=(0.5, 
         >>> idx = select_safety_set(model, x_val, y_val, size=100)  # doctest: +SKIP
         >>> safety_x, safety_y = x_val[idx], y_val[idx]  # doctest: +SKIP
     """
-    from sklearn.cluster import KMeans  # noqa: PLC0415
+    from sklearn.cluster import KMeans
 
     n = len(x) if hasattr(x, "__len__") else 0
     if not isinstance(size, (int, np.integer)) or not 1 <= size <= n:

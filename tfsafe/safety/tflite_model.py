@@ -28,7 +28,7 @@ def as_target(model):
     """A ``.tflite`` path becomes a :class:`TFLiteModel`; anything else is returned unchanged."""
     if not is_tflite_path(model):
         return model
-    from tflite_export.runtime import TFLiteModel  # noqa: PLC0415 - LiteRT only when a file is evaluated
+    from tflite_export.runtime import TFLiteModel  # LiteRT only when a file is evaluated
 
     return TFLiteModel(model)
 
@@ -97,7 +97,7 @@ def __getattr__(name):
     # The runner lives in tflite_export; imported on first use so that importing the safety
     # tests does not load the exporter.
     if name == "TFLiteModel":
-        from tflite_export.runtime import TFLiteModel  # noqa: PLC0415
+        from tflite_export.runtime import TFLiteModel
 
         return TFLiteModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

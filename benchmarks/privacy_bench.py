@@ -1,0 +1,306 @@
+"""Privacy where leakage is real: compression methods against LiRA, DP-SGD beside them.
+
+Settings (both built so the dense model overfits and leaks; dense worst AUC should be >= 0.75):
+
+- ``tabular``: a Purchase-100-like synthetic task generated here with a seeded generator:
+  ``--classes`` binary prototypes (``--features`` bits, 25% ones), every row its class's
+  prototype with each bit flipped with probability ``--flip``; an MLP (256-128) trained on
+  ``--members`` rows.
+- ``cifar10``: ``cifar10-10k.npz`` from ``--data_dir`` (train + test pooled), ``--members``
+  (2,500 by default) members, a small CNN (32-64 filters, 128 dense) trained to a large
+  train/test gap.
+
+All splits come from one pool through :func:`tfsafe.membership_split`: members (train),
+validation (SafeCompress's selection), audit non-members (only the audits), test (accuracy)
+and reference (SafeCompress's simulated attacker). LiRA's reference models are trained on
+random halves of the audit pool (members + audit non-members, ``--reference_models`` of them,
+in complementary pairs) with the dense recipe, with :func:`tfsafe.safety.lira.train_reference_models`.
+
+Rows: ``dense``; ``tfmot`` (TF-MOT pruning to ``--sparsity``, ``baseline`` method);
+``mia_safecompress`` (``safecompress``, simulated attacker in the TM-score);
+``tfmot_early`` (``baseline`` with ``max_steps`` = the step count of the state MIA-SafeCompress
+kept, so the gain from selection and the gain from stopping early are told apart);
+``safecompress_mia_pgd`` (the TM-score also weighs PGD accuracy: one selection score over two
+threats); ``dp_sgd_s{sigma}`` (``dp_sgd`` from scratch at two noise multipliers);
+``dp_prune`` (``dp_sgd`` at the lower noise + TF-MOT pruning with the DP optimizer).
+
+Columns: test accuracy; LiRA worst AUC and TPR at 0.1% / 1% FPR (worst over LiRA's scores,
+from the full ROC); RMIA's (when ``tfsafe.safety.rmia`` is present); tensorflow-privacy's worst
+AUC over its fast attacks (threshold, entropy, LR, k-NN, MLP) on balanced members / audit
+non-members; epsilon (DP rows; delta in the JSON); kernel sparsity; int8 ``.tflite`` bytes.
+``min_fpr`` is the smallest FPR the audit pool resolves (1 / non-members): TPR at a lower FPR
+is flagged ``unresolved``. Output: ``<out>/privacy_<setting>.json``, ``.md`` and ``.html`` (the
+table and a plot of TPR at 1% FPR against test accuracy).
+
+Usage:
+    PYTHONPATH=. .venv/bin/python benchmarks/privacy_bench.py --setting tabular
+    PYTHONPATH=. .venv/bin/python benchmarks/privacy_bench.py --setting cifar10 \\
+        --data_dir /work/shared/data/cifar10 --reference_models 16
+    PYTHONPATH=. .venv/bin/python benchmarks/privacy_bench.py --setting tabular --small  # minutes
+"""
+
+import argparse
+import base64
+import io
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import tfsafe  # noqa: E402
+import tfsafe.methods  # noqa: E402
+from tflite_export.convert import to_tflite  # noqa: E402
+from tfsafe._keras import keras  # noqa: E402
+from tfsafe.io import atomic_write_json, atomic_write_text  # noqa: E402
+from tfsafe.metrics import model_size  # noqa: E402
+from tfsafe.models import accuracy, compile_classifier, mlp, small_cnn  # noqa: E402
+from tfsafe.safety.lira import lira_audit, train_reference_models  # noqa: E402
+from tfsafe.safety.membership import FAST_ATTACKS, audit_membership  # noqa: E402
+from tfsafe.safety.tests import PGDTest  # noqa: E402
+
+try:  # RMIA lands with the LiRA/RMIA work (engineer h9's branch); the table says when it is absent.
+    from tfsafe.safety.rmia import rmia_audit  # noqa: E402
+except ImportError:
+    rmia_audit = None
+
+
+def purchase_like(n, features, classes, flip, seed):
+    """A seeded Purchase-100-like task: binary rows near one of ``classes`` binary prototypes.
+
+    Returns:
+        ``(x, y)``: float32 (n, features) in {0, 1} and int64 (n,) labels.
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((classes, features)) < 0.25
+    y = rng.integers(0, classes, n)
+    x = prototypes[y] ^ (rng.random((n, features)) < flip)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def load_setting(args):
+    """``(x, y, build)``: the pool and a function returning a fresh (uncompiled) model."""
+    if args.setting == "tabular":
+        x, y = purchase_like(args.pool, args.features, args.classes, args.flip, args.seed)
+        return x, y, lambda: mlp((args.features,), args.classes, units=(256, 128))
+    path = os.path.join(args.data_dir or "", "cifar10-10k.npz")
+    if not os.path.isfile(path):
+        sys.exit(f"--setting cifar10 needs --data_dir with cifar10-10k.npz; '{path}' does not exist.")
+    with np.load(path, allow_pickle=False) as data:
+        x = np.concatenate([data["x_train"], data["x_test"]]).astype(np.float32) / 255.0
+        y = np.concatenate([data["y_train"], data["y_test"]]).reshape(-1).astype(np.int64)
+    keep = np.random.default_rng(args.seed).permutation(len(x))[:args.pool]
+    return x[keep], y[keep], lambda: small_cnn((32, 32, 3), 10, filters=(32, 64), dense=128)
+
+
+def evaluate(name, model, splits, pool, is_member, ref_dir, args, extra=None):
+    """One table row: accuracy, LiRA / RMIA / tensorflow-privacy leakage, size, .tflite bytes."""
+    row = {"row": name, "test_accuracy": accuracy(model, *splits.test)}
+    population = {"population": splits.reference} if rmia_audit is not None else {}
+    lira = lira_audit(model, pool, is_member, ref_dir, **population)
+    row.update(lira_auc=lira.worst["auc"], lira_tpr_at_01pct_fpr=lira.worst["tpr_at_01pct_fpr"],
+               lira_tpr_at_1pct_fpr=lira.worst["tpr_at_1pct_fpr"], lira_attack=lira.worst.get("attack"),
+               unresolved=lira.worst.get("unresolved"))
+    if rmia_audit is not None:
+        rmia = rmia_audit(model, pool, is_member, ref_dir, **population)
+        row.update(rmia_auc=rmia.worst["auc"], rmia_tpr_at_01pct_fpr=rmia.worst["tpr_at_01pct_fpr"],
+                   rmia_tpr_at_1pct_fpr=rmia.worst["tpr_at_1pct_fpr"])
+    members, nonmembers = splits.audit_sets(seed=args.seed)
+    tfp = audit_membership(model, members, nonmembers, attacks=FAST_ATTACKS, seed=args.seed)
+    row["tfp_auc"] = tfp.worst["auc"]
+    row["sparsity"] = model_size(model)["sparsity"]
+    try:
+        export = to_tflite(model, os.path.join(args.out, "tflite", f"{args.setting}_{name}.tflite"), "int8",
+                           representative_data=splits.train[0][:200], verify=splits.test, min_agreement=0.9)
+        row["tflite_bytes"], row["tflite_gzip_bytes"] = int(export.bytes), int(export.gzip_bytes)
+    except Exception as err:  # a failed export is a table cell, not a crash
+        row["tflite_bytes"], row["tflite_error"] = None, f"{type(err).__name__}: {err}"[:200]
+    row.update(extra or {})
+    print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return row
+
+
+def _selection_columns(selection, seconds):
+    """What SafeCompress's selection kept, said in the row (an early state is not hidden)."""
+    return {"steps": selection.get("kept_step"), "seconds": seconds, "selection": selection.get("note"),
+            "early_state": selection.get("early_state"),
+            "selection_tests": [t["name"] for t in selection.get("tests", [])],
+            "selection_tm_scores": [c.get("tm_score") for c in selection.get("checks", [])]}
+
+
+def compress(name, model, splits, **params):
+    started = time.perf_counter()
+    result = tfsafe.methods.get(name, **params).compress(model, splits, seed=0, verbose=0)
+    return result, time.perf_counter() - started
+
+
+def run(args):
+    os.makedirs(os.path.join(args.out, "tflite"), exist_ok=True)
+    x, y, build = load_setting(args)
+    splits = tfsafe.membership_split(x, y, seed=args.seed, train_size=args.members, validation_size=args.validation,
+                                     nonmember_size=args.members, test_size=args.test, reference_size=args.reference)
+    print(f"{args.setting}: splits {splits.sizes()}", flush=True)
+    # The LiRA audit pool: every member and every audit non-member.
+    pool = (np.concatenate([splits.train[0], splits.nonmembers[0]]),
+            np.concatenate([splits.train[1], splits.nonmembers[1]]))
+    is_member = np.arange(len(pool[0])) < len(splits.train[0])
+
+    def fresh():
+        return compile_classifier(build(), args.learning_rate)
+
+    keras.utils.set_random_seed(args.seed)
+    dense = fresh()
+    started = time.perf_counter()
+    dense.fit(*splits.train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
+    print(f"dense trained in {time.perf_counter() - started:.0f} s", flush=True)
+    ref_dir = os.path.join(args.out, f"refs_{args.setting}_seed{args.seed}")
+    # With RMIA (h9's reference models), the reference split is RMIA's population z.
+    population = {"population": splits.reference} if rmia_audit is not None else {}
+    train_reference_models(fresh, pool, ref_dir, num_models=args.reference_models, seed=args.seed,
+                           fit_kwargs={"epochs": args.epochs, "batch_size": args.batch_size}, log=print, **population)
+
+    rows = [evaluate("dense", dense, splits, pool, is_member, ref_dir, args)]
+    prune = {"target_sparsity": args.sparsity, "epochs": args.compress_epochs, "batch_size": args.batch_size}
+    result, seconds = compress("baseline", dense, splits, **prune)
+    rows.append(evaluate("tfmot", result.stripped, splits, pool, is_member, ref_dir, args,
+                         {"steps": result.info.get("steps"), "seconds": seconds}))
+    sc = {**prune, "update_every": args.update_every, "attack_size": args.attack_size, "attack_epochs": 5}
+    result, seconds = compress("safecompress", dense, splits, **sc)
+    selection = result.selection
+    rows.append(evaluate("mia_safecompress", result.stripped, splits, pool, is_member, ref_dir, args,
+                         _selection_columns(selection, seconds)))
+    kept_step = selection.get("kept_step")
+    result, seconds = compress("baseline", dense, splits, **prune, max_steps=kept_step)
+    rows.append(evaluate("tfmot_early", result.stripped, splits, pool, is_member, ref_dir, args,
+                         {"steps": result.info.get("steps"), "seconds": seconds}))
+    pgd = PGDTest(args.pgd_eps, steps=5)
+    result, seconds = compress("safecompress", dense, splits, **sc, tests=[(pgd, args.pgd_weight)])
+    rows.append(evaluate("safecompress_mia_pgd", result.stripped, splits, pool, is_member, ref_dir, args,
+                         _selection_columns(result.selection, seconds)))
+    dp = {"epochs": args.dp_epochs, "batch_size": args.dp_batch_size, "learning_rate": args.dp_learning_rate,
+          "l2_norm_clip": args.clip}
+    for sigma in args.noise:
+        result, seconds = compress("dp_sgd", dense, splits, noise_multiplier=sigma, **dp)
+        rows.append(evaluate(f"dp_sgd_s{sigma:g}", result.stripped, splits, pool, is_member, ref_dir, args,
+                             {"epsilon": result.info["epsilon"], "delta": result.info["delta"],
+                              "steps": result.info["steps"], "seconds": seconds}))
+    result, seconds = compress("dp_sgd", dense, splits, noise_multiplier=min(args.noise), target_sparsity=args.sparsity,
+                               prune_epochs=max(1, args.compress_epochs // 2), **dp)
+    rows.append(evaluate("dp_prune", result.stripped, splits, pool, is_member, ref_dir, args,
+                         {"epsilon": result.info["epsilon"], "delta": result.info["delta"],
+                          "steps": result.info["steps"], "seconds": seconds}))
+    return {"setting": args.setting, "args": vars(args), "splits": splits.sizes(),
+            "min_fpr": 1.0 / len(splits.nonmembers[0]), "reference_models": args.reference_models,
+            "rmia": rmia_audit is not None, "rows": rows}
+
+
+COLUMNS = [("row", "row", "{}"), ("test_accuracy", "test acc", "{:.3f}"), ("lira_auc", "LiRA AUC", "{:.3f}"),
+           ("lira_tpr_at_01pct_fpr", "LiRA TPR@0.1%", "{:.3f}"), ("lira_tpr_at_1pct_fpr", "LiRA TPR@1%", "{:.3f}"),
+           ("rmia_auc", "RMIA AUC", "{:.3f}"), ("rmia_tpr_at_1pct_fpr", "RMIA TPR@1%", "{:.3f}"),
+           ("tfp_auc", "tf-privacy AUC", "{:.3f}"), ("epsilon", "epsilon", "{:.2f}"),
+           ("sparsity", "sparsity", "{:.3f}"), ("tflite_bytes", ".tflite bytes", "{:,}"),
+           ("tflite_gzip_bytes", "gzip bytes", "{:,}"), ("steps", "steps", "{}"),
+           ("seconds", "s", "{:.0f}")]
+
+
+def to_markdown(report):
+    columns = [c for c in COLUMNS if any(c[0] in r for r in report["rows"])]
+    lines = [f"Setting `{report['setting']}`, splits {report['splits']}, {report['reference_models']} LiRA "
+             f"reference models; smallest resolvable FPR {report['min_fpr']:.4f}"
+             + (" (TPR@0.1% FPR is not resolvable, n/r: fewer than 1,000 non-members; raw values in the JSON)"
+                if report["min_fpr"] > 0.001 else ""),
+             "", "| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
+    unresolved = {key for key in ("lira_tpr_at_01pct_fpr", "rmia_tpr_at_01pct_fpr") if report["min_fpr"] > 0.001}
+    for row in report["rows"]:
+        cells = ["-" if row.get(key) is None else ("n/r" if key in unresolved else fmt.format(row[key]))
+                 for key, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {r['row']}: {r['selection']} (score: {' + '.join(r['selection_tests'])})"
+             for r in report["rows"] if r.get("selection")]
+    notes += [f"- {r['row']}: .tflite export failed ({r['tflite_error']})" for r in report["rows"]
+              if r.get("tflite_error")]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def to_html(report, markdown):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in report["rows"]:
+        ax.scatter(row["test_accuracy"], row["lira_tpr_at_1pct_fpr"])
+        ax.annotate(row["row"], (row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), fontsize=7)
+    ax.set_xlabel("test accuracy")
+    ax.set_ylabel("LiRA TPR at 1% FPR")
+    ax.set_title(f"{report['setting']}: membership leakage vs accuracy")
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    image = base64.b64encode(buffer.getvalue()).decode()
+    return (f"<html><head><meta charset='utf-8'><title>privacy_bench {report['setting']}</title></head><body>"
+            f"<h1>privacy_bench: {report['setting']}</h1><pre>{markdown}</pre>"
+            f"<img alt='TPR at 1% FPR against test accuracy' src='data:image/png;base64,{image}'></body></html>")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setting", choices=("tabular", "cifar10"), default="tabular")
+    p.add_argument("--data_dir", default=None, help="folder with cifar10-10k.npz (cifar10 setting)")
+    p.add_argument("--out", default="out/privacy_bench")
+    p.add_argument("--small", action="store_true", help="a few minutes on two cores: fewer rows of data, "
+                   "epochs and reference models (shows the script works; not the headline numbers)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", type=int, default=None)
+    p.add_argument("--members", type=int, default=None)
+    p.add_argument("--features", type=int, default=600)
+    p.add_argument("--classes", type=int, default=50)
+    p.add_argument("--flip", type=float, default=0.35)
+    p.add_argument("--epochs", type=int, default=None, help="dense and reference-model epochs")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--reference_models", type=int, default=None)
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--compress_epochs", type=int, default=None)
+    p.add_argument("--update_every", type=int, default=10)
+    p.add_argument("--attack_size", type=int, default=200)
+    p.add_argument("--pgd_eps", type=float, default=None, help="default: 0.1 (tabular), 8/255 (cifar10)")
+    p.add_argument("--pgd_weight", type=float, default=0.5)
+    p.add_argument("--noise", type=float, nargs=2, default=(0.7, 2.0), help="DP-SGD noise multipliers")
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--dp_epochs", type=int, default=None)
+    p.add_argument("--dp_batch_size", type=int, default=64)
+    p.add_argument("--dp_learning_rate", type=float, default=2e-3)
+    args = p.parse_args(argv)
+    tabular = args.setting == "tabular"
+    defaults = {"pool": 2400 if args.small else (6000 if tabular else 20000),
+                "members": 600 if args.small else (1500 if tabular else 2500),
+                "epochs": 30 if args.small else (60 if tabular else 40),
+                "reference_models": 4 if args.small else 16,
+                "compress_epochs": 6 if args.small else 20,
+                "dp_epochs": 10 if args.small else 30,
+                "pgd_eps": 0.1 if tabular else 8 / 255}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.validation = args.test = args.reference = max(100, (args.pool - 2 * args.members) // 3)
+    if args.small:
+        args.update_every, args.attack_size = 5, 100
+    started = time.perf_counter()
+    report = run(args)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    markdown = to_markdown(report)
+    print(markdown)
+    stem = os.path.join(args.out, f"privacy_{args.setting}{'_small' if args.small else ''}")
+    atomic_write_json(stem + ".json", report)
+    atomic_write_text(stem + ".md", markdown)
+    atomic_write_text(stem + ".html", to_html(report, markdown))
+    print(f"wrote {stem}.json/.md/.html in {report['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
