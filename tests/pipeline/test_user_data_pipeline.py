@@ -25,6 +25,7 @@ PARAMS = {
     "self_compress": {"epochs": 1, "safety_size": 20, "monitor_every": 3},
     "baseline": {"epochs": 1},
     "safecompress": {"epochs": 2, "update_every": 2, "attack_size": 40, "attack_epochs": 1},
+    "rlnet": {"teacher_epochs": 1, "search_epochs": 1, "finetune_epochs": 1, "pgd_steps": 2},
 }
 
 
@@ -221,11 +222,12 @@ def test_audit_refuses_pool_data_and_names_a_shape_mismatch(user, tmp_path, caps
     assert not (tmp_path / "audit").exists()
 
 
-def test_safecompress_trains_an_mlp_on_tabular_split_data(tmp_path):
+@pytest.mark.parametrize("method,architecture", [("safecompress", "mlp"), ("rlnet", "bn_mlp")])
+def test_methods_train_an_mlp_on_tabular_split_data(tmp_path, method, architecture):
     (x, y), (xt, yt) = _table(300, 9), _table(300, 10)
     np.savez(tmp_path / "tab.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
-    config = dict(_config("safecompress"), dense={"epochs": 10})
-    report = compress_model("safecompress", data=str(tmp_path / "tab.npz"), config=config,
+    config = dict(_config(method), dense={"epochs": 10})
+    report = compress_model(method, data=str(tmp_path / "tab.npz"), config=config,
                             out_dir=str(tmp_path / "run"), verbose=0, log=lambda *_: None)
     dense, compressed, deployed = report["models"]
     assert dense["accuracy"] > 0.8 and 0.0 <= deployed["agreement_with_dense"] <= 1.0
@@ -235,4 +237,4 @@ def test_safecompress_trains_an_mlp_on_tabular_split_data(tmp_path):
     # SafeCompress's simulated attacker gets real non-members: reference rows from x_test.
     assert provenance["reference"]["count"] > 0 and "x_test" in provenance["reference"]["from"]
     assert "x_train" in provenance["validation"]["from"]
-    assert "trained: mlp" in run["stages"]["dense"]["outputs"]["info"]["source"]
+    assert f"trained: {architecture}," in run["stages"]["dense"]["outputs"]["info"]["source"]

@@ -60,7 +60,7 @@ from tfsafe.user_data import check_data_matches_model, load_user_data
 
 __all__ = ["compress_model", "StageRunner", "load_splits", "dense_model", "method_params", "IMAGE_ONLY_TESTS"]
 
-ARCHITECTURES = {"small_cnn": small_cnn, "lenet": lenet, "mlp": mlp, "rlnet_cnn": rlnet_cnn}
+ARCHITECTURES = {"small_cnn": small_cnn, "lenet": lenet, "mlp": mlp, "rlnet_cnn": rlnet_cnn}  # + bn_mlp below
 CONV_ARCHITECTURES = ("small_cnn", "lenet", "rlnet_cnn")
 # Safety tests that only make sense for images (pixel corruptions; Grad-CAM safety sets).
 IMAGE_ONLY_TESTS = ("corruptions", "safety_set")
@@ -193,20 +193,32 @@ def load_splits(data, data_dir, sizes, seed, preprocessing=None, model=None, **l
     return data, pre, splits
 
 
+def bn_mlp(input_shape, num_classes, units=64, name="bn_mlp"):
+    """Flatten -> Dense -> BatchNormalization -> ReLU -> logits: an MLP RLNet can make dual."""
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(units, name="fc1"),
+                             keras.layers.BatchNormalization(momentum=0.9, name="bn1"), keras.layers.ReLU(name="relu1"),
+                             keras.layers.Dense(num_classes, name="logits")], name=name)
+
+
 def dense_model(architecture, input_shape, num_classes):
     """A fresh model of one of :data:`ARCHITECTURES` (logits output)."""
+    if architecture == "bn_mlp":
+        return bn_mlp(input_shape, num_classes)
     if architecture not in ARCHITECTURES:
         raise InputError(f"dense.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}.")
     return ARCHITECTURES[architecture](input_shape=input_shape, num_classes=num_classes)
 
 
-def method_params(params, data, eps=None):
+def method_params(params, data, eps=None, kind="image"):
     """The recipe's ``params`` with a ``null`` ``eps`` replaced by the dataset's usual radius.
 
     ``data`` is a built-in name (its protocol radius) or anything else with ``eps`` the
-    :func:`tfsafe.preprocessing.default_attack_eps` headline for the user's data.
+    :func:`tfsafe.preprocessing.default_attack_eps` headline for the user's data. Image
+    augmentation (``augment``, RLNet's crops and flips) is turned off for other kinds of data.
     """
     params = dict(params)
+    if kind != "image" and params.get("augment"):
+        params["augment"] = False
     if "eps" in params and params["eps"] is None:
         if data in DATASET_EPS:
             params["eps"] = float(DATASET_EPS[data])
@@ -225,7 +237,9 @@ def _dense_stage(model_path, user_model, splits, settings, seed, verbose, num_cl
     keras.utils.set_random_seed(seed)
     architecture = settings["architecture"]
     if x.ndim != 4 and architecture in CONV_ARCHITECTURES:
-        architecture = "mlp"  # a conv net needs (H, W, C) inputs; tabular / flat data gets the MLP
+        # A conv net needs (H, W, C) inputs: flat data gets an MLP (with batch norm before its
+        # ReLU where the method needs one, as RLNet's dual batch norm does).
+        architecture = "bn_mlp" if architecture == "rlnet_cnn" else "mlp"
     model = dense_model(architecture, x.shape[1:], num_classes)
     compile_classifier(model, float(settings["learning_rate"]))
     validation = splits.validation if len(splits.validation[0]) else None
@@ -330,7 +344,7 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
     load = {k: v for k, v in (("label_column", label_column), ("image_size", image_size)) if v is not None}
     user, pre, splits, user_model, num_classes = _prepare(data, model, data_dir, recipe, normalization, load)
     eps_rule = default_attack_eps(splits.test[0], pre, kind=user.kind)
-    compressor = get(method, **method_params(recipe["params"], data, eps_rule["eps"]))
+    compressor = get(method, **method_params(recipe["params"], data, eps_rule["eps"], user.kind))
     data_name = data if user.provenance["format"] == "builtin" else os.path.abspath(os.fspath(data))
     identity = {"method": method, "data": data_name, "model": None if model is None else os.path.abspath(model),
                 "seed": seed, "splits": recipe["data"] if not user.has_split else SPLIT_SIZES,
