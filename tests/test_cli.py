@@ -168,6 +168,31 @@ def test_quiet_diverts_fd2_but_keeps_python_stderr(verbose, c_level_shown):
     assert "tfsafe: PYTHON LINE" in proc.stderr and proc.stderr.rstrip().endswith("after")
 
 
+USER_DATA_FLAGS = """
+import json, sys
+import tfsafe_cli
+calls = [["compress", "--help"], ["audit", "--model=m.keras"], ["audit", "--model=m.keras", "--data=d.npz",
+         "--members=a.npz", "--nonmembers=b.npz"], ["compress", "--method=baseline", "--image_size=0,8"]]
+codes = [tfsafe_cli.main(["tfsafe", *c]) for c in calls]
+print(json.dumps({"codes": codes, "tensorflow": "tensorflow" in sys.modules}), file=sys.stderr)
+"""
+
+
+def test_user_data_flags_help_and_errors_without_tensorflow():
+    proc = _python(USER_DATA_FLAGS)
+    *errors, summary = proc.stderr.strip().splitlines()
+    summary = json.loads(summary)
+    assert summary["codes"] == [0, 2, 2, 2] and not summary["tensorflow"]
+    help_text = proc.stdout
+    for flag in ("--label_column", "--image_size", "--normalization (one of auto|0-1|-1-1|none|mean_std"):
+        assert flag in help_text
+    assert "x_train, y_train, x_test, y_test" in help_text
+    neither, both, size = errors
+    for line in (neither, both):
+        assert line.startswith("tfsafe: error: give either --data (with x_train / x_test) or both --members")
+    assert size.startswith("tfsafe: error: --image_size takes HEIGHT,WIDTH")
+
+
 def test_method_choices_are_the_registry_names():
     # The front end lists methods without importing TensorFlow, so it keeps its own list.
     import tfsafe.methods

@@ -8,8 +8,8 @@ Commands:
   demo      train, prune (TF-MOT), export int8 and audit on bundled digits; write a report
   compress  compress a model with a method's recipe, export int8 .tflite, run the safety tests,
             write a report; --resume continues a killed run, --quick takes a first look
-  audit     membership audit of a .keras or .tflite model on member / non-member .npz files;
-            writes audit.{json,md,html} with a verdict
+  audit     membership audit of a .keras or .tflite model on member / non-member .npz files, or
+            on --data with the split it was trained on; writes audit.{json,md,html} with a verdict
   export    .keras -> int8 / dynamic / float16 / float32 .tflite (+ .onnx), checked against Keras
   bench     latency, size, memory and accuracy of .tflite files on this host or an Android device
 """
@@ -26,13 +26,16 @@ from tfsafe.demo import run_demo
 from tfsafe.errors import InputError
 from tfsafe.io import load_model
 from tfsafe.pipeline import compress_model
+from tfsafe.preprocessing import decide_preprocessing
 from tfsafe.report import SafetyReport
 from tfsafe.report_audit import AuditReport
 from tfsafe.safety.lira import train_reference_models
 from tfsafe.safety.membership import FAST_ATTACKS, audit_membership
 from tfsafe.safety.reference_attacks import audit_pool, reference_audit
 from tfsafe.safety.tflite_model import as_target, predict_labels
+from tfsafe.user_data import check_data_matches_model, load_user_data
 from tfsafe_cli import run  # console scripts installed from tfsafe <= 0.1 call tfsafe.cli:run
+from tfsafe_cli.flagsets import image_size
 
 __all__ = ["demo", "compress", "audit", "export", "bench", "QUICK_PRESET", "run"]
 
@@ -74,7 +77,8 @@ def compress(fv):
         # The user's --config wins over the preset where both set a key.
         config = _deep_merge(QUICK_PRESET, _read_config(fv.config) if fv.config else {})
     report = compress_model(fv.method, data=fv.data, model=fv.model, data_dir=fv.data_dir, config=config,
-                            out_dir=out, resume=fv.resume, verbose=min(fv.verbose, 1))
+                            out_dir=out, resume=fv.resume, verbose=min(fv.verbose, 1), label_column=fv.label_column,
+                            image_size=image_size(fv.image_size), normalization=fv.normalization)
     if fv.quick:
         restated = SafetyReport.from_dict(report)
         restated.meta["preset"] = "quick (--quick): a first look with a shrunken evaluation, not a final audit"
@@ -96,15 +100,44 @@ def _load_npz_xy(path, flag):
         raise InputError(f"--{flag} file '{path}' is not a readable .npz: {err}") from err
 
 
+def _audit_sets(fv, model, given):
+    """``(members, nonmembers, meta)`` as the model takes them, preprocessed one way."""
+    keras_model = model if isinstance(model, keras.Model) else None
+    if fv.data is not None:
+        data = load_user_data(fv.data, label_column=fv.label_column, image_size=image_size(fv.image_size),
+                              normalization=fv.normalization)
+        if not data.has_split:
+            raise InputError(f"--data '{fv.data}' is one pool (no x_train / x_test split), so which rows the model "
+                             "was trained on is unknown; store x_train, y_train, x_test, y_test (or pass --members "
+                             "and --nonmembers).")
+        pre = data.preprocessing_for(keras_model)
+        splits = data.splits(fv.seed, pre, validation_size=0)
+        members, nonmembers = splits.audit_sets(seed=fv.seed)
+        name = data.name
+        audited = [line for line in splits.describe() if line.startswith(("train", "nonmembers"))]
+        meta = {"data": data.describe(), "splits": audited}
+    else:
+        members, nonmembers = given
+        pre = decide_preprocessing(members[0], fv.normalization, model=keras_model)
+        members = (pre.apply(members[0], name=f"--members '{fv.members}'"), members[1])
+        nonmembers = (pre.apply(nonmembers[0], name=f"--nonmembers '{fv.nonmembers}'"), nonmembers[1])
+        name, meta = f"'{fv.members}'", {}
+    loaded = model if keras_model is not None else as_target(model)
+    members = check_data_matches_model(loaded, *members, name=f"{name} members")
+    nonmembers = check_data_matches_model(loaded, *nonmembers, name=f"{name} non-members")
+    meta["preprocessing"] = pre.describe()
+    return members, nonmembers, meta
+
+
 def audit(fv):
-    members = _load_npz_xy(fv.members, "members")
-    nonmembers = _load_npz_xy(fv.nonmembers, "nonmembers")
+    given = None if fv.data else (_load_npz_xy(fv.members, "members"), _load_npz_xy(fv.nonmembers, "nonmembers"))
     if fv.model.endswith(".tflite"):
         if not os.path.isfile(fv.model):
             raise InputError(f"--model file '{fv.model}' does not exist.")
         model = fv.model
     else:
         model = load_model(fv.model)
+    members, nonmembers, meta = _audit_sets(fv, model, given)
     result = audit_membership(model, members, nonmembers, attacks=fv.attacks, seed=fv.seed,
                               output=fv.output_kind)
     if fv.reference_models:
@@ -115,7 +148,10 @@ def audit(fv):
     accuracy = {name: float(np.mean(predict_labels(target, x) == np.asarray(y).reshape(-1)))
                 for name, (x, y) in (("members", members), ("nonmembers", nonmembers))}
     report = AuditReport(os.path.basename(fv.model), result.to_dict(), accuracy,
-                         attacks_requested=fv.attacks or "all", reference_models=fv.reference_models)
+                         attacks_requested=fv.attacks or "all", reference_models=fv.reference_models, **meta)
+    print(f"preprocessing: {meta['preprocessing']}")
+    print(f"accuracy of the audited model: members {accuracy['members']:.4f}, non-members "
+          f"{accuracy['nonmembers']:.4f} (far below the model's usual accuracy: check the preprocessing)")
     print(report.to_text())
     print("wrote " + ", ".join(report.save(fv.out)))
 

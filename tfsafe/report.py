@@ -34,6 +34,7 @@ _COLUMNS = [
     ("model", ("name",), "{}"),
     ("role", ("role",), "{}"),
     ("test acc", ("accuracy",), "{:.4f}"),
+    ("agreement with the dense model", ("agreement_with_dense",), "{:.4f}"),
     ("params", ("size", "params"), "{:,}"),
     ("non-zeros", ("size", "nonzeros"), "{:,}"),
     ("sparsity", ("size", "sparsity"), "{:.1%}"),
@@ -57,6 +58,8 @@ GLOSSARY = {
     "role": "dense = the uncompressed model; unsafe baseline = compressed without any safety objective "
             "(TF-MOT pruning); compressed = the method under test; deployed = the exported .tflite file itself.",
     "test acc": "Top-1 accuracy on the held-out test split (never used for training or selection).",
+    "agreement with the dense model": "Fraction of test inputs on which the model's top-1 class is the dense "
+                                      "model's: a compressed model that learned something else shows here.",
     "params": "Number of weights the model stores (all layers, biases included).",
     "non-zeros": "Weights that are not exactly zero after pruning masks are applied.",
     "sparsity": "Fraction of prunable weights that are zero.",
@@ -92,6 +95,8 @@ def _get(entry, path):
 
 
 def _cell(entry, title, path, fmt):
+    if path[0] == "membership" and entry.get("membership_not_meaningful"):
+        return "not meaningful (see Run)"
     value = _get(entry, path)
     if value is None:
         return "-"
@@ -166,7 +171,8 @@ class SafetyReport:
         }
 
     def _columns(self):
-        return [c for c in _COLUMNS if any(_get(m, c[1]) is not None for m in self.models)]
+        return [c for c in _COLUMNS if any(_get(m, c[1]) is not None or (c[1][0] == "membership" and m.get(
+            "membership_not_meaningful")) for m in self.models)]
 
     def _rows(self):
         columns = self._columns()

@@ -59,7 +59,8 @@ def _error(message, command=None):
     hint = f" (tfsafe {command} --help lists the flags)" if command else ""
     text = " ".join(str(message).split())
     # absl prefixes a validator's message with "flag --name=None: "; ours already names the flag.
-    text = re.sub(r"^flag --(\w+)=\S*: (--\1 )", r"\2", text)
+    text = re.sub(r"^flag --(\w+)=.*?: (--\1 )", r"\2", text)
+    text = re.sub(r"^flags (\w+=\S*, )*\w+=\S*: ", "", text)  # ... and a multi-flag one's with "flags a=1, b=2: "
     print(f"tfsafe: error: {text}{hint}", file=sys.stderr)
     return 2
 

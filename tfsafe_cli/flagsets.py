@@ -17,6 +17,7 @@ __all__ = ["COMMANDS", "COMMON_FLAGS", "flag_values", "PARITY_HELP"]
 METHODS = ["safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd"]
 DATASETS = ["digits", "mnist", "fashion_mnist", "cifar10"]
 TFLITE_MODES = ["int8", "dynamic", "float16", "float32"]
+NORMALIZATIONS = ["auto", "0-1", "-1-1", "none", "mean_std"]  # tfsafe.preprocessing.NORMALIZATIONS
 COMMON_FLAGS = ("out", "seed", "verbose")
 
 # Numbers quoted in the help; the library's ParityRule defaults are the source of truth.
@@ -43,6 +44,27 @@ def _common(fv):
                          lower_bound=0, upper_bound=2)
 
 
+def _user_data(fv, what):
+    flags.DEFINE_string("label_column", None, "--data is a .csv: the column holding the labels (every other column "
+                        "is a numeric feature).", flag_values=fv)
+    flags.DEFINE_list("image_size", None, "--data is an image folder: HEIGHT,WIDTH (or one number) every image is "
+                      "resized to (default: the first image's size).", flag_values=fv)
+    flags.register_validator("image_size", lambda v: v is None or (len(v) in (1, 2) and all(
+        t.strip().isdigit() and int(t) > 0 for t in v)), message="--image_size takes HEIGHT,WIDTH or one positive "
+        "number, e.g. --image_size=32,32.", flag_values=fv)
+    flags.DEFINE_enum("normalization", None, NORMALIZATIONS, "How stored values become model inputs (default auto: "
+                      "8-bit images scaled to [0, 1] unless the model has its own Rescaling layer; other data fed as "
+                      f"stored). Decided once and recorded; {what}.", flag_values=fv)
+
+
+def image_size(value):
+    """``--image_size`` as ``(height, width)``, or None."""
+    if not value:
+        return None
+    sizes = [int(v) for v in value]
+    return (sizes[0], sizes[-1])
+
+
 def define_demo(fv):
     flags.DEFINE_integer("epochs", 60, "Training epochs of the dense model.", flag_values=fv, lower_bound=1)
     flags.DEFINE_integer("prune_epochs", 15, "Fine-tuning epochs of TF-MOT pruning and of the tfsafe method "
@@ -56,10 +78,15 @@ def define_compress(fv):
     flags.DEFINE_enum("method", None, METHODS, "The method (baseline = TF-MOT pruning, the unsafe baseline). "
                       "Required.", flag_values=fv)
     _required(fv, "method", "--method is required: one of " + ", ".join(METHODS) + ".")
-    flags.DEFINE_enum("data", "digits", DATASETS, "The dataset.", flag_values=fv)
+    flags.DEFINE_string("data", "digits", "Your data: an .npz with x, y (one pool) or x_train, y_train, x_test, "
+                        "y_test (the split your model was trained on: members only from x_train), a .csv (with "
+                        "--label_column), a folder with one sub-folder of images per class (--image_size); or "
+                        "a built-in dataset: " + ", ".join(DATASETS) + ".", flag_values=fv)
     flags.DEFINE_string("model", None, "A trained .keras model (default: train the recipe's dense model).",
                         flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "Folder holding the dataset files (offline).", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "Built-in datasets: the file, or the folder holding one set of files "
+                        "(offline).", flag_values=fv)
+    _user_data(fv, "also written to the .tflite side-car")
     flags.DEFINE_string("config", None, "JSON file overriding the method's recipe (tfsafe/recipes/<method>.json).",
                         flag_values=fv)
     flags.DEFINE_boolean("resume", False, "Continue the run in --out from its finished stages.", flag_values=fv)
@@ -70,11 +97,21 @@ def define_compress(fv):
 def define_audit(fv):
     flags.DEFINE_string("model", None, "A .keras/.h5 model or a .tflite file. Required.", flag_values=fv)
     _required(fv, "model", "--model is required: a .keras/.h5 model or a .tflite file.")
-    flags.DEFINE_string("members", None, ".npz with arrays x, y drawn from the training data. Required.",
+    flags.DEFINE_string("members", None, ".npz with arrays x, y drawn from the training data (or give --data).",
                         flag_values=fv)
-    _required(fv, "members", "--members is required: an .npz file with arrays x and y.")
-    flags.DEFINE_string("nonmembers", None, ".npz with arrays x, y the model never saw. Required.", flag_values=fv)
-    _required(fv, "nonmembers", "--nonmembers is required: an .npz file with arrays x and y.")
+    flags.DEFINE_string("nonmembers", None, ".npz with arrays x, y the model never saw (or give --data).",
+                        flag_values=fv)
+    flags.DEFINE_string("data", None, "Instead of --members / --nonmembers: data with the split the model was "
+                        "trained on (an .npz with x_train, y_train, x_test, y_test; a .csv with --label_column; an "
+                        "image folder with train/ and test/ sub-folders): members from x_train, non-members from "
+                        "x_test.", flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["members", "nonmembers", "data"],
+        lambda v: (v["data"] is None) == (v["members"] is not None and v["nonmembers"] is not None)
+        and (v["data"] is None or (v["members"] is None and v["nonmembers"] is None)),
+        message="give either --data (with x_train / x_test) or both --members and --nonmembers (.npz files with "
+                "arrays x and y).", flag_values=fv)
+    _user_data(fv, "applied to members and non-members alike")
     flags.DEFINE_list("attacks", None, "Membership attacks (default: all).", flag_values=fv)
     flags.DEFINE_enum("output_kind", None, ["logits", "probabilities"], "What the model outputs, when the model "
                       "cannot say (a .tflite file without its side-car JSON whose last op is neither "
