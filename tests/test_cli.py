@@ -199,3 +199,14 @@ def test_method_choices_are_the_registry_names():
     from tfsafe_cli.flagsets import METHODS
 
     assert sorted(METHODS) == sorted(tfsafe.methods.names())
+
+
+def test_help_into_a_closed_pipe_is_quiet():
+    # `tfsafe compress --help | head -1`: the reader closes the pipe early; no traceback, exit 0.
+    code = "import sys, tfsafe_cli; sys.argv = ['tfsafe', 'compress', '--help']; tfsafe_cli.run()"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=ROOT)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err

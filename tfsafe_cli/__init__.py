@@ -11,6 +11,7 @@ Exit status: 0 success, 2 a bad flag, file or input (one ``tfsafe: error: ...`` 
 """
 
 import importlib
+import os
 import re
 import sys
 
@@ -116,4 +117,12 @@ def main(argv=None):
 
 def run():
     """Console-script entry point (``tfsafe``)."""
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (e.g. `tfsafe --help | head`): not an error of ours. Point stdout
+        # at devnull so the interpreter's final flush does not raise again (Python's signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    sys.exit(status)
