@@ -5,7 +5,7 @@ import json
 TINY = {
     "data": {"pool_size": 900},
     "dense": {"epochs": 3},
-    "evaluation": {"steps": 5, "max_examples": 100, "membership_attacks": ["threshold"]},
+    "evaluation": {"steps": 5, "max_examples": 100, "membership_attacks": ["threshold"], "masking_checks": False},
     "export": {"min_agreement": 0.9},
 }
 

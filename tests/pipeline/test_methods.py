@@ -23,4 +23,16 @@ def test_each_method_runs_from_its_recipe(method, tmp_path):
         assert compressed["size"]["average_bits"] < 8.5 and info["safety_source"] == "validation"
     for entry in report["models"]:
         assert set(entry["robustness"]["pgd"]) == {"0.1", "0.2", "0.3"}
+        if entry["role"] != "deployed":  # white-box: the recipe's attack set, masking checks off in TINY
+            assert entry["robustness"]["attacks"] == ["pgd", "apgd-ce", "apgd-dlr"]
+            assert entry["robustness"].get("gradient_masking_passed") is None
         assert entry["membership"]["worst"]["attack"]
+
+
+def test_evaluation_attack_set_and_masking_checks_reach_the_safety_tests(tmp_path):
+    config = tiny_config("baseline")
+    config["evaluation"] = dict(config["evaluation"], attacks=["pgd", "apgd-ce"], masking_checks=True)
+    report = compress_model("baseline", "digits", config=config, out_dir=tmp_path, verbose=0, log=lambda m: None)
+    compressed = report["models"][1]
+    assert compressed["robustness"]["attacks"] == ["pgd", "apgd-ce"]
+    assert compressed["robustness"]["gradient_masking_passed"] in (True, False)

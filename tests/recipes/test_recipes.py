@@ -81,3 +81,4 @@ def test_bad_files_and_methods_get_clear_errors(tmp_path):
     with pytest.raises(InputError, match="Unknown method 'prune'"):
         load_recipe("prune")
     assert merge_config({"a": {"b": 1}}, {"a": {"c": 2}}, open_keys=("a",)) == {"a": {"b": 1, "c": 2}}
+

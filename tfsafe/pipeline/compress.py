@@ -395,7 +395,8 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
     def evaluate(target, source):
         return evaluate_safety(target, splits, tests=tests, source=source, reference=dense, eps=eps or None,
                                steps=int(ev["steps"]), restarts=int(ev["restarts"]), max_examples=ev["max_examples"],
-                               membership_attacks=ev["membership_attacks"])
+                               membership_attacks=ev["membership_attacks"], attacks=tuple(ev["attacks"]),
+                               masking_checks=bool(ev["masking_checks"]))
 
     what = f"safety tests ({', '.join(tests or ['clean', 'PGD', 'FGSM', 'corruptions', 'membership', 'safety set'])})"
     depends = {"evaluation": ev, "tests": tests}

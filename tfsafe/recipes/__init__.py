@@ -4,9 +4,10 @@ A recipe has the sections ``data`` (how the pool is split, see
 :func:`tfsafe.data.membership_split`), ``dense`` (the dense model trained when none is
 given), ``params`` (exactly the method's constructor arguments, the same names and defaults
 as ``tfsafe.methods.get(method, **params)``), ``evaluation`` (the safety tests of
-:func:`tfsafe.safety.evaluate.evaluate_safety`) and ``export`` (the ``.tflite`` file).
-A user's config file overrides any subset of the built-in recipe; unknown keys are errors,
-so a typo never silently falls back to a default. A method registered with
+:func:`tfsafe.safety.evaluate.evaluate_safety`: radii, steps, restarts, examples, membership
+attacks, the attack set whose per-example worst case is reported, the gradient-masking
+checks) and ``export`` (the ``.tflite`` file). A user's config file overrides any subset of
+the built-in recipe; unknown keys are errors, so a typo never silently falls back to a default. A method registered with
 :func:`tfsafe.methods.register` without a recipe file gets the ``baseline`` recipe's
 sections with its own constructor defaults as ``params``.
 
