@@ -149,7 +149,8 @@ class ParityRule:
                 f"{what} does not match the Keras model: {'; '.join(reasons)} ({report.summary()}). No file was "
                 "written. Options: another mode (dynamic or float16 keep float activations), quantization-aware "
                 "training, or, if the loss is acceptable, relax --min_agreement / --max_accuracy_drop "
-                "(to_tflite(min_agreement=, max_accuracy_drop=); recipe export.min_agreement).",
+                "(to_tflite(min_agreement=, max_accuracy_drop=); recipe export.min_agreement / "
+                "export.max_accuracy_drop).",
                 report=report)
         return report
 

@@ -238,3 +238,11 @@ def test_methods_train_an_mlp_on_tabular_split_data(tmp_path, method, architectu
     assert provenance["reference"]["count"] > 0 and "x_test" in provenance["reference"]["from"]
     assert "x_train" in provenance["validation"]["from"]
     assert f"trained: {architecture}," in run["stages"]["dense"]["outputs"]["info"]["source"]
+
+
+def test_a_model_that_rescales_raw_pixels_itself_is_refused_before_training(user, tmp_path, capsys):
+    model = keras3.Sequential([keras3.Input((8, 8, 3)), keras3.layers.Rescaling(1 / 255),
+                               keras3.layers.Conv2D(4, 3), keras3.layers.Flatten(), keras3.layers.Dense(CLASSES)])
+    model.save(user / "rescaling.keras")
+    err = _bad(tmp_path, user, capsys, f"--data={user / 'split.npz'}", model="rescaling.keras")
+    assert "[0, 255]" in err and "--normalization 0-1" in err

@@ -3,9 +3,10 @@
 import numpy as np
 
 from tfsafe._keras import keras, tfmot
+from tfsafe.compress.pruning import is_prunable
 from tfsafe.methods.base import CompressionMethod, check_int, check_number
 from tfsafe.models import compile_classifier, copy_model
-from tfsafe.validation import check_fraction
+from tfsafe.validation import check_fraction, check_model
 
 __all__ = ["TFMOTPruning"]
 
@@ -71,7 +72,7 @@ class TFMOTPruning(CompressionMethod):
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0, final_sparsity=self.target_sparsity, begin_step=0,
             end_step=max(1, int(steps * self.end_fraction)), frequency=max(1, steps // 20))
-        pruned = tfmot.sparsity.keras.prune_low_magnitude(copy_model(run.models["input"]), pruning_schedule=schedule)
+        pruned = _prune_supported_layers(run.models["input"], schedule)
         history = compile_classifier(pruned, self.learning_rate).fit(
             x, y, epochs=min(self.epochs, -(-steps // steps_per_epoch)), batch_size=self.batch_size,
             verbose=run.verbose, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *stop, *run.callbacks])
@@ -83,3 +84,21 @@ class TFMOTPruning(CompressionMethod):
         run.models["model"] = tfmot.sparsity.keras.strip_pruning(run.models["model"])
         run.state["info"]["target_sparsity"] = self.target_sparsity
         run.state["selection"] = {"score": None, "tests": [], "checks": [], "kept": "final", "early": False}
+
+
+def _prune_supported_layers(model, schedule):
+    """``prune_low_magnitude`` on every layer TF-MOT can prune, the others kept as they are.
+
+    TF-MOT's whole-model call refuses a model with any layer outside its registry (a Keras 3
+    ``Rescaling``, say); wrapping layer by layer through ``clone_model`` is TF-MOT's own
+    documented way to prune part of a model. Nested backbones are inlined first so their layers
+    are reached too.
+    """
+    flat = check_model(copy_model(model))
+
+    def wrap(layer):
+        if is_prunable(layer):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    return keras.models.clone_model(flat, clone_function=wrap)

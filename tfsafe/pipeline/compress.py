@@ -45,7 +45,7 @@ import numpy as np
 
 from tflite_export.convert import to_tflite
 from tfsafe._keras import keras
-from tfsafe.errors import InputError
+from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.io import atomic_path, atomic_write_json, load_model, save_model, to_jsonable
 from tfsafe.methods import StageCallback, get, rlnet_cnn
 from tfsafe.metrics import model_size
@@ -261,7 +261,9 @@ def _export(compressed, splits, settings, path, normalization):
     x, _ = splits.train
     result = to_tflite(compressed, path, mode=settings["mode"],
                        representative_data=x[:int(settings["calibration_samples"])],
-                       verify=splits.test, min_agreement=settings["min_agreement"], normalization=normalization)
+                       verify=splits.test, min_agreement=settings["min_agreement"],
+                       max_accuracy_drop=settings["max_accuracy_drop"], confidence_margin=settings["confidence_margin"],
+                       normalization=normalization)
     return result.to_dict()
 
 
@@ -295,6 +297,12 @@ def _prepare(data, model, data_dir, recipe, normalization, load):
     if user_model is not None:
         for part in ("test", "train"):
             check_data_matches_model(user_model, *getattr(splits, part), name=f"{user.name} ({part} split)")
+    if user.kind == "image" and pre.mode == "model" and pre.expected_range and max(pre.expected_range) > 1.0:
+        # The attacks, corruptions and radii work on images in [0, 1]; refuse before any training.
+        raise UnsupportedModelError(
+            f"The model rescales raw inputs in [{pre.expected_range[0]:g}, {pre.expected_range[1]:g}] itself (its "
+            "Rescaling / Normalization layer), and tfsafe's attacks and corruptions need image inputs in [0, 1]. "
+            "Remove that layer, save the model again and pass --normalization 0-1 (tfsafe then scales the data).")
     num_classes = max(user.num_classes, int(max(splits.train[1].max(), splits.test[1].max())) + 1)
     return user, pre, splits, user_model, num_classes
 
