@@ -152,16 +152,17 @@ def _iter_layers(model):
 
 def weight_stats(model):
     """Per-weight statistics of ``model`` as a list of dicts (see :func:`WeightStat`)."""
-    stats = []
-    for layer in _iter_layers(model):
-        fn = _lookup(_WEIGHT_STATS, layer)
-        if fn is not None:
-            stats.extend(fn(layer))
-        elif isinstance(layer, keras.layers.Wrapper) and not isinstance(layer, keras.layers.Bidirectional):
-            stats.extend(_plain_stats(layer.layer))
-        else:
-            stats.extend(_plain_stats(layer))
-    return stats
+    return [stat for layer in _iter_layers(model) for stat in _layer_stats(layer)]
+
+
+def _layer_stats(layer):
+    """One layer's statistics: its registered function, else its (wrapped) layer's weights."""
+    fn = _lookup(_WEIGHT_STATS, layer)
+    if fn is not None:
+        return fn(layer)
+    if isinstance(layer, keras.layers.Wrapper) and not isinstance(layer, keras.layers.Bidirectional):
+        return _plain_stats(layer.layer)
+    return _plain_stats(layer)
 
 
 def _stats(model_or_stats):
@@ -336,13 +337,7 @@ def deployed_stats(model):
         elif layer.name in records and _lookup(_WEIGHT_STATS, layer) is None:
             stats.extend(_recorded_stats(layer, records[layer.name]))
         else:
-            fn = _lookup(_WEIGHT_STATS, layer)
-            if fn is not None:
-                stats.extend(fn(layer))
-            elif isinstance(layer, keras.layers.Wrapper) and not isinstance(layer, keras.layers.Bidirectional):
-                stats.extend(_plain_stats(layer.layer))
-            else:
-                stats.extend(_plain_stats(layer))
+            stats.extend(_layer_stats(layer))
     return stats
 
 

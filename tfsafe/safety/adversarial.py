@@ -38,7 +38,7 @@ from tfsafe.validation import (
     model_num_classes,
 )
 
-__all__ = ["NORMS", "LOSSES", "check_attack_args", "pgd_perturb", "pgd_attack", "fgsm_attack"]
+__all__ = ["NORMS", "LOSSES", "check_attack_args", "cached_attack", "pgd_perturb", "pgd_attack", "fgsm_attack"]
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -262,14 +262,24 @@ def _attack_graph(model, fn, use_layers, config, x, y, eps, steps, step_size, se
         return _pgd(fn, x, y, eps, steps, step_size, norm, random_start, clip, targeted, loss, seed, True)
 
 
-def _compiled_attack(model, input_shape, norm, random_start, clip, targeted, loss, bpda, training):
-    clip = None if clip is None else tuple(clip)
-    key = (tuple(input_shape), norm, random_start, clip, targeted, loss, bpda, training)
+def cached_attack(compiled, model, key, build):
+    """``build()`` once per ``(model, key)`` in the weak map ``compiled`` (one trace per setting).
+
+    Shared by PGD and APGD; a model that cannot be weakly referenced is compiled uncached.
+    """
     try:
-        cache = _COMPILED.setdefault(model, {})
+        cache = compiled.setdefault(model, {})
     except TypeError:  # not weak-referenceable: compile without caching
         cache = {}
     if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def _compiled_attack(model, input_shape, norm, random_start, clip, targeted, loss, bpda, training):
+    clip = None if clip is None else tuple(clip)
+
+    def build():
         fn = _logits_fn(model, training, bpda)
         use_layers = bpda is True and isinstance(model, keras.layers.Layer)
         # A batch dimension of None: one trace serves every batch and subset size.
@@ -277,9 +287,10 @@ def _compiled_attack(model, input_shape, norm, random_start, clip, targeted, los
                      tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32),
                      tf.TensorSpec([2], tf.int32)]
         config = (norm, random_start, clip, targeted, loss)
-        cache[key] = tf.function(functools.partial(_attack_graph, model, fn, use_layers, config),
-                                 input_signature=signature)
-    return cache[key]
+        return tf.function(functools.partial(_attack_graph, model, fn, use_layers, config), input_signature=signature)
+
+    key = (tuple(input_shape), norm, random_start, clip, targeted, loss, bpda, training)
+    return cached_attack(_COMPILED, model, key, build)
 
 
 def _validated(model, x, y, targeted):

@@ -45,6 +45,7 @@ from tfsafe.safety.adversarial import (
     _margins_numpy,
     _per_example_norm,
     _validated,
+    cached_attack,
     check_attack_args,
 )
 from tfsafe.safety.bpda import straight_through
@@ -218,20 +219,17 @@ def _attack_graph(model, fn, use_layers, norm, clip, loss, x, y, target, eps, sc
 
 def _compiled(model, input_shape, norm, clip, loss, bpda, training):
     clip = None if clip is None else tuple(float(c) for c in clip)
-    key = (tuple(input_shape), norm, clip, loss, bpda, training)
-    try:
-        cache = _COMPILED.setdefault(model, {})
-    except TypeError:  # not weak-referenceable: compile without caching
-        cache = {}
-    if key not in cache:
+
+    def build():
         fn = _logits_fn(model, training, bpda)
         use_layers = bpda is True and isinstance(model, keras.layers.Layer)
         signature = [tf.TensorSpec([None, *input_shape], tf.float32), tf.TensorSpec([None], tf.int64),
                      tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.float32),
                      tf.TensorSpec([None], tf.float32), tf.TensorSpec([2], tf.int32)]
-        cache[key] = tf.function(functools.partial(_attack_graph, model, fn, use_layers, norm, clip, loss),
-                                 input_signature=signature)
-    return cache[key]
+        return tf.function(functools.partial(_attack_graph, model, fn, use_layers, norm, clip, loss),
+                           input_signature=signature)
+
+    return cached_attack(_COMPILED, model, (tuple(input_shape), norm, clip, loss, bpda, training), build)
 
 
 def num_classes_of(model, x, bpda=False, training=False):
