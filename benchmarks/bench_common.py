@@ -6,14 +6,25 @@ import time
 import numpy as np
 
 import tfsafe
-from tfsafe._keras import keras
+from tfsafe._keras import keras, tf
 
-__all__ = ["load_data", "StepTimer", "EpochTimer"]
+__all__ = ["load_data", "load_lenet_data", "StepTimer", "EpochTimer"]
 
 
 def load_data(quick, data_dir=None):
     """``(x, y), (x_test, y_test)``: bundled digits with ``quick``, else MNIST from ``data_dir``."""
     return tfsafe.load_digits() if quick else tfsafe.load_mnist(data_dir)
+
+
+def load_lenet_data(quick, data_dir=None, train_size=None, test_size=None):
+    """``(train, test, name)`` for a 28x28 LeNet: MNIST (first ``train_size`` / ``test_size``
+    examples), or with ``quick`` the bundled digits resized to 28x28."""
+    if quick:
+        (x, y), (xt, yt) = tfsafe.load_digits()
+        resize = lambda a: tf.image.resize(a, (28, 28)).numpy().clip(0, 1).astype(np.float32)  # noqa: E731
+        return (resize(x), y), (resize(xt), yt), "scikit-learn digits resized to 28x28"
+    (x, y), (xt, yt) = tfsafe.load_mnist(data_dir)
+    return (x[:train_size], y[:train_size]), (xt[:test_size], yt[:test_size]), "MNIST"
 
 
 class StepTimer(keras.callbacks.Callback):

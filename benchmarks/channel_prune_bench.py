@@ -31,10 +31,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from bench_common import load_lenet_data  # noqa: E402
 
-import tfsafe  # noqa: E402
 from tflite_export import benchmark_tflite, to_tflite  # noqa: E402
-from tfsafe._keras import keras, tf  # noqa: E402
+from tfsafe._keras import keras  # noqa: E402
 from tfsafe.compress.dynamic_sparsity import DynamicSparsity  # noqa: E402
 from tfsafe.compress.pruning import prunable_wrappers, prune_safe  # noqa: E402
 from tfsafe.compress.strip import strip  # noqa: E402
@@ -62,15 +62,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_data(args):
-    if args.quick:
-        (x, y), (xt, yt) = tfsafe.load_digits()
-        resize = lambda a: tf.image.resize(a, (28, 28)).numpy().clip(0, 1).astype(np.float32)  # noqa: E731
-        return (resize(x), y), (resize(xt), yt), "scikit-learn digits resized to 28x28"
-    (x, y), (xt, yt) = tfsafe.load_mnist(args.data_dir)
-    return (x[:args.train_size], y[:args.train_size]), (xt[:args.test_size], yt[:args.test_size]), "MNIST"
-
-
 def finetune(args, model, x, y):
     keras.utils.set_random_seed(args.seed)
     model = compile_classifier(model)
@@ -89,7 +80,7 @@ def kernel_sizes(model):
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
-    (x, y), (xt, yt), data_name = load_data(args)
+    (x, y), (xt, yt), data_name = load_lenet_data(args.quick, args.data_dir, args.train_size, args.test_size)
     keras.utils.set_random_seed(args.seed)
     dense = compile_classifier(lenet(x.shape[1:], 10))
     t0 = time.perf_counter()

@@ -23,11 +23,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from bench_common import load_lenet_data  # noqa: E402
 
-import tfsafe  # noqa: E402
 from tflite_export import benchmark_tflite, to_onnx, to_tflite  # noqa: E402
 from tflite_export.host_info import describe, host_info  # noqa: E402
-from tfsafe._keras import keras, tf  # noqa: E402
+from tfsafe._keras import keras  # noqa: E402
 from tfsafe.io import atomic_write_json  # noqa: E402
 from tfsafe.models import accuracy, compile_classifier, lenet  # noqa: E402
 
@@ -49,15 +49,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/export.json")
     return p.parse_args(argv)
-
-
-def load_data(args):
-    if args.quick:
-        (x, y), (xt, yt) = tfsafe.load_digits()
-        resize = lambda a: tf.image.resize(a, (28, 28)).numpy().clip(0, 1).astype(np.float32)  # noqa: E731
-        return (resize(x), y), (resize(xt), yt), "scikit-learn digits resized to 28x28"
-    (x, y), (xt, yt) = tfsafe.load_mnist(args.data_dir)
-    return (x[:args.train_size], y[:args.train_size]), (xt, yt), "MNIST"
 
 
 def train(args, x, y):
@@ -92,7 +83,7 @@ def ratio(value, base):
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
-    (x, y), (xt, yt), data_name = load_data(args)
+    (x, y), (xt, yt), data_name = load_lenet_data(args.quick, args.data_dir, args.train_size)
     model, train_seconds = train(args, x, y)
     keras_acc = accuracy(model, xt, yt)
     print(f"LeNet trained on {len(x)} {data_name} examples for {args.epochs} epochs in {train_seconds:.0f} s; "
