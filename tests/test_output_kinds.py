@@ -33,7 +33,7 @@ def tabular():
 def sigmoid_head(tabular):
     """A trained tabular MLP ending in Dense(1, sigmoid), fit on 0/1 labels."""
     x, y = tabular
-    tf.random.set_seed(0)
+    keras.utils.set_random_seed(0)  # python, numpy and TF: the same model whatever ran before
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(1, activation="sigmoid", name="head")])
     model.compile(keras.optimizers.Adam(3e-2), "binary_crossentropy")

@@ -36,17 +36,17 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
-from tfsafe.safety.adversarial import (
+from tfsafe.safety.attack_core import (
     NORMS,
-    _check_eps_range,
-    _expand,
-    _logits_fn,
-    _margin,
-    _margins_numpy,
-    _per_example_norm,
-    _validated,
     cached_attack,
     check_attack_args,
+    check_eps_range,
+    expand_to,
+    logits_fn,
+    per_example_norm,
+    success_margin,
+    success_margins,
+    validated_attack_inputs,
 )
 from tfsafe.safety.bpda import straight_through
 
@@ -121,8 +121,8 @@ def _random_direction(x, eps, norm, seed):
         scale = tf.reduce_max(tf.abs(tf.reshape(t, [shape[0], -1])), axis=1) + 1e-12
     else:
         t = tf.random.stateless_normal(shape, seed)
-        scale = _per_example_norm(t)
-    return eps * t / _expand(scale, x)
+        scale = per_example_norm(t)
+    return eps * t / expand_to(scale, x)
 
 
 def _apgd(fn, x, y, target, eps, schedule, norm, clip, loss, seed):
@@ -140,7 +140,7 @@ def _apgd(fn, x, y, target, eps, schedule, norm, clip, loss, seed):
         if norm == "linf":
             delta = tf.clip_by_value(delta, -eps, eps)
         else:
-            delta = delta * _expand(tf.minimum(1.0, eps / _per_example_norm(delta)), x)
+            delta = delta * expand_to(tf.minimum(1.0, eps / per_example_norm(delta)), x)
         out = x + delta
         return out if lo is None else tf.clip_by_value(out, lo, hi)
 
@@ -157,18 +157,18 @@ def _apgd(fn, x, y, target, eps, schedule, norm, clip, loss, seed):
             total = tf.reduce_sum(per_example)
         grad = tape.gradient(total, x_adv)
         grad = tf.zeros_like(x_adv) if grad is None else grad  # no gradient: the attack cannot move
-        return per_example, grad, _margin(logits, y, False)
+        return per_example, grad, success_margin(logits, y, False)
 
     def direction(grad):
         if norm == "linf":
             return tf.sign(grad)
-        return grad / _expand(_per_example_norm(grad), x)
+        return grad / expand_to(per_example_norm(grad), x)
 
     def keep_better(score, x_adv, best_margin, best_adv):
         better = score > best_margin
-        return tf.where(better, score, best_margin), tf.where(_expand(better, x), x_adv, best_adv)
+        return tf.where(better, score, best_margin), tf.where(expand_to(better, x), x_adv, best_adv)
 
-    best_margin, best_adv = _margin(tf.cast(fn(x), tf.float32), y, False), x
+    best_margin, best_adv = success_margin(tf.cast(fn(x), tf.float32), y, False), x
     x_adv = project(x + _random_direction(x, eps, norm, seed))
     loss_now, grad, margin = evaluate(x_adv)
     best_margin, best_adv = keep_better(margin, x_adv, best_margin, best_adv)
@@ -182,13 +182,13 @@ def _apgd(fn, x, y, target, eps, schedule, norm, clip, loss, seed):
         s = dict(s)
         alpha = tf.where(i > 0, MOMENTUM, 1.0)
         momentum = s["x_adv"] - s["x_old"]
-        z = project(s["x_adv"] + _expand(s["step"], x) * direction(s["grad"]))
+        z = project(s["x_adv"] + expand_to(s["step"], x) * direction(s["grad"]))
         x_new = project(s["x_adv"] + alpha * (z - s["x_adv"]) + (1.0 - alpha) * momentum)
         loss_new, grad, margin = evaluate(x_new)
         s["best_margin"], s["best_adv"] = keep_better(margin, x_new, s["best_margin"], s["best_adv"])
         improved = loss_new > s["loss_best"]
-        s["x_best"] = tf.where(_expand(improved, x), x_new, s["x_best"])
-        s["grad_best"] = tf.where(_expand(improved, x), grad, s["grad_best"])
+        s["x_best"] = tf.where(expand_to(improved, x), x_new, s["x_best"])
+        s["grad_best"] = tf.where(expand_to(improved, x), grad, s["grad_best"])
         s["loss_best"] = tf.where(improved, loss_new, s["loss_best"])
         s["increases"] += tf.cast(loss_new > s["loss_prev"], tf.float32)
         s["loss_prev"], s["x_old"] = loss_new, s["x_adv"]
@@ -198,8 +198,8 @@ def _apgd(fn, x, y, target, eps, schedule, norm, clip, loss, seed):
         halve = at_check & ((s["increases"] <= RHO * interval)
                             | (~s["reduced_last"] & (s["loss_best_last"] >= s["loss_best"])))
         s["step"] = tf.where(halve, s["step"] / 2.0, s["step"])
-        s["x_adv"] = tf.where(_expand(halve, x), s["x_best"], x_new)
-        s["grad"] = tf.where(_expand(halve, x), s["grad_best"], grad)
+        s["x_adv"] = tf.where(expand_to(halve, x), s["x_best"], x_new)
+        s["grad"] = tf.where(expand_to(halve, x), s["grad_best"], grad)
         s["reduced_last"] = tf.where(at_check, halve, s["reduced_last"])
         s["loss_best_last"] = tf.where(at_check, s["loss_best"], s["loss_best_last"])
         s["increases"] = tf.where(at_check, tf.zeros_like(s["increases"]), s["increases"])
@@ -221,7 +221,7 @@ def _compiled(model, input_shape, norm, clip, loss, bpda, training):
     clip = None if clip is None else tuple(float(c) for c in clip)
 
     def build():
-        fn = _logits_fn(model, training, bpda)
+        fn = logits_fn(model, training, bpda)
         use_layers = bpda is True and isinstance(model, keras.layers.Layer)
         signature = [tf.TensorSpec([None, *input_shape], tf.float32), tf.TensorSpec([None], tf.int64),
                      tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.float32),
@@ -234,7 +234,7 @@ def _compiled(model, input_shape, norm, clip, loss, bpda, training):
 
 def num_classes_of(model, x, bpda=False, training=False):
     """Number of logits the attacks see (after the same output-to-logits step PGD uses)."""
-    return int(_logits_fn(model, training, bpda if bpda is not True else None)(tf.constant(x[:1])).shape[-1])
+    return int(logits_fn(model, training, bpda if bpda is not True else None)(tf.constant(x[:1])).shape[-1])
 
 
 def apgd_attack(model, x, y, eps, steps=100, restarts=1, norm="linf", loss="ce", target_classes=9,
@@ -281,9 +281,9 @@ def apgd_attack(model, x, y, eps, steps=100, restarts=1, norm="linf", loss="ce",
         raise InputError(f"restarts must be >= 1, got {restarts}.")
     if int(target_classes) < 1:
         raise InputError(f"target_classes must be >= 1, got {target_classes}.")
-    _logits_fn(model, training, None)  # a .tflite target fails here with its one-line error
-    x, y = _validated(model, x, y, False)
-    _check_eps_range(eps, norm, clip, x.shape[1:])
+    logits_fn(model, training, None)  # a .tflite target fails here with its one-line error
+    x, y = validated_attack_inputs(model, x, y, False)
+    check_eps_range(eps, norm, clip, x.shape[1:])
     if len(x) == 0:
         return x.copy()
     classes = num_classes_of(model, x, bpda, training)
@@ -297,7 +297,7 @@ def apgd_attack(model, x, y, eps, steps=100, restarts=1, norm="linf", loss="ce",
     schedule = tf.constant(schedule)
     runs = [None]
     if loss == "dlr-targeted":
-        logits = np.concatenate([np.asarray(_logits_fn(model, training, None)(tf.constant(x[i:i + batch_size])))
+        logits = np.concatenate([np.asarray(logits_fn(model, training, None)(tf.constant(x[i:i + batch_size])))
                                  for i in range(0, len(x), batch_size)])
         ranked = np.argsort(-logits, axis=1)
         ranked = np.array([row[row != label] for row, label in zip(ranked, y)])  # wrong classes, best first
@@ -313,7 +313,7 @@ def apgd_attack(model, x, y, eps, steps=100, restarts=1, norm="linf", loss="ce",
                 run_seed = tf.constant([int(seed) * 1000 + 500 + run, start], tf.int32)
                 adv = attack(tf.constant(x[idx]), tf.constant(y[idx], tf.int64), tf.constant(tgt, tf.int64),
                              tf.constant(float(eps)), schedule, run_seed).numpy()
-                score = _margins_numpy(model, adv, y[idx], False, len(adv), training)
+                score = success_margins(model, adv, y[idx], False, len(adv), training)
                 better = score > best_score[idx]
                 best_x[idx[better]] = adv[better]
                 best_score[idx[better]] = score[better]

@@ -16,8 +16,9 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
-from tfsafe.safety.adversarial import _logits_fn, _objective, _validated, fgsm_attack, pgd_attack
+from tfsafe.safety.adversarial import fgsm_attack, pgd_attack
 from tfsafe.safety.apgd import apgd_attack, num_classes_of, resolve_loss
+from tfsafe.safety.attack_core import attack_objective, logits_fn, validated_attack_inputs
 from tfsafe.safety.bpda import straight_through
 from tfsafe.safety.tflite_model import as_target, predict_labels
 
@@ -112,7 +113,7 @@ def adversarial_accuracy(model, x, y, eps, attack="pgd", steps=20, restarts=1, r
         return {float(e): adversarial_accuracy(model, x, y, e, attack, steps, restarts, return_mask, **kwargs)
                 for e in eps}
     _check_attack_name(attack)
-    x, y = _validated(model, x, y, False)
+    x, y = validated_attack_inputs(model, x, y, False)
     for note in attack_notes(model, x, [attack], kwargs.get("bpda", False)):
         warnings.warn(note, stacklevel=2)
     mask = np.ones(len(x), bool)
@@ -130,8 +131,8 @@ def zero_gradient_fraction(model, x, y, batch_size=256, bpda=False):
     gradient masking); attack such a model with ``bpda`` or :func:`transfer_attack` instead.
     With ``bpda`` the gradient measured is the one a BPDA attack uses.
     """
-    x, y = _validated(model, x, y, False)
-    fn = _logits_fn(model, False, bpda if bpda is not True else None)
+    x, y = validated_attack_inputs(model, x, y, False)
+    fn = logits_fn(model, False, bpda if bpda is not True else None)
     use_layers = bpda is True and isinstance(model, keras.layers.Layer)
     zero = []
     with straight_through(model) if use_layers else contextlib.nullcontext():
@@ -140,7 +141,7 @@ def zero_gradient_fraction(model, x, y, batch_size=256, bpda=False):
             with tf.GradientTape() as tape:
                 tape.watch(xb)
                 labels = tf.constant(y[start:start + batch_size], tf.int32)
-                loss = tf.reduce_sum(_objective("ce", tf.cast(fn(xb), tf.float32), labels, False))
+                loss = tf.reduce_sum(attack_objective("ce", tf.cast(fn(xb), tf.float32), labels, False))
             grad = tape.gradient(loss, xb)
             if grad is None:
                 zero.append(np.ones(len(xb), bool))
@@ -171,7 +172,7 @@ def transfer_attack(source, target, x, y, eps, attack="pgd", steps=20, restarts=
     """
     _check_attack_name(attack)
     target = as_target(target)
-    x, y = _validated(source, x, y, False)
+    x, y = validated_attack_inputs(source, x, y, False)
     clean_ok = predict_labels(target, x, batch_size) == y
     adv_ok, source_ok = clean_ok.copy(), np.ones(len(x), bool)
     for name in WORST_CASE if attack == "worst" else (attack,):
