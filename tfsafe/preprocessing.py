@@ -12,7 +12,8 @@ the range the model expects (``expected_range``), so inputs far outside it are f
 2. the preprocessing recorded with the model (a ``.tflite`` side-car's ``normalization``, a
    compress run's ``run.json``; read by :mod:`tfsafe.preprocessing_record`), fitted to how this
    data is stored (:func:`fit_record`);
-3. the model's own ``Rescaling`` / ``Normalization`` layer: the data is fed raw;
+3. the model's own ``Rescaling`` / ``Normalization`` layer: the data is fed raw (images stored
+   in [0, 1] are mapped onto the raw range the layer expects, as :func:`fit_record` does);
 4. the data (``"auto"``): images of 8-bit pixels (``uint8``, or values in [0, 255] with a
    maximum above 2) are scaled by 1/255 to [0, 1], which tfsafe's image models expect;
    images already in [0, 1] or [-1, 1], tabular features and token sequences are fed as
@@ -315,18 +316,31 @@ def _stored_range(x):
     return (0.0, 255.0) if _is_pixels(x, lo, hi) else None
 
 
+_KNOWN_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))
+
+
+def _known(value_range):
+    """``value_range`` as one of the known image ranges it matches, or None."""
+    for known in _KNOWN_RANGES:
+        if np.allclose(value_range, known, rtol=0, atol=1e-3 * (known[1] - known[0])):
+            return known
+    return None
+
+
 def fit_record(x, record, kind=None):
     """The recorded preprocessing, fitted to how ``x`` is stored.
 
-    A record (a ``.tflite`` side-car's ``normalization``, a run's ``run.json``) maps the data *as
-    the run stored it* to model inputs, e.g. ``x / 255`` for ``uint8`` pixels; the same images
-    stored as floats in [0, 1] must then be fed as they are, not divided by 255 again. Rule: for
-    images and a scalar record with an ``expected_range``, the record is used as it is when it
-    puts ``x`` inside that range (no :func:`range_message`); otherwise, when ``x`` is stored in a
-    known range ([0, 1], [-1, 1] or 8-bit pixels [0, 255]), that range is mapped linearly onto
-    the recorded model input range (``[0, 1]`` data into a raw-pixel model: ``x * 255``).
-    Anything else (per-channel or per-feature statistics, no expected range, tabular data, token
-    ids) is applied as recorded; :meth:`Preprocessing.apply` then warns if it does not fit.
+    A record (a ``.tflite`` side-car's ``normalization``, a run's ``run.json``, a model's own
+    Rescaling layer) maps the data *as the run stored it* to model inputs, e.g. ``x / 255`` for
+    ``uint8`` pixels; the same images stored as floats in [0, 1] must then be fed as they are,
+    not divided by 255 again. Rule, for images and a scalar record with an ``expected_range``:
+    the stored range the record implies (``expected_range`` mapped back through ``scale`` and
+    ``offset``: [0, 255] for ``x / 255`` into [0, 1]) and the range ``x`` is stored in are both
+    known image ranges ([0, 1], [-1, 1], 8-bit pixels [0, 255]) and differ: then ``x``'s range is
+    mapped linearly onto the recorded model input range (``[0, 1]`` data into a raw-pixel
+    model: ``x * 255``). Otherwise (the same storage, an unknown range, per-channel or
+    per-feature statistics, no expected range, tabular data, token ids) the record is applied
+    as it is; :meth:`Preprocessing.apply` then warns if it does not fit.
 
     Args:
         x: the data as stored.
@@ -334,7 +348,7 @@ def fit_record(x, record, kind=None):
         kind: the data's kind; default :func:`tfsafe.data.data_kind`.
 
     Returns:
-        A :class:`Preprocessing` (``source`` ``"record"``).
+        A :class:`Preprocessing` (the record's ``source``; ``reason`` says when it was mapped).
     """
     x = np.asarray(x)
     if not isinstance(record, Preprocessing):
@@ -343,17 +357,16 @@ def fit_record(x, record, kind=None):
     scalar = not isinstance(record.scale, tuple) and not isinstance(record.offset, tuple)
     if kind != "image" or record.expected_range is None or not scalar or not x.size:
         return record
-    lo, hi = _value_range(x)
-    ends = sorted((lo * record.scale + record.offset, hi * record.scale + record.offset))
+    implied = _known(sorted((t - record.offset) / record.scale for t in record.expected_range))
     stored = _stored_range(x)
-    if range_message(*ends, record.expected_range) is None or stored is None:
+    if implied is None or stored is None or stored == implied:
         return record
     (s0, s1), (t0, t1) = stored, record.expected_range
     scale = (t1 - t0) / (s1 - s0)
     return dataclasses.replace(
-        record, scale=scale, offset=t0 - s0 * scale, source="record",
-        reason=f"{record.reason}; this data is stored in [{s0:g}, {s1:g}], so it is mapped onto the recorded model "
-               f"input range [{t0:g}, {t1:g}]")
+        record, scale=scale, offset=t0 - s0 * scale,
+        reason=f"{record.reason}; this data is stored in [{s0:g}, {s1:g}] (not [{implied[0]:g}, {implied[1]:g}]), so "
+               f"it is mapped onto the recorded model input range [{t0:g}, {t1:g}]")
 
 
 def _warn_if_contradicts(x, decided, recorded, kind):
@@ -420,7 +433,8 @@ def decide_preprocessing(x, normalization=None, model=None, kind=None, recorded=
             return fit_record(x, recorded, kind)
         own = model_preprocessing(model) if model is not None else None
         if normalization in (None, "auto"):
-            return own or _from_data(x, kind)
+            # The layer's raw range is a record too: [0, 1] images into a Rescaling(1/255) model are mapped onto it.
+            return fit_record(x, own, kind) if own is not None else _from_data(x, kind)
         if own is not None and normalization != "none":
             warnings.warn(f"The model already scales its inputs ({own.reason}); normalization='{normalization}' "
                           "rescales the data before that layer too. Leave normalization out to feed the data as the "
