@@ -132,7 +132,7 @@ def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_
         from tflite_export.onnx_export import to_onnx  # tf2onnx only when ONNX is asked for
 
         jobs.append(("onnx", lambda: to_onnx(model, os.path.join(out_dir, f"{stem}.onnx"), opset, verify=checked,
-                                             labels=labels, **rule)))
+                                             labels=labels, normalization=normalization, **rule)))
     for mode, job in jobs:
         try:
             results.append(job())
