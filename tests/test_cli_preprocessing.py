@@ -221,11 +221,12 @@ def test_channel_and_label_mismatches_are_one_line_with_the_fix(files, level_mod
     (xu, yu) = np.load(files["u8"])["x_train"][:20], np.arange(20) % 13
     np.savez(tmp_path / "labels.npz", x_train=xu, y_train=yu, x_test=xu, y_test=yu)
     for name, message in (("rgb", "3 channels (RGB) but the model takes 1 channel (grayscale): convert"),
-                          ("labels", "(its largest) but the model 'sequential' has 10 classes (outputs 0..9)")):
+                          ("labels", "(its largest) but the model 'sequential")):
         assert run_cli("audit", f"--model={files['model']}", f"--data={tmp_path / name}.npz",
                        f"--out={tmp_path}") == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("tfsafe: error: ") and message in err and "\n" not in err
+    assert "has 10 classes (outputs 0..9); map them to class ids 0..9" in err
 
 
 FLAGS = """
@@ -248,3 +249,23 @@ def test_export_and_bench_flags_take_the_users_data_without_tensorflow():
     for text in (export_help, bench_help):
         for flag in ("--data (string", "--label_column", "--image_size", "--normalization (one of auto|"):
             assert flag in text
+
+
+def test_cli_shows_range_warnings_once_although_it_silences_python_warnings(capsys):
+    import warnings
+
+    from tfsafe.cli import shows_input_warnings
+    from tfsafe.preprocessing import InputRangeWarning
+    from tfsafe_cli.quiet import quiet
+
+    @shows_input_warnings
+    def command(fv):
+        for _ in range(2):
+            warnings.warn("x.npz: model inputs span [0, 255] but the model expects about [0, 1]", InputRangeWarning)
+        warnings.warn("TensorFlow chatter", UserWarning)
+        return fv
+
+    with quiet(0):
+        assert command(7) == 7
+    err = capsys.readouterr().err
+    assert err.count("tfsafe: warning: x.npz: model inputs span [0, 255]") == 1 and "chatter" not in err
