@@ -19,7 +19,7 @@ from tfsafe._keras import keras
 from tfsafe.errors import InputError
 from tfsafe.io import save_model
 from tfsafe.preprocessing import Preprocessing, decide_preprocessing
-from tfsafe.preprocessing_record import accuracy_check, recorded_preprocessing
+from tfsafe.preprocessing_record import accuracy_check, audit_set_preprocessing, recorded_preprocessing
 from tfsafe.safety.tflite_model import predict_labels
 from tfsafe.user_data import check_data_matches_model
 
@@ -196,6 +196,13 @@ def test_record_of_a_compress_run_folder(tmp_path):
     np.testing.assert_allclose(from_u8.apply(x), from_float.apply(x.astype(np.float32) / 255), atol=1e-6)
     assert from_u8.apply(x).min() == -1.0 and from_u8.apply(x).max() == 1.0
     assert recorded_preprocessing(tmp_path / "elsewhere" / "m.keras") is None
+    # The run's audit/*.npz hold model inputs already: fed as stored, checked against the run's range.
+    (tmp_path / "audit").mkdir()
+    stored = from_u8.apply(x)
+    again = decide_preprocessing(stored, recorded=audit_set_preprocessing(tmp_path / "audit" / "members.npz"))
+    assert again.is_identity and again.expected_range == (-1.0, 1.0) and "already preprocessed" in again.reason
+    np.testing.assert_array_equal(again.apply(stored), stored)
+    assert audit_set_preprocessing(tmp_path / "members.npz") is None
     (tmp_path / "bad.tflite").write_bytes(b"")
     (tmp_path / "bad.tflite.json").write_text("{not json")
     with pytest.raises(InputError, match=r"bad.tflite.json' is not readable JSON"):

@@ -32,7 +32,7 @@ from tfsafe.errors import InputError
 from tfsafe.io import load_model
 from tfsafe.pipeline import compress_model
 from tfsafe.preprocessing import InputRangeWarning, decide_preprocessing
-from tfsafe.preprocessing_record import accuracy_check, recorded_preprocessing
+from tfsafe.preprocessing_record import accuracy_check, audit_set_preprocessing, recorded_preprocessing
 from tfsafe.report import SafetyReport
 from tfsafe.report_audit import AuditReport
 from tfsafe.safety.lira import train_reference_models
@@ -160,6 +160,8 @@ def _audit_sets(fv, model, given):
         meta = {"data": data.describe(), "splits": audited}
     else:
         members, nonmembers = given
+        # A compress run's audit/*.npz already hold model inputs: the run's record must not be applied again.
+        recorded = audit_set_preprocessing(fv.members) or recorded
         pre = decide_preprocessing(members[0], fv.normalization, model=keras_model, recorded=recorded)
         members = (pre.apply(members[0], name=f"--members '{fv.members}'"), members[1])
         nonmembers = (pre.apply(nonmembers[0], name=f"--nonmembers '{fv.nonmembers}'"), nonmembers[1])

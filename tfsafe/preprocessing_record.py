@@ -25,7 +25,7 @@ import numpy as np
 from tfsafe.errors import InputError
 from tfsafe.preprocessing import Preprocessing, range_message
 
-__all__ = ["recorded_preprocessing", "accuracy_check", "RUN_FILE"]
+__all__ = ["recorded_preprocessing", "audit_set_preprocessing", "accuracy_check", "RUN_FILE"]
 
 RUN_FILE = "run.json"  # tfsafe.pipeline.run_state.RUN_FILE (not imported: the pipeline imports TensorFlow)
 
@@ -100,8 +100,36 @@ def recorded_preprocessing(model_path):
     run = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_FILE)
     if not path.endswith((".keras", ".h5")) or not os.path.isfile(run):
         return None
+    return _run_record(run)
+
+
+def _run_record(run):
     record = (_read_json(run).get("settings") or {}).get("preprocessing")
     return None if record is None else _from_record(record, f"the run record '{run}'")
+
+
+def audit_set_preprocessing(path):
+    """Feed-as-stored preprocessing for an audit set a ``tfsafe compress`` run wrote, or None.
+
+    ``<run>/audit/members.npz`` and ``nonmembers.npz`` hold model inputs (the run's
+    preprocessing already applied), so they must not be preprocessed again; the run's record
+    still gives the range the model expects (checked as usual).
+
+    Args:
+        path: an ``.npz`` given to ``tfsafe audit --members`` / ``--nonmembers``.
+
+    Returns:
+        A :class:`~tfsafe.preprocessing.Preprocessing` (identity, the run's ``expected_range``)
+        when ``path`` lies in the ``audit`` folder of a run folder with a ``run.json``, else None.
+    """
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    run = os.path.join(os.path.dirname(folder), RUN_FILE)
+    if os.path.basename(folder) != "audit" or not os.path.isfile(run):
+        return None
+    record = _run_record(run)
+    return Preprocessing("none", expected_range=None if record is None else record.expected_range,
+                         source="record", reason=f"'{path}' holds model inputs written by the run in "
+                                                 f"'{os.path.dirname(folder)}' (already preprocessed)")
 
 
 def _accuracy(predict, x, y):
