@@ -268,8 +268,9 @@ def test_cli_shows_range_warnings_once_although_it_silences_python_warnings(caps
     @shows_input_warnings
     def command(fv):
         for _ in range(2):
-            warnings.warn("x.npz: model inputs span [0, 255] but the model expects about [0, 1]", InputRangeWarning)
-        warnings.warn("TensorFlow chatter", UserWarning)
+            warnings.warn("x.npz: model inputs span [0, 255] but the model expects about [0, 1]", InputRangeWarning,
+                          stacklevel=1)
+        warnings.warn("TensorFlow chatter", UserWarning, stacklevel=1)
         return fv
 
     with quiet(0):

@@ -10,8 +10,13 @@ Commands:
             write a report; --resume continues a killed run, --quick takes a first look
   audit     membership audit of a .keras or .tflite model on member / non-member .npz files, or
             on --data with the split it was trained on; writes audit.{json,md,html} with a verdict
-  export    .keras -> int8 / dynamic / float16 / float32 .tflite (+ .onnx), checked against Keras
-  bench     latency, size, memory and accuracy of .tflite files on this host or an Android device
+  export    .keras -> int8 / dynamic / float16 / float32 .tflite (+ .onnx), calibrated and checked
+            against Keras on --data, the preprocessing recorded in the side-car
+  bench     latency, size, memory and accuracy (on --data) of .tflite files on this host or an
+            Android device
+
+audit, export and bench feed a model the way it was made: --normalization, else the record
+saved with it (:mod:`tfsafe.preprocessing_record`), else its own Rescaling layer and the data.
 """
 
 import functools
