@@ -142,3 +142,34 @@ def test_default_attack_eps_tabular_and_sequence():
     assert default_attack_eps(wide)["eps"] == pytest.approx(1.0)
     seq = default_attack_eps(np.array([[3, 7, 9], [1, 2, 0]]))
     assert seq["eps"] is None and seq["radii"] == () and "token" in seq["rule"]
+
+
+def test_records_are_fitted_to_how_the_data_is_stored():
+    from tfsafe.preprocessing import fit_record
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(4, 8, 8, 1)
+    unit = pixels.astype(np.float32) / 255
+    for_uint8 = decide_preprocessing(pixels)  # recorded by a run on uint8 pixels: x / 255
+    assert fit_record(pixels, for_uint8) == for_uint8
+    refit = fit_record(unit, for_uint8.to_dict())
+    assert refit.is_identity and "stored in [0, 1] (not [0, 255])" in refit.reason
+    np.testing.assert_array_equal(refit.apply(unit), for_uint8.apply(pixels))
+    # A model with its own Rescaling(1/255): uint8 fed raw, [0, 1] floats mapped back to [0, 255].
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    raw = decide_preprocessing(pixels, model=model)
+    assert raw.mode == "model" and raw.is_identity
+    up = decide_preprocessing(unit, model=model)
+    assert up.mode == "model" and up.scale == 255.0 and up.source == "model"
+    np.testing.assert_allclose(up.apply(unit), pixels.astype(np.float32), atol=1e-4)
+    # Per-channel statistics and tabular records are applied as recorded.
+    std = decide_preprocessing(pixels, "mean_std")
+    assert fit_record(unit, std) == std
+    # An explicit normalization wins over the record, with a warning naming both ranges.
+    with pytest.warns(InputRangeWarning, match=r"normalization='none' gives model inputs in \[0, 255\] where the "
+                                               r"record gives \[0, 1\].*contradicts"):
+        explicit = decide_preprocessing(pixels, "none", recorded=for_uint8)
+    assert explicit.mode == "none"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decide_preprocessing(pixels, "0-1", recorded=for_uint8).scale == for_uint8.scale  # agrees: silent

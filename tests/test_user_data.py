@@ -223,8 +223,8 @@ def test_check_data_matches_model(tiny_rgb_model):
     with pytest.raises(InputError, match=r"photos.npz has examples shaped \(32, 32, 3\) .* takes \(8, 8, 3\); "
                                          r"resize the images to \(8, 8\)"):
         check_data_matches_model(tiny_rgb_model, _rgb(2), name="photos.npz")
-    with pytest.raises(InputError, match=r"photos.npz has label 3 but the model '.*' has 3 outputs "
-                                         r"\(classes 0..2\); they look 1-based: subtract 1"):
+    with pytest.raises(InputError, match=r"photos.npz has label 3 \(its largest\) but the model '.*' has 3 classes "
+                                         r"\(outputs 0..2\); they look 1-based: subtract 1"):
         check_data_matches_model(tiny_rgb_model, x, y + 1, name="photos.npz")
     nan = x.copy()
     nan[0, 0, 0, 0] = np.nan
@@ -279,5 +279,5 @@ def test_tflite_inputs_are_checked_against_the_calibration_range(int8_tflite, di
         check_data_matches_model(model, xt[:8], yt[:8], name="digits")
     with pytest.warns(InputRangeWarning, match=r"calibrated on \[0.0, 1.0\].*span \[0, 255\]"):
         check_data_matches_model(model, (xt[:8] * 255).round(), yt[:8], name="digits")
-    with pytest.raises(InputError, match="has label 10 but the model"):
+    with pytest.raises(InputError, match=r"has label 10 \(its largest\) but the model .* has 10 classes"):
         check_data_matches_model(model, xt[:2], [0, 10], name="digits")

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 from tflite_export.benchmark import benchmark_grid, read_results, write_results
 from tflite_export.host_info import describe
 from tflite_export.parity import ParityError
@@ -83,13 +85,18 @@ def format_bench_table(results):
 
 def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_dir=None, calibration_samples=500,
                    verify=True, min_agreement=None, max_accuracy_drop=None, confidence_margin=None, onnx=False,
-                   opset=17, integer_io=True, labels=None, print_fn=print):
+                   opset=17, integer_io=True, labels=None, print_fn=print, model=None, calibration_data=None,
+                   verify_data=None, normalization=None):
     """Export a saved Keras model to TFLite (each of ``modes``) and optionally ONNX.
 
     Calibration data is the dataset's training split; ``verify`` checks each file against the
     Keras model on the test split with the shared parity rule (``min_agreement``,
     ``max_accuracy_drop``, ``confidence_margin``; None = the default of
     :class:`~tflite_export.parity.ParityRule`). Each mode is written or refused on its own.
+    ``calibration_data`` (inputs) and ``verify_data`` (``(x, y)``), already preprocessed, replace
+    the named dataset's splits (``tfsafe export --data``); ``normalization`` (a
+    :meth:`tfsafe.preprocessing.Preprocessing.to_dict` record) goes into each side-car; ``model``
+    is the loaded ``model_path`` when the caller has it.
 
     Returns:
         The list of :class:`~tflite_export.convert.ExportResult` written.
@@ -107,22 +114,25 @@ def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_
     unknown = [m for m in modes if m not in MODES]
     if unknown or not (modes or onnx):
         raise InputError(f"modes must be a non-empty subset of {MODES}, got {modes}.")
-    model = load_model(model_path)
+    model = load_model(model_path) if model is None else model
     stem = os.path.splitext(os.path.basename(model_path))[0]
-    x_train, _ = load_split(dataset, data_dir, "train")
-    checked = load_split(dataset, data_dir, "test") if verify else None
+    x_train = load_split(dataset, data_dir, "train")[0] if calibration_data is None else calibration_data
+    checked = None
+    if verify:
+        checked = load_split(dataset, data_dir, "test") if verify_data is None else verify_data
     rule = {"min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop,
             "confidence_margin": confidence_margin}
     results, failures = [], {}
     jobs = [(mode, lambda mode=mode: to_tflite(
         model, os.path.join(out_dir, f"{stem}_{mode}.tflite"), mode, x_train if mode == "int8" else None,
-        num_calibration_samples=calibration_samples, integer_io=integer_io, verify=checked, labels=labels, **rule))
+        num_calibration_samples=calibration_samples, integer_io=integer_io, verify=checked, labels=labels,
+        normalization=normalization, **rule))
         for mode in modes]
     if onnx:
         from tflite_export.onnx_export import to_onnx  # tf2onnx only when ONNX is asked for
 
         jobs.append(("onnx", lambda: to_onnx(model, os.path.join(out_dir, f"{stem}.onnx"), opset, verify=checked,
-                                             labels=labels, **rule)))
+                                             labels=labels, normalization=normalization, **rule)))
     for mode, job in jobs:
         try:
             results.append(job())
@@ -140,13 +150,17 @@ def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_
     return results
 
 
-def _bench_isolated(path, dataset, data_dir, kwargs):
+def _bench_isolated(path, dataset, data_dir, kwargs, data=None):
     """:func:`~tflite_export.benchmark.benchmark_grid` of one file in a fresh Python process."""
     with tempfile.TemporaryDirectory(prefix="tfsafe-bench-") as tmp:
         args_path, out = os.path.join(tmp, "args.json"), os.path.join(tmp, "results.json")
+        data_npz = None
+        if data is not None:
+            data_npz = os.path.join(tmp, "data.npz")
+            np.savez(data_npz, x=data[0], y=data[1])
         with open(args_path, "w", encoding="utf-8") as f:
             json.dump({"path": os.fspath(path), "out": out, "dataset": dataset, "data_dir": data_dir,
-                       "kwargs": kwargs}, f)
+                       "data_npz": data_npz, "kwargs": kwargs}, f)
         proc = subprocess.run([sys.executable, "-m", "tflite_export.bench_worker", args_path],
                               capture_output=True, text=True, check=False)
         if not os.path.isfile(out):
@@ -161,13 +175,15 @@ def _bench_isolated(path, dataset, data_dir, kwargs):
 
 def bench_command(model_paths, out=None, dataset=None, data_dir=None, threads=(1,), xnnpack=(True,),
                   warmup_runs=20, num_runs=200, isolate=True, android=False, adb=None, serial=None,
-                  benchmark_binary=None, use_gpu=False, use_nnapi=False, enable_op_profiling=False, print_fn=print):
+                  benchmark_binary=None, use_gpu=False, use_nnapi=False, enable_op_profiling=False, print_fn=print,
+                  data=None):
     """Benchmark ``.tflite`` files on this host (LiteRT) or on an Android device (adb).
 
     Args:
         model_paths: one path or a list of ``.tflite`` files.
         out: JSON file for the results (written atomically), or None.
         dataset, data_dir: labelled test data for accuracy (host only), or None.
+        data: ``(x, y)`` arrays as the files take them (preprocessed), instead of ``dataset``.
         threads, xnnpack: configurations to run (every combination).
         isolate: host only: each file in its own process (``python -m tflite_export.bench_worker``)
             so that peak-memory growth is measured from the same state for every file.
@@ -197,10 +213,10 @@ def bench_command(model_paths, out=None, dataset=None, data_dir=None, threads=(1
         kwargs = {"threads": threads, "xnnpack": [bool(v) for v in xnnpack], "warmup_runs": int(warmup_runs),
                   "num_runs": int(num_runs)}
         for path in paths:
-            results.extend(_bench_isolated(path, dataset, data_dir, kwargs))
+            results.extend(_bench_isolated(path, dataset, data_dir, kwargs, data))
     else:
-        x = y = None
-        if dataset:
+        x, y = (None, None) if data is None else data
+        if dataset and data is None:
             x, y = load_split(dataset, data_dir, "test")
         for path in paths:
             results.extend(benchmark_grid(path, x, y, threads=threads, xnnpack=xnnpack,

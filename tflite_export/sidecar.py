@@ -3,7 +3,11 @@
 It says how to turn the app's float input into the tensor the file takes (dtype, scale, zero
 point, the value range seen during calibration, any normalization the user applied before
 the model), how to read the output (dequantization, logits or probabilities) and the class
-labels. TFLite metadata would need the ``tflite-support`` package, which does not support
+labels. ``normalization`` is the :meth:`tfsafe.preprocessing.Preprocessing.to_dict` record
+(schema ``tfsafe.preprocessing/1``: ``x_model = x * scale + offset`` and the model input's
+``expected_range``) that ``tfsafe compress`` and ``tfsafe export`` decided; ``tfsafe audit`` and
+``tfsafe bench`` read it back (:func:`tfsafe.preprocessing_record.recorded_preprocessing`), so
+the file is fed as it was calibrated. TFLite metadata would need the ``tflite-support`` package, which does not support
 current TensorFlow, so the same facts go next to the file instead.
 """
 

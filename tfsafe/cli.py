@@ -10,23 +10,34 @@ Commands:
             write a report; --resume continues a killed run, --quick takes a first look
   audit     membership audit of a .keras or .tflite model on member / non-member .npz files, or
             on --data with the split it was trained on; writes audit.{json,md,html} with a verdict
-  export    .keras -> int8 / dynamic / float16 / float32 .tflite (+ .onnx), checked against Keras
-  bench     latency, size, memory and accuracy of .tflite files on this host or an Android device
+  export    .keras -> int8 / dynamic / float16 / float32 .tflite (+ .onnx), calibrated and checked
+            against Keras on --data, the preprocessing recorded in the side-car
+  bench     latency, size, memory and accuracy (on --data) of .tflite files on this host or an
+            Android device
+
+audit, export and bench feed a model the way it was made: --normalization, else the record
+saved with it (:mod:`tfsafe.preprocessing_record`), else its own Rescaling layer and the data.
 """
 
+import functools
 import glob
 import json
 import os
+import sys
+import warnings
 
 import numpy as np
 
-from tflite_export.commands import bench_command, export_command
+from tflite_export.benchmark import write_results
+from tflite_export.commands import bench_command, export_command, format_bench_table
 from tfsafe._keras import keras
+from tfsafe.data import data_kind
 from tfsafe.demo import run_demo
 from tfsafe.errors import InputError
 from tfsafe.io import load_model
 from tfsafe.pipeline import compress_model
-from tfsafe.preprocessing import decide_preprocessing
+from tfsafe.preprocessing import InputRangeWarning, decide_preprocessing
+from tfsafe.preprocessing_record import accuracy_check, audit_set_preprocessing, recorded_preprocessing
 from tfsafe.report import SafetyReport
 from tfsafe.report_audit import AuditReport
 from tfsafe.safety.lira import train_reference_models
@@ -34,6 +45,7 @@ from tfsafe.safety.membership import FAST_ATTACKS, audit_membership
 from tfsafe.safety.reference_attacks import audit_pool, reference_audit
 from tfsafe.safety.tflite_model import as_target, predict_labels
 from tfsafe.user_data import check_data_matches_model, load_user_data
+from tfsafe.validation import model_num_classes
 from tfsafe_cli import run  # console scripts installed from tfsafe <= 0.1 call tfsafe.cli:run
 from tfsafe_cli.flagsets import image_size
 
@@ -45,6 +57,30 @@ QUICK_PRESET = {
     "evaluation": {"steps": 5, "restarts": 1, "max_examples": 200,
                    "membership_attacks": ["threshold", "entropy", "logistic_regression"], "masking_checks": False},
 }
+
+
+def shows_input_warnings(command):
+    """Run ``command(fv)`` showing :class:`~tfsafe.preprocessing.InputRangeWarning` lines.
+
+    The front end silences Python warnings (TensorFlow's chatter); a value-range or
+    preprocessing warning is about the user's data, so it is printed as one ``tfsafe: warning:``
+    line on stderr, each message once.
+    """
+    @functools.wraps(command)
+    def wrapped(fv):
+        seen = set()
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"tfsafe: warning: {message}", file=sys.stderr)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", InputRangeWarning)
+            warnings.showwarning = show
+            return command(fv)
+
+    return wrapped
 
 
 def demo(fv):
@@ -70,6 +106,7 @@ def _read_config(path):
         raise InputError(f"--config file '{path}' is not valid JSON: {err}") from err
 
 
+@shows_input_warnings
 def compress(fv):
     out = fv.out if fv["out"].present else f"out/{fv.method}"
     config = fv.config
@@ -100,35 +137,62 @@ def _load_npz_xy(path, flag):
         raise InputError(f"--{flag} file '{path}' is not a readable .npz: {err}") from err
 
 
+def _load_data(fv):
+    return load_user_data(fv.data, label_column=fv.label_column, image_size=image_size(fv.image_size),
+                          normalization=fv.normalization, data_dir=getattr(fv, "data_dir", None))
+
+
 def _audit_sets(fv, model, given):
-    """``(members, nonmembers, meta)`` as the model takes them, preprocessed one way."""
+    """``(members, nonmembers, meta, preprocessing, kind)`` as the model takes them, preprocessed one way.
+
+    The preprocessing is decided once: ``--normalization``, else the one recorded with the model
+    (its side-car, or the compress run it came from), else the model's own Rescaling layer and
+    the data (:func:`tfsafe.preprocessing.decide_preprocessing`).
+    """
     keras_model = model if isinstance(model, keras.Model) else None
+    recorded = recorded_preprocessing(fv.model)
     if fv.data is not None:
-        data = load_user_data(fv.data, label_column=fv.label_column, image_size=image_size(fv.image_size),
-                              normalization=fv.normalization)
+        data = _load_data(fv)
         if not data.has_split:
             raise InputError(f"--data '{fv.data}' is one pool (no x_train / x_test split), so which rows the model "
                              "was trained on is unknown; store x_train, y_train, x_test, y_test (or pass --members "
                              "and --nonmembers).")
-        pre = data.preprocessing_for(keras_model)
+        pre = data.preprocessing_for(keras_model, recorded=recorded)
         splits = data.splits(fv.seed, pre, validation_size=0)
         members, nonmembers = splits.audit_sets(seed=fv.seed)
-        name = data.name
+        name, kind = data.name, data.kind
         audited = [line for line in splits.describe() if line.startswith(("train", "nonmembers"))]
         meta = {"data": data.describe(), "splits": audited}
     else:
         members, nonmembers = given
-        pre = decide_preprocessing(members[0], fv.normalization, model=keras_model)
+        # A compress run's audit/*.npz already hold model inputs: the run's record must not be applied again.
+        recorded = audit_set_preprocessing(fv.members) or recorded
+        pre = decide_preprocessing(members[0], fv.normalization, model=keras_model, recorded=recorded)
         members = (pre.apply(members[0], name=f"--members '{fv.members}'"), members[1])
         nonmembers = (pre.apply(nonmembers[0], name=f"--nonmembers '{fv.nonmembers}'"), nonmembers[1])
-        name, meta = f"'{fv.members}'", {}
+        name, meta, kind = f"'{fv.members}'", {}, data_kind(members[0], keras_model)
     loaded = model if keras_model is not None else as_target(model)
-    members = check_data_matches_model(loaded, *members, name=f"{name} members")
-    nonmembers = check_data_matches_model(loaded, *nonmembers, name=f"{name} non-members")
+    checked = pre.expected_range is not None  # pre.apply has compared the inputs with it
+    members = check_data_matches_model(loaded, *members, name=f"{name} members", range_checked=checked)
+    nonmembers = check_data_matches_model(loaded, *nonmembers, name=f"{name} non-members", range_checked=checked)
     meta["preprocessing"] = pre.describe()
-    return members, nonmembers, meta
+    return members, nonmembers, meta, pre, kind
 
 
+def _classes(target):
+    return model_num_classes(target) if isinstance(target, keras.Model) else int(target.num_classes)
+
+
+def _accuracy_warning(target, x, y, pre, kind, output=None, show=True):
+    """:func:`~tfsafe.preprocessing_record.accuracy_check` of ``target`` on ``(x, y)``; prints its warning."""
+    check = accuracy_check(lambda v: predict_labels(target, v, output=output), x, y, _classes(target),
+                           expected_range=pre.expected_range, kind=kind)
+    if check["warn"] and show:
+        print(f"warning: {check['message']}")
+    return check
+
+
+@shows_input_warnings
 def audit(fv):
     given = None if fv.data else (_load_npz_xy(fv.members, "members"), _load_npz_xy(fv.nonmembers, "nonmembers"))
     if fv.model.endswith(".tflite"):
@@ -137,7 +201,8 @@ def audit(fv):
         model = fv.model
     else:
         model = load_model(fv.model)
-    members, nonmembers, meta = _audit_sets(fv, model, given)
+    members, nonmembers, meta, pre, kind = _audit_sets(fv, model, given)
+    print(f"preprocessing: {meta['preprocessing']}")
     result = audit_membership(model, members, nonmembers, attacks=fv.attacks, seed=fv.seed,
                               output=fv.output_kind)
     if fv.reference_models:
@@ -145,13 +210,19 @@ def audit(fv):
         if result is None:
             return
     target = as_target(model)
-    accuracy = {name: float(np.mean(predict_labels(target, x) == np.asarray(y).reshape(-1)))
+    accuracy = {name: float(np.mean(predict_labels(target, x, output=fv.output_kind) == np.asarray(y).reshape(-1)))
                 for name, (x, y) in (("members", members), ("nonmembers", nonmembers))}
+    half = 256
+    check = _accuracy_warning(target, np.concatenate([members[0][:half], nonmembers[0][:half]]),
+                              np.concatenate([members[1][:half], nonmembers[1][:half]]), pre, kind, fv.output_kind,
+                              show=False)
+    print(f"accuracy of the audited model: members {accuracy['members']:.4f}, non-members "
+          f"{accuracy['nonmembers']:.4f} (chance {check['chance']:.3f} for {_classes(target)} classes)")
+    if check["warn"]:
+        meta["preprocessing warning"] = check["message"]
+        print(f"warning: {check['message']}")
     report = AuditReport(os.path.basename(fv.model), result.to_dict(), accuracy,
                          attacks_requested=fv.attacks or "all", reference_models=fv.reference_models, **meta)
-    print(f"preprocessing: {meta['preprocessing']}")
-    print(f"accuracy of the audited model: members {accuracy['members']:.4f}, non-members "
-          f"{accuracy['nonmembers']:.4f} (far below the model's usual accuracy: check the preprocessing)")
     print(report.to_text())
     print("wrote " + ", ".join(report.save(fv.out)))
 
@@ -174,17 +245,73 @@ def audit_reference_attacks(fv, model, members, nonmembers, result):
     return result.merge(reference_audit(model, pool, is_member, ref_dir, output=fv.output_kind))
 
 
+def _held_out(data, seed, fraction=0.2, cap=2000):
+    """``((x_a, y_a), (x_b, y_b))``: the data's own train/test split, else a seeded fifth (at most
+    ``cap`` rows) of the pool held out as the second part."""
+    if data.has_split:
+        return (data.x_train, data.y_train), (data.x_test, data.y_test)
+    n = len(data.x_train)
+    k = min(cap, max(1, int(round(n * fraction)))) if n > 1 else 0
+    order = np.random.default_rng(seed).permutation(n)
+    rest, held = np.sort(order[k:]), np.sort(order[:k])
+    if not len(rest):
+        rest = held
+    print(f"data: {data.name} is one pool; {len(held)} seeded random rows checked for parity, the other "
+          f"{len(rest)} calibrate")
+    return (data.x_train[rest], data.y_train[rest]), (data.x_train[held], data.y_train[held])
+
+
+@shows_input_warnings
 def export(fv):
-    export_command(fv.model, fv.out, modes=fv.modes, dataset=fv.dataset, data_dir=fv.data_dir,
-                   calibration_samples=fv.calibration_samples, min_agreement=fv.min_agreement,
-                   max_accuracy_drop=fv.max_accuracy_drop, confidence_margin=fv.confidence_margin,
-                   onnx=fv.onnx, opset=fv.opset)
+    if not os.path.isfile(fv.model):
+        raise InputError(f"--model file '{fv.model}' does not exist.")
+    model = load_model(fv.model)
+    data = _load_data(fv)
+    pre = data.preprocessing_for(model, recorded=recorded_preprocessing(fv.model))
+    (x, _), (xt, yt) = _held_out(data, fv.seed)
+    x = pre.apply(x, name=f"{data.name} calibration data")
+    xt = pre.apply(xt, name=f"{data.name} parity data")
+    checked = pre.expected_range is not None
+    x, _ = check_data_matches_model(model, x, name=f"{data.name} calibration data", range_checked=checked)
+    xt, yt = check_data_matches_model(model, xt, yt, name=f"{data.name} parity data", range_checked=checked)
+    print(f"data: {data.describe()}")
+    print(f"preprocessing: {pre.describe()}")
+    _accuracy_warning(model, xt, yt, pre, data.kind)
+    export_command(fv.model, fv.out, modes=fv.modes, calibration_samples=fv.calibration_samples,
+                   min_agreement=fv.min_agreement, max_accuracy_drop=fv.max_accuracy_drop,
+                   confidence_margin=fv.confidence_margin, onnx=fv.onnx, opset=fv.opset, model=model,
+                   calibration_data=x, verify_data=(xt, yt), normalization=pre.to_dict())
 
 
+@shows_input_warnings
 def bench(fv):
     settings = {"on": True, "off": False}
-    bench_command(fv.model, out=os.path.join(fv.out, "bench.json"), dataset=fv.dataset, data_dir=fv.data_dir,
-                  threads=[int(t) for t in fv.threads], xnnpack=[settings[v] for v in fv.xnnpack],
-                  warmup_runs=fv.warmup_runs, num_runs=fv.num_runs, isolate=fv.isolate, android=fv.android,
-                  adb=fv.adb, serial=fv.serial, benchmark_binary=fv.benchmark_binary, use_gpu=fv.use_gpu,
-                  use_nnapi=fv.use_nnapi, enable_op_profiling=fv.op_profiling)
+    options = dict(data_dir=fv.data_dir, threads=[int(t) for t in fv.threads],
+                   xnnpack=[settings[v] for v in fv.xnnpack], warmup_runs=fv.warmup_runs, num_runs=fv.num_runs,
+                   isolate=fv.isolate, android=fv.android, adb=fv.adb, serial=fv.serial,
+                   benchmark_binary=fv.benchmark_binary, use_gpu=fv.use_gpu, use_nnapi=fv.use_nnapi,
+                   enable_op_profiling=fv.op_profiling)
+    out = os.path.join(fv.out, "bench.json")
+    if fv.data is None or fv.android:
+        if fv.data is not None:
+            raise InputError("--data measures accuracy on this host; leave it out with --android.")
+        bench_command(fv.model, out=out, **options)
+        return
+    data = _load_data(fv)
+    x, y = (data.x_test, data.y_test) if data.has_split else (data.x_train, data.y_train)
+    part = "its test part" if data.has_split else "all of it (one pool)"
+    print(f"data: {data.describe()}; accuracy on {part}")
+    results = []
+    for path in fv.model:
+        if not os.path.isfile(path):
+            raise InputError(f"--model file '{path}' does not exist.")
+        target = as_target(path)
+        pre = data.preprocessing_for(None, recorded=recorded_preprocessing(path))
+        name = f"{data.name} for '{os.path.basename(path)}'"
+        xin, yin = check_data_matches_model(target, pre.apply(x, name=name), y, name=name,
+                                            range_checked=pre.expected_range is not None)
+        print(f"{os.path.basename(path)}: preprocessing: {pre.describe()}")
+        _accuracy_warning(target, xin, yin, pre, data.kind)
+        results += bench_command(path, out=None, data=(xin, yin), print_fn=lambda *_: None, **options)
+    print(format_bench_table(results))
+    print(f"wrote {write_results(results, out)}")

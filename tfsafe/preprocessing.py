@@ -8,9 +8,13 @@ the range the model expects (``expected_range``), so inputs far outside it are f
 1. an explicit ``normalization``: ``"0-1"``, ``"-1-1"`` (map the data's range onto it),
    ``"none"`` (feed as stored), ``"mean_std"`` (standardize per channel / feature), a dict
    (``{"scale", "offset"}``, ``{"mean", "std"}`` or :meth:`Preprocessing.to_dict`) or a
-   :class:`Preprocessing`;
-2. the model's own ``Rescaling`` / ``Normalization`` layer: the data is fed raw;
-3. the data (``"auto"``): images of 8-bit pixels (``uint8``, or values in [0, 255] with a
+   :class:`Preprocessing` (warned about when it contradicts a record);
+2. the preprocessing recorded with the model (a ``.tflite`` side-car's ``normalization``, a
+   compress run's ``run.json``; read by :mod:`tfsafe.preprocessing_record`), fitted to how this
+   data is stored (:func:`fit_record`);
+3. the model's own ``Rescaling`` / ``Normalization`` layer: the data is fed raw (images stored
+   in [0, 1] are mapped onto the raw range the layer expects, as :func:`fit_record` does);
+4. the data (``"auto"``): images of 8-bit pixels (``uint8``, or values in [0, 255] with a
    maximum above 2) are scaled by 1/255 to [0, 1], which tfsafe's image models expect;
    images already in [0, 1] or [-1, 1], tabular features and token sequences are fed as
    stored.
@@ -27,8 +31,8 @@ import numpy as np
 from tfsafe.data import DATA_KINDS, data_kind, leading_layers
 from tfsafe.errors import InputError
 
-__all__ = ["Preprocessing", "decide_preprocessing", "model_preprocessing", "check_range", "InputRangeWarning",
-           "default_attack_eps", "NORMALIZATIONS", "SCHEMA"]
+__all__ = ["Preprocessing", "decide_preprocessing", "model_preprocessing", "check_range", "range_message",
+           "fit_record", "InputRangeWarning", "default_attack_eps", "NORMALIZATIONS", "SCHEMA"]
 
 SCHEMA = "tfsafe.preprocessing/1"
 NORMALIZATIONS = ("auto", "0-1", "-1-1", "none", "mean_std")
@@ -181,6 +185,22 @@ class Preprocessing:
         return cls(**record)
 
 
+def range_message(xmin, xmax, expected_range, name="data"):
+    """What :func:`check_range` would warn about inputs spanning ``[xmin, xmax]``, or ``None``."""
+    lo, hi = (float(v) for v in expected_range)
+    xmin, xmax = float(xmin), float(xmax)
+    span = hi - lo
+    if xmin < lo - 0.5 * span or xmax > hi + 0.5 * span:
+        hint = ("they look like 8-bit pixels: scale them (normalization='0-1')" if hi <= 1 < xmax <= 255 and xmin >= 0
+                else "check the preprocessing (normalization=...)")
+        return (f"{name}: model inputs span [{xmin:g}, {xmax:g}] but the model expects about [{lo:g}, {hi:g}]; "
+                f"{hint}.")
+    if max(abs(xmin), abs(xmax)) < 0.05 * max(abs(lo), abs(hi)):
+        return (f"{name}: model inputs span only [{xmin:g}, {xmax:g}] of the expected [{lo:g}, {hi:g}]; the data "
+                "may be scaled twice (e.g. by 1/255 before a model with its own Rescaling layer).")
+    return None
+
+
 def check_range(x, expected_range, name="data", stacklevel=2):
     """Warn when ``x`` lies far outside ``expected_range`` or in a tiny part of it.
 
@@ -191,19 +211,8 @@ def check_range(x, expected_range, name="data", stacklevel=2):
     Returns:
         The warning's message, or ``None`` when the data fits.
     """
-    lo, hi = (float(v) for v in expected_range)
     x = np.asarray(x)
-    xmin, xmax = float(np.min(x)), float(np.max(x))
-    span = hi - lo
-    message = None
-    if xmin < lo - 0.5 * span or xmax > hi + 0.5 * span:
-        hint = ("they look like 8-bit pixels: scale them (normalization='0-1')" if hi <= 1 < xmax <= 255 and xmin >= 0
-                else "check the preprocessing (normalization=...)")
-        message = (f"{name}: model inputs span [{xmin:g}, {xmax:g}] but the model expects about [{lo:g}, {hi:g}]; "
-                   f"{hint}.")
-    elif max(abs(xmin), abs(xmax)) < 0.05 * max(abs(lo), abs(hi)):
-        message = (f"{name}: model inputs span only [{xmin:g}, {xmax:g}] of the expected [{lo:g}, {hi:g}]; the data "
-                   "may be scaled twice (e.g. by 1/255 before a model with its own Rescaling layer).")
+    message = range_message(np.min(x), np.max(x), expected_range, name=name)
     if message:
         warnings.warn(message, InputRangeWarning, stacklevel=stacklevel)
     return message
@@ -298,7 +307,88 @@ def _explicit(x, normalization, kind):
                                 "mean and standard deviation")
 
 
-def decide_preprocessing(x, normalization=None, model=None, kind=None):
+def _stored_range(x):
+    """The known range images ``x`` are stored in ([0, 1], [-1, 1] or 8-bit pixels [0, 255]), or None."""
+    lo, hi = _value_range(x)
+    for known in ((0.0, 1.0), (-1.0, 1.0)):
+        if known[0] <= lo and hi <= known[1]:
+            return known
+    return (0.0, 255.0) if _is_pixels(x, lo, hi) else None
+
+
+_KNOWN_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))
+
+
+def _known(value_range):
+    """``value_range`` as one of the known image ranges it matches, or None."""
+    for known in _KNOWN_RANGES:
+        if np.allclose(value_range, known, rtol=0, atol=1e-3 * (known[1] - known[0])):
+            return known
+    return None
+
+
+def fit_record(x, record, kind=None):
+    """The recorded preprocessing, fitted to how ``x`` is stored.
+
+    A record (a ``.tflite`` side-car's ``normalization``, a run's ``run.json``, a model's own
+    Rescaling layer) maps the data *as the run stored it* to model inputs, e.g. ``x / 255`` for
+    ``uint8`` pixels; the same images stored as floats in [0, 1] must then be fed as they are,
+    not divided by 255 again. Rule, for images and a scalar record with an ``expected_range``:
+    the stored range the record implies (``expected_range`` mapped back through ``scale`` and
+    ``offset``: [0, 255] for ``x / 255`` into [0, 1]) and the range ``x`` is stored in are both
+    known image ranges ([0, 1], [-1, 1], 8-bit pixels [0, 255]) and differ: then ``x``'s range is
+    mapped linearly onto the recorded model input range (``[0, 1]`` data into a raw-pixel
+    model: ``x * 255``). Otherwise (the same storage, an unknown range, per-channel or
+    per-feature statistics, no expected range, tabular data, token ids) the record is applied
+    as it is; :meth:`Preprocessing.apply` then warns if it does not fit.
+
+    Args:
+        x: the data as stored.
+        record: a :class:`Preprocessing` or its dict (:meth:`Preprocessing.to_dict`).
+        kind: the data's kind; default :func:`tfsafe.data.data_kind`.
+
+    Returns:
+        A :class:`Preprocessing` (the record's ``source``; ``reason`` says when it was mapped).
+    """
+    x = np.asarray(x)
+    if not isinstance(record, Preprocessing):
+        record = Preprocessing.from_dict(record)
+    kind = kind or data_kind(x)
+    scalar = not isinstance(record.scale, tuple) and not isinstance(record.offset, tuple)
+    if kind != "image" or record.expected_range is None or not scalar or not x.size:
+        return record
+    implied = _known(sorted((t - record.offset) / record.scale for t in record.expected_range))
+    stored = _stored_range(x)
+    if implied is None or stored is None or stored == implied:
+        return record
+    (s0, s1), (t0, t1) = stored, record.expected_range
+    scale = (t1 - t0) / (s1 - s0)
+    return dataclasses.replace(
+        record, scale=scale, offset=t0 - s0 * scale,
+        reason=f"{record.reason}; this data is stored in [{s0:g}, {s1:g}] (not [{implied[0]:g}, {implied[1]:g}]), so "
+               f"it is mapped onto the recorded model input range [{t0:g}, {t1:g}]")
+
+
+def _warn_if_contradicts(x, decided, recorded, kind):
+    """Warn when an explicit normalization feeds ``x`` otherwise than the model's record would."""
+    sample = x[:256]
+    fitted = fit_record(x, recorded, kind)
+    try:
+        ours, theirs = decided.apply(sample, check=False), fitted.apply(sample, check=False)
+    except InputError:
+        ours = theirs = None
+    if ours is not None and ours.shape == theirs.shape and (not ours.size or np.allclose(
+            ours, theirs, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(theirs).max())))):
+        return
+    span = "" if ours is None or not ours.size else (
+        f" gives model inputs in [{ours.min():g}, {ours.max():g}] where the record gives "
+        f"[{theirs.min():g}, {theirs.max():g}]")
+    warnings.warn(f"normalization='{decided.mode}'{span}: it contradicts the preprocessing recorded with the model "
+                  f"({fitted.describe()}); the explicit normalization is used, leave it out to follow the record.",
+                  InputRangeWarning, stacklevel=3)
+
+
+def decide_preprocessing(x, normalization=None, model=None, kind=None, recorded=None):
     """Decide once how ``x`` (training data as stored) becomes model input.
 
     Args:
@@ -309,6 +399,10 @@ def decide_preprocessing(x, normalization=None, model=None, kind=None):
         model: optional Keras model; its own ``Rescaling`` / ``Normalization`` layer wins over
             the data rule (an explicit ``normalization`` still wins, with a warning).
         kind: ``"image"``, ``"tabular"`` or ``"sequence"``; default :func:`tfsafe.data.data_kind`.
+        recorded: the preprocessing recorded with the model (a :class:`Preprocessing` or its
+            dict; :func:`tfsafe.preprocessing_record.recorded_preprocessing`): used, fitted to
+            ``x`` (:func:`fit_record`), unless ``normalization`` is given; an explicit
+            ``normalization`` that feeds ``x`` otherwise is warned about.
 
     Returns:
         A :class:`Preprocessing`.
@@ -322,24 +416,33 @@ def decide_preprocessing(x, normalization=None, model=None, kind=None):
         ('0-1', (0.0, 1.0))
     """
     x = np.asarray(x)
-    if isinstance(normalization, Preprocessing):
-        return normalization
-    if isinstance(normalization, dict):
-        return dataclasses.replace(Preprocessing.from_dict(normalization), source="argument")
-    if normalization is not None and normalization not in NORMALIZATIONS:
-        raise InputError(f"Unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}, or "
-                         "pass {'scale': s, 'offset': o} / {'mean': m, 'std': s}.")
+    if recorded is not None and not isinstance(recorded, Preprocessing):
+        recorded = Preprocessing.from_dict(recorded)
     if kind is not None and kind not in DATA_KINDS:
         raise InputError(f"Unknown data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}.")
-    kind = kind or data_kind(x, model)
-    own = model_preprocessing(model) if model is not None else None
-    if normalization in (None, "auto"):
-        return own or _from_data(x, kind)
-    if own is not None and normalization != "none":
-        warnings.warn(f"The model already scales its inputs ({own.reason}); normalization='{normalization}' rescales "
-                      "the data before that layer too. Leave normalization out to feed the data as the layer "
-                      "expects.", InputRangeWarning, stacklevel=2)
-    return _explicit(x, normalization, kind)
+    if isinstance(normalization, Preprocessing):
+        decided = normalization
+    elif isinstance(normalization, dict):
+        decided = dataclasses.replace(Preprocessing.from_dict(normalization), source="argument")
+    elif normalization is not None and normalization not in NORMALIZATIONS:
+        raise InputError(f"Unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}, or "
+                         "pass {'scale': s, 'offset': o} / {'mean': m, 'std': s}.")
+    else:
+        kind = kind or data_kind(x, model)
+        if normalization in (None, "auto") and recorded is not None:
+            return fit_record(x, recorded, kind)
+        own = model_preprocessing(model) if model is not None else None
+        if normalization in (None, "auto"):
+            # The layer's raw range is a record too: [0, 1] images into a Rescaling(1/255) model are mapped onto it.
+            return fit_record(x, own, kind) if own is not None else _from_data(x, kind)
+        if own is not None and normalization != "none":
+            warnings.warn(f"The model already scales its inputs ({own.reason}); normalization='{normalization}' "
+                          "rescales the data before that layer too. Leave normalization out to feed the data as the "
+                          "layer expects.", InputRangeWarning, stacklevel=2)
+        decided = _explicit(x, normalization, kind)
+    if recorded is not None:
+        _warn_if_contradicts(x, decided, recorded, kind or data_kind(x, model))
+    return decided
 
 
 def default_attack_eps(x, preprocessing=None, kind=None, model=None):

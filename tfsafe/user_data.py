@@ -87,9 +87,17 @@ class UserData:
             return self.x_train, self.y_train
         return np.concatenate([self.x_train, self.x_test]), np.concatenate([self.y_train, self.y_test])
 
-    def preprocessing_for(self, model=None):
-        """The :class:`~tfsafe.preprocessing.Preprocessing` for feeding this data to ``model``."""
-        return decide_preprocessing(self.x_train, self.normalization, model=model, kind=self.kind)
+    def preprocessing_for(self, model=None, recorded=None):
+        """The :class:`~tfsafe.preprocessing.Preprocessing` for feeding this data to ``model``.
+
+        Args:
+            model: a Keras model (its own Rescaling layer counts), or None (e.g. a ``.tflite``).
+            recorded: the preprocessing recorded with the model
+                (:func:`tfsafe.preprocessing_record.recorded_preprocessing`); it wins over the
+                model and the data, an explicit ``normalization`` over it (with a warning).
+        """
+        return decide_preprocessing(self.x_train, self.normalization, model=model, kind=self.kind,
+                                    recorded=recorded)
 
     def splits(self, seed=0, preprocessing=None, pool_size=None, **sizes):
         """The protocol's splits of the preprocessed data.
@@ -413,20 +421,44 @@ def load_user_data(path, label_column=None, image_size=None, normalization=None,
                      f"sub-folder per class, or one of {', '.join(DATASETS)}.")
 
 
+_CHANNEL_NAMES = {1: "grayscale", 3: "RGB", 4: "RGBA"}
+
+
+def _channels(n):
+    name = _CHANNEL_NAMES.get(n)
+    return f"{n} channel{'' if n == 1 else 's'}" + (f" ({name})" if name else "")
+
+
+def _channel_fix(got, expected):
+    if expected == 1 and got in (3, 4):
+        return ("convert the images to grayscale (arrays: tf.image.rgb_to_grayscale; image files: save them as "
+                f"grayscale) or rebuild the model's Input with {got} channels and retrain it")
+    if got == 1 and expected == 3:
+        return ("repeat the gray channel (np.repeat(x, 3, axis=-1)) or rebuild the model's Input with 1 channel and "
+                "retrain it")
+    return f"give the images {expected} channels or rebuild the model's Input with {got} channels and retrain it"
+
+
 def _shape_hint(got, expected, kind):
     if len(got) + 1 == len(expected) and expected[-1] == 1 and tuple(expected[:-1]) == tuple(got):
         return "add a channel axis (x[..., None])"
     if kind == "image" and len(got) == len(expected) == 3:
-        if tuple(got[:2]) != tuple(expected[:2]):
-            return f"resize the images to {tuple(expected[:2])} (image_size, CLI --image_size)"
-        return f"load the images with {expected[-1]} channels (color_mode 'grayscale' / 'rgb')"
+        hints = []
+        if any(e is not None and e != g for e, g in zip(expected[:2], got[:2])):
+            size = tuple(expected[:2])
+            hints.append(f"resize the images to {size} (image folders: --image_size {size[0]},{size[1]}; arrays: "
+                         "tf.image.resize)")
+        if expected[-1] is not None and expected[-1] != got[-1]:
+            hints.append(f"the data has {_channels(got[-1])} but the model takes {_channels(expected[-1])}: "
+                         f"{_channel_fix(got[-1], expected[-1])}")
+        return "; and ".join(hints)
     if kind == "tabular" and len(got) == len(expected) == 1:
         return (f"the data has {got[0]} feature columns and the model takes {expected[0]}: check label_column and "
                 "drop id or extra columns")
     return "reshape the data to the model's input"
 
 
-def check_data_matches_model(model, x, y=None, name="data", expected_range=None):
+def check_data_matches_model(model, x, y=None, name="data", expected_range=None, range_checked=False):
     """Check data (as fed to the model) against a model; one line naming the fix when it does not fit.
 
     Checks the per-example shape, NaN / infinite values, that labels are class ids the model
@@ -442,6 +474,8 @@ def check_data_matches_model(model, x, y=None, name="data", expected_range=None)
         y: labels (class ids or one-hot), optional.
         name: the data's name in messages (e.g. the file).
         expected_range: ``(low, high)`` the model's inputs should lie in, if known.
+        range_checked: True when the caller's preprocessing already checked the value range
+            against what the model expects (one warning per array, not two).
 
     Returns:
         ``(x, y)`` checked (``y`` as int64 class ids, or None).
@@ -463,9 +497,12 @@ def check_data_matches_model(model, x, y=None, name="data", expected_range=None)
         classes = model_num_classes(model) if keras_model else int(model.num_classes)
         y = check_labels(y, name=f"{name} labels", n=len(x))
         if y.size and y.max() >= classes:
-            hint = "they look 1-based: subtract 1" if y.min() == 1 and y.max() == classes else "map them to class ids"
-            raise InputError(f"{name} has label {int(y.max())} but the model '{model_name}' has {classes} outputs "
-                             f"(classes 0..{classes - 1}); {hint}.")
+            hint = ("they look 1-based: subtract 1" if y.min() == 1 and y.max() == classes else
+                    f"map them to class ids 0..{classes - 1}, or pass a model with {int(y.max()) + 1} classes")
+            raise InputError(f"{name} has label {int(y.max())} (its largest) but the model '{model_name}' has "
+                             f"{classes} classes (outputs 0..{classes - 1}); {hint}.")
+    if range_checked:
+        return x, y
     label = f"{name} inputs"
     side = os.fspath(getattr(model, "path", "")) + ".json"
     if expected_range is None and not keras_model and os.path.isfile(side):

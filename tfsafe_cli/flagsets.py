@@ -144,9 +144,16 @@ def define_export(fv):
     flags.register_validator("modes", lambda v: bool(v) and set(v) <= set(TFLITE_MODES),
                              message="--modes takes a comma-separated subset of " + ", ".join(TFLITE_MODES) + ".",
                              flag_values=fv)
-    flags.DEFINE_enum("dataset", "digits", DATASETS, "Data for calibration (train split) and parity (test split).",
-                      flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "Folder holding the dataset files (offline).", flag_values=fv)
+    flags.DEFINE_string("data", "digits", "Data for int8 calibration (x_train) and the parity check (x_test): an "
+                        ".npz with x_train, y_train, x_test, y_test (or x, y: a seeded fifth, at most 2000 rows, is "
+                        "held out for parity), a .csv (with --label_column), a folder with one sub-folder of images "
+                        "per class (--image_size); or a built-in dataset: " + ", ".join(DATASETS) + ".",
+                        flag_values=fv)
+    flags.DEFINE_alias("dataset", "data", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "Built-in datasets: the file, or the folder holding one set of files "
+                        "(offline).", flag_values=fv)
+    _user_data(fv, "applied to calibration and parity data and written to the side-car (default: the record of a "
+                   "compress run folder the model lies in, else decided from the data and the model)")
     flags.DEFINE_integer("calibration_samples", 500, "int8 calibration examples from the training split.",
                          flag_values=fv, lower_bound=1)
     _parity(fv)
@@ -158,9 +165,14 @@ def define_export(fv):
 def define_bench(fv):
     flags.DEFINE_list("model", None, ".tflite files, comma-separated. Required.", flag_values=fv)
     _required(fv, "model", "--model is required: one or more .tflite files, comma-separated.")
-    flags.DEFINE_enum("dataset", None, DATASETS, "Labelled test data for accuracy (host only; default: none).",
-                      flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "Folder holding the dataset files (offline).", flag_values=fv)
+    flags.DEFINE_string("data", None, "Labelled data for accuracy (host only; default: none): an .npz (x_test, "
+                        "y_test of a split one, else all of x, y), a .csv (with --label_column), a folder with one "
+                        "sub-folder of images per class (--image_size); or a built-in dataset (its test split): "
+                        + ", ".join(DATASETS) + ".", flag_values=fv)
+    flags.DEFINE_alias("dataset", "data", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "Built-in datasets: the file, or the folder holding one set of files "
+                        "(offline).", flag_values=fv)
+    _user_data(fv, "default: each file's side-car record, else decided from the data")
     flags.DEFINE_list("threads", ["1"], "CPU thread counts.", flag_values=fv)
     flags.register_validator("threads", lambda v: all(t.isdigit() and int(t) >= 1 for t in v),
                              message="--threads takes positive integers, e.g. --threads=1,4.", flag_values=fv)
