@@ -201,6 +201,14 @@ def test_method_choices_are_the_registry_names():
     assert sorted(METHODS) == sorted(tfsafe.methods.names())
 
 
+def test_export_mode_choices_are_the_exporters_modes():
+    # Same reason: `tfsafe export --modes int4,learned` must reach the ai-edge-quantizer path.
+    from tflite_export.convert import MODES
+    from tfsafe_cli.flagsets import TFLITE_MODES
+
+    assert sorted(TFLITE_MODES) == sorted(MODES)
+
+
 def test_help_into_a_closed_pipe_is_quiet():
     # `tfsafe compress --help | head -1`: the reader closes the pipe early; no traceback, exit 0.
     code = "import sys, tfsafe_cli; sys.argv = ['tfsafe', 'compress', '--help']; tfsafe_cli.run()"

@@ -16,7 +16,7 @@ __all__ = ["COMMANDS", "COMMON_FLAGS", "flag_values", "PARITY_HELP"]
 
 METHODS = ["safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd"]
 DATASETS = ["digits", "mnist", "fashion_mnist", "cifar10"]
-TFLITE_MODES = ["int8", "dynamic", "float16", "float32"]
+TFLITE_MODES = ["int8", "dynamic", "float16", "float32", "int4", "learned"]
 NORMALIZATIONS = ["auto", "0-1", "-1-1", "none", "mean_std"]  # tfsafe.preprocessing.NORMALIZATIONS
 COMMON_FLAGS = ("out", "seed", "verbose")
 
