@@ -24,8 +24,9 @@ COMMON_FLAGS = ("out", "seed", "verbose")
 PARITY_HELP = {
     "min_agreement": "top-1 agreement with Keras required on the examples Keras is confident about "
                      "(default: the library's, 0.99).",
-    "max_accuracy_drop": "largest test-accuracy drop allowed, Keras -> exported file "
-                         "(default: the library's, 0.01).",
+    "max_accuracy_drop": "largest test-accuracy drop always allowed, Keras -> exported file; a larger one "
+                         "fails when a sign test on the examples only one model gets right says it is not "
+                         "chance (default: the library's, 0.01).",
     "confidence_margin": "an example is 'confident' when the Keras model's top-1 probability exceeds the "
                          "runner-up's by this much (default: the library's, 0.1).",
 }
