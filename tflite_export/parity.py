@@ -9,8 +9,19 @@ and ``tfsafe compress``) judges what matters to a user rather than raw agreement
 many near-ties (top-1 and runner-up within a rounding error) flips some of them under int8
 noise without being any worse. So a file passes when (1) on the examples the Keras model is
 *confident* about (top-1 probability ahead of the runner-up by at least ``confidence_margin``)
-the top-1 agreement is at least ``min_agreement``, and (2) with labels, accuracy drops by at
-most ``max_accuracy_drop``. A broken export fails both.
+the top-1 agreement is at least ``min_agreement``, and (2) with labels, the accuracy drop is
+within ``max_accuracy_drop`` or cannot be told from chance (below). A broken export fails both.
+
+The accuracy rule counts examples, since the two models answer the *same* examples (paired
+data): only the discordant ones matter, ``n_lost`` (Keras right, the file wrong) and
+``n_gained`` (the reverse); the drop is ``(n_lost - n_gained) / n``. A file fails when the net
+loss exceeds ``floor(max_accuracy_drop * n)`` examples **and** an exact one-sided sign test
+(McNemar's exact test) on the discordant examples rejects "int8 rounding flips examples both
+ways equally often": ``P(Binomial(n_lost + n_gained, 1/2) >= n_lost) < significance``. On a
+large set any drop above the tolerance is significant, so the rule is the fraction rule; on a
+small one, 1 lost example in 160 (1.25 points, p = 0.5) is chance and passes, while 8 lost of 160
+(p = 0.004) fail. The failure message states the counts, the p-value and the largest net loss
+that would have passed.
 
 What is compared: the model's own outputs. A Keras model that ends with a softmax or sigmoid
 is compared on **probabilities** (the exported file ends with the same activation); any other
@@ -19,8 +30,10 @@ which, so a logit difference of 0.3 is not mistaken for a probability difference
 """
 
 import dataclasses
+import math
 
 import numpy as np
+from scipy import stats
 
 from tfsafe.errors import TfsafeError
 from tfsafe.models import class_scores, output_kind, predict_logits, predict_proba
@@ -34,11 +47,28 @@ from tfsafe.validation import (
 )
 
 __all__ = ["ParityError", "ParityReport", "ParityRule", "check_parity", "DEFAULT_MIN_AGREEMENT",
-           "DEFAULT_MAX_ACCURACY_DROP", "DEFAULT_CONFIDENCE_MARGIN"]
+           "DEFAULT_MAX_ACCURACY_DROP", "DEFAULT_CONFIDENCE_MARGIN", "DEFAULT_SIGNIFICANCE", "sign_test_p"]
 
 DEFAULT_MIN_AGREEMENT = 0.99
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 DEFAULT_CONFIDENCE_MARGIN = 0.1
+DEFAULT_SIGNIFICANCE = 0.05
+
+
+def sign_test_p(n_lost, n_gained):
+    """One-sided exact sign test (McNemar's exact test) that the exported file is worse.
+
+    Args:
+        n_lost: examples the Keras model gets right and the exported file wrong.
+        n_gained: examples the exported file gets right and the Keras model wrong.
+
+    Returns:
+        ``P(X >= n_lost)`` for ``X ~ Binomial(n_lost + n_gained, 1/2)``: how likely so many of
+        the discordant examples go against the file if flips went either way equally often
+        (1.0 without discordant examples).
+    """
+    m = int(n_lost) + int(n_gained)
+    return 1.0 if m == 0 else float(stats.binom.sf(int(n_lost) - 1, m, 0.5))
 
 
 class ParityError(TfsafeError):
@@ -70,6 +100,8 @@ class ParityReport:
         n_confident: how many examples are confident.
         confident_agreement: top-1 agreement on the confident examples (None when there are none).
         accuracy_change: ``exported_accuracy - keras_accuracy`` (None without labels).
+        n_lost, n_gained: examples the Keras model gets right and the file wrong, and the
+            reverse (None without labels); ``accuracy_change == (n_gained - n_lost) / n``.
         rule, passed: the :class:`ParityRule` applied (as a dict) and its outcome, once judged.
     """
 
@@ -86,6 +118,8 @@ class ParityReport:
     n_confident: int = None
     confident_agreement: float = None
     accuracy_change: float = None
+    n_lost: int = None
+    n_gained: int = None
     rule: dict = None
     passed: bool = None
 
@@ -109,24 +143,38 @@ class ParityRule:
 
     Attributes:
         min_agreement: required top-1 agreement on the confident examples.
-        max_accuracy_drop: largest allowed drop of top-1 accuracy (a fraction; with labels).
+        max_accuracy_drop: largest drop of top-1 accuracy always allowed (a fraction; with
+            labels): ``floor(max_accuracy_drop * n)`` examples net.
         confidence_margin: Keras top-1 minus runner-up probability that makes an example confident.
+        significance: a larger net loss fails only when the exact one-sided sign test on the
+            discordant examples (:func:`sign_test_p`) gives a p-value below this.
     """
 
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     confidence_margin: float = DEFAULT_CONFIDENCE_MARGIN
+    significance: float = DEFAULT_SIGNIFICANCE
 
     @classmethod
-    def of(cls, min_agreement=None, max_accuracy_drop=None, confidence_margin=None):
+    def of(cls, min_agreement=None, max_accuracy_drop=None, confidence_margin=None, significance=None):
         """The default rule with the given (non-None) settings replaced, each checked to lie in [0, 1]."""
         values = {"min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop,
-                  "confidence_margin": confidence_margin}
+                  "confidence_margin": confidence_margin, "significance": significance}
         given = {k: check_fraction(v, k, 0.0, 1.0, include_high=True) for k, v in values.items() if v is not None}
         return cls(**given)
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def allowed_loss(self, n):
+        """Net examples lost that always pass on ``n`` examples: ``floor(max_accuracy_drop * n)``."""
+        return int(math.floor(self.max_accuracy_drop * n + 1e-9))
+
+    def largest_passing_loss(self, n, n_gained):
+        """The largest net loss (examples) that passes on ``n`` examples with ``n_gained`` gained."""
+        k = np.arange(self.allowed_loss(n) + 1, max(n - 2 * n_gained, 0) + 1)
+        significant = stats.binom.sf(n_gained + k - 1, 2 * n_gained + k, 0.5) < self.significance
+        return int(k[np.argmax(significant)] - 1) if significant.any() else int(max(n - 2 * n_gained, 0))
 
     def failures(self, report):
         """The reasons ``report`` fails this rule (empty when it passes)."""
@@ -134,10 +182,23 @@ class ParityRule:
         if report.confident_agreement is not None and report.confident_agreement < self.min_agreement:
             reasons.append(f"top-1 agreement on the {report.n_confident} confident examples is "
                            f"{report.confident_agreement:.2%} < --min_agreement {self.min_agreement:.2%}")
-        if report.accuracy_change is not None and -report.accuracy_change > self.max_accuracy_drop + 1e-12:
-            reasons.append(f"accuracy drops by {-report.accuracy_change * 100:.2f} points "
-                           f"({report.keras_accuracy:.4f} -> {report.exported_accuracy:.4f}) > "
-                           f"--max_accuracy_drop {self.max_accuracy_drop * 100:.2f} points")
+        if report.accuracy_change is None:
+            return reasons
+        drop = (f"accuracy drops by {-report.accuracy_change * 100:.2f} points ({report.keras_accuracy:.4f} -> "
+                f"{report.exported_accuracy:.4f})")
+        if report.n_lost is None:  # a report without the paired counts: the fraction rule alone
+            if -report.accuracy_change > self.max_accuracy_drop + 1e-12:
+                reasons.append(f"{drop} > --max_accuracy_drop {self.max_accuracy_drop * 100:.2f} points")
+            return reasons
+        net, allowed = report.n_lost - report.n_gained, self.allowed_loss(report.n)
+        p = sign_test_p(report.n_lost, report.n_gained)
+        if net > allowed and p < self.significance:
+            reasons.append(
+                f"{drop}: {net} of {report.n} examples net ({report.n_lost} lost, {report.n_gained} gained) > the "
+                f"{allowed} that --max_accuracy_drop {self.max_accuracy_drop * 100:.2f} points allows, and not "
+                f"chance (exact one-sided sign test on the {report.n_lost + report.n_gained} examples only one "
+                f"model gets right: p = {p:.2g} < {self.significance:g}; with {report.n_gained} gained, at most "
+                f"{self.largest_passing_loss(report.n, report.n_gained)} net lost would pass)")
         return reasons
 
     def judge(self, report, what):
@@ -236,4 +297,6 @@ def check_parity(keras_model, exported_path, x, y=None, batch_size=256, exported
         n_confident=int(confident.sum()),
         confident_agreement=float(np.mean(agree[confident])) if confident.any() else None,
         accuracy_change=None if y is None else exported_acc - keras_acc,
+        n_lost=None if y is None else int(np.sum((pred_keras == y) & (pred_exported != y))),
+        n_gained=None if y is None else int(np.sum((pred_keras != y) & (pred_exported == y))),
     )

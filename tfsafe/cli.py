@@ -38,6 +38,7 @@ from tfsafe.io import load_model
 from tfsafe.pipeline import compress_model
 from tfsafe.preprocessing import InputRangeWarning, decide_preprocessing
 from tfsafe.preprocessing_record import accuracy_check, audit_set_preprocessing, recorded_preprocessing
+from tfsafe.recipes import load_recipe
 from tfsafe.report import SafetyReport
 from tfsafe.report_audit import AuditReport
 from tfsafe.safety.lira import train_reference_models
@@ -49,13 +50,25 @@ from tfsafe.validation import model_num_classes
 from tfsafe_cli import run  # console scripts installed from tfsafe <= 0.1 call tfsafe.cli:run
 from tfsafe_cli.flagsets import image_size
 
-__all__ = ["demo", "compress", "audit", "export", "bench", "QUICK_PRESET", "run"]
+__all__ = ["demo", "compress", "audit", "export", "bench", "QUICK_PRESET", "QUICK_TRAINING", "quick_preset",
+           "quick_changes", "run"]
 
-# `tfsafe compress --quick`: recipe overrides for a first look (the report states them).
+# `tfsafe compress --quick`: recipe overrides for a first look (the report states each value changed).
+# QUICK_PRESET applies to every method; QUICK_TRAINING shrinks each built-in method's own training
+# (every epochs / steps parameter of its recipe, `tests/test_cli_quick.py` checks that none is missed).
 QUICK_PRESET = {
     "data": {"pool_size": 3000},
+    "dense": {"epochs": 10},
     "evaluation": {"steps": 5, "restarts": 1, "max_examples": 200,
                    "membership_attacks": ["threshold", "entropy", "logistic_regression"], "masking_checks": False},
+}
+QUICK_TRAINING = {
+    "baseline": {"epochs": 3},
+    "safecompress": {"epochs": 3, "attack_epochs": 2},
+    "atmc": {"epochs": 2, "steps": 3, "select_steps": 5},
+    "self_compress": {"epochs": 3},
+    "rlnet": {"teacher_epochs": 2, "search_epochs": 3, "finetune_epochs": 2, "pgd_steps": 3},
+    "dp_sgd": {"epochs": 3, "prune_epochs": 1},
 }
 
 
@@ -106,23 +119,51 @@ def _read_config(path):
         raise InputError(f"--config file '{path}' is not valid JSON: {err}") from err
 
 
+def quick_preset(method):
+    """The ``--quick`` recipe overrides for ``method``: :data:`QUICK_PRESET` and its training."""
+    return _deep_merge(QUICK_PRESET, {"params": QUICK_TRAINING[method]} if method in QUICK_TRAINING else {})
+
+
+def _leaves(config, prefix=""):
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def quick_changes(method, config):
+    """``{"section.key": {"recipe": value, "quick": value}}`` for each value ``--quick`` changes.
+
+    ``config`` is the user's overrides (a dict); they win over the preset where both set a key,
+    so only values the preset really changed are listed.
+    """
+    before = dict(_leaves(load_recipe(method, config)))
+    after = dict(_leaves(load_recipe(method, _deep_merge(quick_preset(method), config))))
+    return {key: {"recipe": before[key], "quick": value} for key, value in after.items() if value != before[key]}
+
+
 @shows_input_warnings
 def compress(fv):
     out = fv.out if fv["out"].present else f"out/{fv.method}"
-    config = fv.config
+    config = _read_config(fv.config) if fv.config else {}
+    splits = {key: fv[key].value for key in ("validation_fraction", "reference_fraction") if fv[key].value is not None}
+    if splits:  # the flags win over --config
+        config = _deep_merge(config, {"data": splits})
+    changes = quick_changes(fv.method, config) if fv.quick else None
     if fv.quick:
-        # The user's --config wins over the preset where both set a key.
-        config = _deep_merge(QUICK_PRESET, _read_config(fv.config) if fv.config else {})
-    report = compress_model(fv.method, data=fv.data, model=fv.model, data_dir=fv.data_dir, config=config,
+        config = _deep_merge(quick_preset(fv.method), config)
+    report = compress_model(fv.method, data=fv.data, model=fv.model, data_dir=fv.data_dir, config=config or None,
                             out_dir=out, resume=fv.resume, verbose=min(fv.verbose, 1), label_column=fv.label_column,
-                            image_size=image_size(fv.image_size), normalization=fv.normalization)
+                            image_size=image_size(fv.image_size), normalization=fv.normalization, kind=fv.kind,
+                            split_column=fv.split_column)
     if fv.quick:
         restated = SafetyReport.from_dict(report)
-        restated.meta["preset"] = "quick (--quick): a first look with a shrunken evaluation, not a final audit"
-        restated.meta["quick overrides"] = {f"{section}.{key}": value for section, values in QUICK_PRESET.items()
-                                            for key, value in values.items()}
+        restated.meta["preset"] = ("quick (--quick): a first look with shrunken training and evaluation, not a "
+                                   "final audit")
+        restated.meta["quick overrides"] = {key: f"{v['recipe']} -> {v['quick']}" for key, v in changes.items()}
         restated.save(out)
-        print(f"the report in {out} states the --quick preset")
+        print(f"the report in {out} states the --quick preset: " + ", ".join(restated.meta["quick overrides"]))
 
 
 def _load_npz_xy(path, flag):
@@ -139,7 +180,8 @@ def _load_npz_xy(path, flag):
 
 def _load_data(fv):
     return load_user_data(fv.data, label_column=fv.label_column, image_size=image_size(fv.image_size),
-                          normalization=fv.normalization, data_dir=getattr(fv, "data_dir", None))
+                          normalization=fv.normalization, data_dir=getattr(fv, "data_dir", None),
+                          kind=getattr(fv, "kind", None), split_column=getattr(fv, "split_column", None))
 
 
 def _audit_sets(fv, model, given):

@@ -23,7 +23,7 @@ import os
 from tfsafe import report_plots as plots
 from tfsafe.io import atomic_write_json, atomic_write_text, to_jsonable
 from tfsafe.report_html import esc, figures_html, html_table, md_table, meta_html, meta_markdown, page
-from tfsafe.report_verdict import TOLERANCE, attack_label, comparisons, worst_by_metric
+from tfsafe.report_verdict import TOLERANCE, attack_label, comparisons, size_text, worst_by_metric
 
 __all__ = ["SCHEMA_VERSION", "SafetyReport", "GLOSSARY"]
 
@@ -77,7 +77,8 @@ GLOSSARY = {
                "transfer attacks for a .tflite). Higher is safer.",
     "corruption acc": "Mean accuracy over natural corruptions (noise, blur, contrast...) and severities. Higher is "
                       "safer.",
-    "smaller": "How many times smaller than the reference (basis in brackets: ideal bytes or the .tflite file).",
+    "smaller": "How many times smaller than the reference (basis in brackets: ideal bytes or the .tflite file); "
+               "'larger: ...' when it is larger.",
     "accuracy change": "Test accuracy minus the reference's, in percentage points.",
     "adversarial / corruption / membership": f"better / same / worse than the reference on PGD accuracy, corruption "
                                              f"accuracy and worst MIA AUC; differences within {TOLERANCE} count as "
@@ -182,7 +183,7 @@ class SafetyReport:
         header = ["model", "against", "smaller", "accuracy change", "adversarial", "corruption", "membership"]
         rows, worse = [], []
         for v in self.verdicts():
-            smaller = "-" if v["smaller"] is None else f"{v['smaller']:.1f}x ({v['size_basis']})"
+            smaller = size_text(v)
             acc = "-" if v["accuracy_change"] is None else f"{v['accuracy_change'] * 100:+.1f} points"
             threats = ["-" if t not in v["threats"] else _threat_text(v["threats"][t])
                        for t in ("adversarial", "corruption", "membership")]

@@ -6,7 +6,7 @@ same functions serve the compress report, the audit report and a report re-read 
 """
 
 __all__ = ["TOLERANCE", "THREATS", "ATTACK_NAMES", "attack_label", "worst_by_metric", "compare", "comparisons",
-           "membership_verdict", "model_size_bytes"]
+           "membership_verdict", "model_size_bytes", "size_text"]
 
 # Differences within this (absolute, on accuracies and AUCs) count as "same".
 TOLERANCE = 0.01
@@ -93,6 +93,23 @@ def compare(entry, reference):
         "threats": threats,
         "worse": [t for t, v in threats.items() if v["verdict"] == "worse"],
     }
+
+
+def size_text(comparison):
+    """How a :func:`compare` row's size reads in words, the right way round.
+
+    ``"10.0x (ideal bytes -> ideal bytes)"`` when the model is smaller than the reference; when
+    it is larger (a small model's ``.tflite`` file carries more than its float32 weights),
+    ``"larger: .tflite file is 3.3x dense's ideal bytes"`` rather than a ratio below 1 that
+    reads as "smaller"; ``"-"`` without a like-for-like basis.
+    """
+    ratio = comparison.get("smaller")
+    if ratio is None:
+        return "-"
+    if ratio >= 1:
+        return f"{ratio:.1f}x ({comparison['size_basis']})"
+    ref_what, what = comparison["size_basis"].split(" -> ")
+    return f"larger: {what} is {1 / ratio:.1f}x {comparison['against']}'s {ref_what}"
 
 
 def comparisons(models):

@@ -18,14 +18,16 @@ METHODS = ["safecompress", "atmc", "self_compress", "rlnet", "baseline", "dp_sgd
 DATASETS = ["digits", "mnist", "fashion_mnist", "cifar10"]
 TFLITE_MODES = ["int8", "dynamic", "float16", "float32", "int4", "learned"]
 NORMALIZATIONS = ["auto", "0-1", "-1-1", "none", "mean_std"]  # tfsafe.preprocessing.NORMALIZATIONS
+DATA_KINDS = ["tabular", "image", "sequence"]  # tfsafe.data.DATA_KINDS
 COMMON_FLAGS = ("out", "seed", "verbose")
 
 # Numbers quoted in the help; the library's ParityRule defaults are the source of truth.
 PARITY_HELP = {
     "min_agreement": "top-1 agreement with Keras required on the examples Keras is confident about "
                      "(default: the library's, 0.99).",
-    "max_accuracy_drop": "largest test-accuracy drop allowed, Keras -> exported file "
-                         "(default: the library's, 0.01).",
+    "max_accuracy_drop": "largest test-accuracy drop always allowed, Keras -> exported file; a larger one "
+                         "fails when a sign test on the examples only one model gets right says it is not "
+                         "chance (default: the library's, 0.01).",
     "confidence_margin": "an example is 'confident' when the Keras model's top-1 probability exceeds the "
                          "runner-up's by this much (default: the library's, 0.1).",
 }
@@ -55,6 +57,16 @@ def _user_data(fv, what):
     flags.DEFINE_enum("normalization", None, NORMALIZATIONS, "How stored values become model inputs (default auto: "
                       "8-bit images scaled to [0, 1] unless the model has its own Rescaling layer; other data fed as "
                       f"stored). Decided once and recorded; {what}.", flag_values=fv)
+    flags.DEFINE_enum("kind", None, DATA_KINDS, "What --data holds, instead of the guess from shape and dtype "
+                      "(e.g. tabular for an integer count table, else taken for token sequences).", flag_values=fv)
+    flags.DEFINE_string("split_column", None, "--data is a .csv: the column saying train or test per row (rows "
+                        "'train' become x_train, the model's members; 'test' x_test).", flag_values=fv)
+
+
+def _fraction_flag(fv, name, help_text):
+    flags.DEFINE_float(name, None, help_text, flag_values=fv)
+    flags.register_validator(name, lambda v: v is None or 0 <= v < 1, message=f"--{name} takes a fraction in "
+                             "[0, 1), e.g. 0.1.", flag_values=fv)
 
 
 def image_size(value):
@@ -87,6 +99,10 @@ def define_compress(fv):
     flags.DEFINE_string("data_dir", None, "Built-in datasets: the file, or the folder holding one set of files "
                         "(offline).", flag_values=fv)
     _user_data(fv, "also written to the .tflite side-car")
+    _fraction_flag(fv, "validation_fraction", "Data with its own train/test split: the fraction of x_train held out "
+                   "from fine-tuning for validation (recipe data.validation_fraction; default 0.1).")
+    _fraction_flag(fv, "reference_fraction", "Data with its own train/test split: the fraction of x_test kept as "
+                   "reference non-members for simulated attackers (recipe data.reference_fraction; default 0.2).")
     flags.DEFINE_string("config", None, "JSON file overriding the method's recipe (tfsafe/recipes/<method>.json).",
                         flag_values=fv)
     flags.DEFINE_boolean("resume", False, "Continue the run in --out from its finished stages.", flag_values=fv)

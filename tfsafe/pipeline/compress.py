@@ -23,9 +23,12 @@ The data is loaded by :func:`tfsafe.user_data.load_user_data` (an ``.npz``, a ``
 image folder or a built-in name); its preprocessing is decided once
 (:meth:`~tfsafe.user_data.UserData.preprocessing_for` the given model), applied to every
 split, recorded in ``run.json`` and in the ``.tflite`` side-car. Data with its own
-``x_train`` / ``x_test`` split keeps it (members and fine-tuning only from ``x_train``);
-one pool is split by the recipe's ``data`` sizes. Data, model and preprocessing are checked
-before the run folder is created, so bad input leaves nothing ``--resume`` would trust.
+``x_train`` / ``x_test`` split (an ``.npz``, train/test image folders, a CSV with a
+``split_column``) keeps it (members and fine-tuning only from ``x_train``; the recipe's
+``data.validation_fraction`` of ``x_train`` held out, ``data.reference_fraction`` of ``x_test``
+as reference non-members); one pool is split by the recipe's other ``data`` sizes. Data, model
+and preprocessing are checked before the run folder is created, so bad input leaves nothing
+``--resume`` would trust.
 
 On ``resume`` a stage is skipped when it finished with the same settings and no stage before
 it was redone; so a resume after changing only ``export`` redoes export and what follows.
@@ -58,14 +61,17 @@ from tfsafe.safety.evaluate import DATASET_EPS, default_eps, evaluate_safety
 from tfsafe.safety.tflite_model import as_target, predict_labels
 from tfsafe.user_data import check_data_matches_model, load_user_data
 
-__all__ = ["compress_model", "StageRunner", "load_splits", "dense_model", "method_params", "IMAGE_ONLY_TESTS"]
+__all__ = ["compress_model", "StageRunner", "load_splits", "split_sizes", "dense_model", "method_params",
+           "IMAGE_ONLY_TESTS"]
 
 ARCHITECTURES = {"small_cnn": small_cnn, "lenet": lenet, "mlp": mlp, "rlnet_cnn": rlnet_cnn}  # + bn_mlp below
 CONV_ARCHITECTURES = ("small_cnn", "lenet", "rlnet_cnn")
 # Safety tests that only make sense for images (pixel corruptions; Grad-CAM safety sets).
 IMAGE_ONLY_TESTS = ("corruptions", "safety_set")
-# Split data (x_train / x_test): validation held out of x_train, reference non-members out of x_test.
+# Split data (x_train / x_test): validation held out of x_train, reference non-members out of x_test;
+# the defaults of the recipe keys data.validation_fraction / data.reference_fraction (null = these).
 SPLIT_SIZES = {"validation_size": 0.1, "reference_size": 0.2}
+SPLIT_KEYS = {"validation_fraction": "validation_size", "reference_fraction": "reference_size"}
 NOT_MEANINGFUL = ("not meaningful: the data is one pool (no x_train / x_test split) and the model was trained "
                   "elsewhere, so which rows it saw is unknown; its 'members' are random rows. Give x_train / x_test "
                   "(the rows it was trained on and rows it never saw) for a membership audit.")
@@ -162,8 +168,9 @@ def load_splits(data, data_dir, sizes, seed, preprocessing=None, model=None, **l
     A built-in dataset without ``model`` is pooled (train + test files) and split by the
     recipe's ``sizes`` (``pool_size`` included), as the recipes were tuned; data with its own
     ``x_train`` / ``x_test`` split (an ``.npz``, or a built-in one for a user's model) keeps it:
-    members and validation only from ``x_train`` (:data:`SPLIT_SIZES`); one pool is split by
-    ``sizes``.
+    members and validation only from ``x_train``, split by ``sizes``' ``validation_fraction``
+    (of ``x_train``) and ``reference_fraction`` (of ``x_test``; ``None``: :data:`SPLIT_SIZES`);
+    one pool is split by the other ``sizes``.
 
     Args:
         data: a path or built-in name (see :func:`tfsafe.user_data.load_user_data`), or a
@@ -173,10 +180,14 @@ def load_splits(data, data_dir, sizes, seed, preprocessing=None, model=None, **l
         seed: seeds the split.
         preprocessing: ``normalization`` (see :func:`tfsafe.preprocessing.decide_preprocessing`).
         model: the user's Keras model, or None (a dense model is trained on the members).
-        **load: ``label_column``, ``image_size`` for :func:`~tfsafe.user_data.load_user_data`.
+        **load: ``label_column``, ``image_size``, ``kind``, ``split_column`` for
+            :func:`~tfsafe.user_data.load_user_data`.
 
     Returns:
         ``(user_data, preprocessing, splits)``.
+
+    Raises:
+        InputError: a split fraction outside [0, 1), or one given for data without a split.
     """
     if isinstance(data, str) or hasattr(data, "__fspath__"):
         data = load_user_data(data, data_dir=data_dir, normalization=preprocessing, **load)
@@ -186,11 +197,36 @@ def load_splits(data, data_dir, sizes, seed, preprocessing=None, model=None, **l
         x, y = data.pool()
         data = dataclasses.replace(data, x_train=x, y_train=y, x_test=None, y_test=None,
                                    provenance=dict(data.provenance, has_split=False))
-    if data.has_split:
-        sizes = dict(SPLIT_SIZES)
+    sizes = split_sizes(sizes, data)
     splits = data.splits(seed, pre, **sizes)
     splits.provenance["members_known"] = data.has_split or model is None
     return data, pre, splits
+
+
+def split_sizes(sizes, data):
+    """The size arguments of ``data.splits`` from a recipe's ``data`` section.
+
+    Data with its own split gets ``validation_size`` / ``reference_size`` from
+    ``validation_fraction`` (of ``x_train``) and ``reference_fraction`` (of ``x_test``), each
+    ``None`` for :data:`SPLIT_SIZES`; one pool gets the pool sizes, and the two fraction keys
+    must be ``None`` for it.
+    """
+    given = {key: sizes.get(key) for key in SPLIT_KEYS if sizes.get(key) is not None}
+    if not data.has_split:
+        if given:
+            key = next(iter(given))
+            raise InputError(f"data.{key} (--{key}) applies to data with its own x_train / x_test split, and "
+                             f"{data.name} is one pool here; set data.validation_size / data.nonmember_size / "
+                             "data.test_size (fractions of the pool) instead, or leave it out.")
+        return {k: v for k, v in sizes.items() if k not in SPLIT_KEYS}
+    result = dict(SPLIT_SIZES)
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            part = "x_train" if key == "validation_fraction" else "x_test"
+            raise InputError(f"data.{key} (--{key}) must be a fraction of {part} in [0, 1), got {value!r}; "
+                             "e.g. 0.1.")
+        result[SPLIT_KEYS[key]] = float(value)
+    return result
 
 
 def bn_mlp(input_shape, num_classes, units=64, name="bn_mlp"):
@@ -308,7 +344,8 @@ def _prepare(data, model, data_dir, recipe, normalization, load):
 
 
 def compress_model(method, data="digits", model=None, data_dir=None, config=None, out_dir="out/compress",
-                   resume=False, verbose=1, log=print, label_column=None, image_size=None, normalization=None):
+                   resume=False, verbose=1, log=print, label_column=None, image_size=None, normalization=None,
+                   kind=None, split_column=None):
     """Compress a model with one method, export it and write a safety report, resumably.
 
     Args:
@@ -332,6 +369,9 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
         image_size: ``(height, width)`` or one int for image folders.
         normalization: ``"auto"`` (default), ``"0-1"``, ``"-1-1"``, ``"none"``, ``"mean_std"``
             or a dict (see :func:`tfsafe.preprocessing.decide_preprocessing`).
+        kind: ``"tabular"``, ``"image"`` or ``"sequence"`` instead of the guess from shape and
+            dtype (e.g. an integer count table, else taken for token sequences).
+        split_column: the CSV's column saying ``train`` / ``test`` per row (a given split).
 
     Returns:
         The report as a dict (what ``report.json`` holds).
@@ -349,13 +389,14 @@ def compress_model(method, data="digits", model=None, data_dir=None, config=None
     """
     recipe = load_recipe(method, config)
     seed = int(recipe["seed"])
-    load = {k: v for k, v in (("label_column", label_column), ("image_size", image_size)) if v is not None}
+    load = {k: v for k, v in (("label_column", label_column), ("image_size", image_size), ("kind", kind),
+                              ("split_column", split_column)) if v is not None}
     user, pre, splits, user_model, num_classes = _prepare(data, model, data_dir, recipe, normalization, load)
     eps_rule = default_attack_eps(splits.test[0], pre, kind=user.kind)
     compressor = get(method, **method_params(recipe["params"], data, eps_rule["eps"], user.kind))
     data_name = data if user.provenance["format"] == "builtin" else os.path.abspath(os.fspath(data))
     identity = {"method": method, "data": data_name, "model": None if model is None else os.path.abspath(model),
-                "seed": seed, "splits": recipe["data"] if not user.has_split else SPLIT_SIZES,
+                "seed": seed, "splits": split_sizes(recipe["data"], user),
                 "load": load, "preprocessing": pre.to_dict(), "split_provenance": splits.provenance}
     state = RunState(out_dir, identity, resume=resume)
     stages = StageRunner(state, log=log)
