@@ -332,7 +332,8 @@ def _prepare(data, model, data_dir, recipe, normalization, load):
                                     model=user_model, **load)
     if user_model is not None:
         for part in ("test", "train"):
-            check_data_matches_model(user_model, *getattr(splits, part), name=f"{user.name} ({part} split)")
+            check_data_matches_model(user_model, *getattr(splits, part), name=f"{user.name} ({part} split)",
+                                     range_checked=pre.expected_range is not None)
     if user.kind == "image" and pre.mode == "model" and pre.expected_range and max(pre.expected_range) > 1.0:
         # The attacks, corruptions and radii work on images in [0, 1]; refuse before any training.
         raise UnsupportedModelError(
