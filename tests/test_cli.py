@@ -218,3 +218,11 @@ def test_help_into_a_closed_pipe_is_quiet():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err
+
+
+def test_keras_progress_is_one_line_per_epoch_in_a_log(capsys):
+    # Under pytest stdout is captured (not a terminal), as when a run is piped into a log file.
+    from tfsafe.cli import keras_verbose
+
+    assert keras_verbose(0) == 0
+    assert keras_verbose(1) == 2 and keras_verbose(2) == 2

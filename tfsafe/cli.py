@@ -98,7 +98,7 @@ def shows_input_warnings(command):
 
 def demo(fv):
     run_demo(fv.out, epochs=fv.epochs, prune_epochs=fv.prune_epochs, target_sparsity=fv.target_sparsity,
-             attacks=fv.attacks or FAST_ATTACKS, seed=fv.seed, verbose=min(fv.verbose, 1))
+             attacks=fv.attacks or FAST_ATTACKS, seed=fv.seed, verbose=keras_verbose(fv.verbose))
 
 
 def _deep_merge(base, overrides):
@@ -117,6 +117,16 @@ def _read_config(path):
             return json.load(f)
     except json.JSONDecodeError as err:
         raise InputError(f"--config file '{path}' is not valid JSON: {err}") from err
+
+
+def keras_verbose(verbose):
+    """Keras ``fit`` verbosity for ``--verbose``: progress bars on a terminal, one line per epoch in a log.
+
+    A progress bar written to a file or pipe is one line per update (tens of kilobytes per run).
+    """
+    if verbose == 0:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 def quick_preset(method):
@@ -154,7 +164,7 @@ def compress(fv):
     if fv.quick:
         config = _deep_merge(quick_preset(fv.method), config)
     report = compress_model(fv.method, data=fv.data, model=fv.model, data_dir=fv.data_dir, config=config or None,
-                            out_dir=out, resume=fv.resume, verbose=min(fv.verbose, 1), label_column=fv.label_column,
+                            out_dir=out, resume=fv.resume, verbose=keras_verbose(fv.verbose), label_column=fv.label_column,
                             image_size=image_size(fv.image_size), normalization=fv.normalization, kind=fv.kind,
                             split_column=fv.split_column)
     if fv.quick:

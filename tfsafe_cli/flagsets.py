@@ -41,7 +41,8 @@ def _required(fv, name, message):
 def _common(fv):
     flags.DEFINE_string("out", "out", "Output folder for reports, models and exported files.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=fv)
-    flags.DEFINE_integer("verbose", 1, "0: tfsafe's stage lines only; 1: also Keras progress bars; 2: also "
+    flags.DEFINE_integer("verbose", 1, "0: tfsafe's stage lines only; 1: also Keras progress (bars on a terminal, one "
+                         "line per epoch in a log); 2: also "
                          "TensorFlow's, absl's and the converter's own log lines.", flag_values=fv,
                          lower_bound=0, upper_bound=2)
 
