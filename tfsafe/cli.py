@@ -164,8 +164,9 @@ def compress(fv):
     if fv.quick:
         config = _deep_merge(quick_preset(fv.method), config)
     report = compress_model(fv.method, data=fv.data, model=fv.model, data_dir=fv.data_dir, config=config or None,
-                            out_dir=out, resume=fv.resume, verbose=keras_verbose(fv.verbose), label_column=fv.label_column,
-                            image_size=image_size(fv.image_size), normalization=fv.normalization, kind=fv.kind,
+                            out_dir=out, resume=fv.resume, verbose=keras_verbose(fv.verbose),
+                            label_column=fv.label_column, image_size=image_size(fv.image_size),
+                            normalization=fv.normalization, kind=fv.kind,
                             split_column=fv.split_column)
     if fv.quick:
         restated = SafetyReport.from_dict(report)
