@@ -96,6 +96,7 @@ def parse_args(argv=None):
     p.add_argument("--adv_weight", type=float, default=0.5, help="weight of CE(adv) in training (1 = Madry)")
     p.add_argument("--deploy_epochs", type=int, default=1, help="ATMC deploy-stage fine-tune epochs")
     p.add_argument("--ft_size", type=int, default=None, help="training examples of the fine-tunes (default all)")
+    p.add_argument("--verbose", type=int, default=0, help="Keras verbosity of the training runs (2: one line an epoch)")
     p.add_argument("--save_da", default=None, help="save the DA model here (.keras)")
     p.add_argument("--load_da", default=None, help="load the DA model from here instead of training it")
     p.add_argument("--seed", type=int, default=0)
@@ -201,7 +202,8 @@ def main(argv=None):
     log(f"data: train {len(train[0])}, val {len(val[0])}, eval {len(test[0])}; eps {args.eps}")
     architecture = small_cnn if args.quick else lenet
     dense = architecture(train[0].shape[1:], 10)
-    common = {"batch_size": args.batch_size, "steps": args.train_steps, "select_steps": args.select_steps}
+    common = {"batch_size": args.batch_size, "steps": args.train_steps, "select_steps": args.select_steps,
+              "verbose": args.verbose}
     adversarial = {"attack": args.attack, "adv_weight": args.adv_weight}
     ft_train = train if args.ft_size is None else (train[0][:args.ft_size], train[1][:args.ft_size])
     ft = dict(common, epochs=args.ft_epochs, learning_rate=args.ft_lr, validation_data=val, **adversarial)
