@@ -151,14 +151,14 @@ def factor_summary(model):
     return out
 
 
-def export(model, name, train, test, args):
+def export(model, name, train, test, args, mode="int8"):
     try:
         from tflite_export.convert import to_tflite
     except ImportError as err:
         return {"error": f"tflite_export unavailable: {err}"}
-    path = os.path.join(os.path.dirname(args.out) or ".", f"atmc_{name}.tflite")
+    path = os.path.join(os.path.dirname(args.out) or ".", f"atmc_{name}_{mode}.tflite")
     try:
-        result = to_tflite(model, path, "int8", train[0][:500], verify=(test[0][:500], test[1][:500]))
+        result = to_tflite(model, path, mode, train[0][:500], verify=(test[0][:500], test[1][:500]))
     except Exception as err:  # report, keep the benchmark going
         return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
     return {"path": path, "bytes": result.bytes, "gzip_bytes": result.gzip_bytes,
@@ -260,8 +260,9 @@ def main(argv=None):
                 rho_growth=args.rho_growth, rho_max=args.rho_max, deploy_epochs=args.deploy_epochs, **ft))
             rows[name]["budget"] = k
             if not args.no_export:
-                rows[name]["tflite_int8"] = export(model, f"{bits}bit", train, test, args)
-                log(f"{name} int8 tflite: {rows[name]['tflite_int8']}")
+                for mode in ("int8", "learned"):
+                    rows[name][f"tflite_{mode}"] = export(model, f"{bits}bit", train, test, args, mode)
+                    log(f"{name} {mode} tflite: {rows[name][f'tflite_{mode}']}")
     reference = max(r["pgd_accuracy"] for name, r in rows.items() if name.startswith("DA"))
     md = table(rows, reference, args.eval_steps)
     target = target_table(rows, reference, args.eval_steps)
