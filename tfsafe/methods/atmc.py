@@ -68,11 +68,12 @@ def _guard(atmc, validation_data, eps, attack):
 
 
 def _fit(trainer, x, y, validation_data, eps, epochs, batch_size, select_steps, tests, attack, cbs, callbacks,
-         verbose):
+         verbose, check_start=False):
     """``trainer.fit`` with the best projected checkpoint and the guard; returns ``(history, checks, best, guard)``."""
     checkpoint = None
     if validation_data is not None:
-        checkpoint = BestProjectedCheckpoint(validation_data, eps=eps, steps=select_steps, tests=tests)
+        checkpoint = BestProjectedCheckpoint(validation_data, eps=eps, steps=select_steps, tests=tests,
+                                             check_start=check_start)
         cbs.append(checkpoint)
     guard = _guard(trainer, validation_data, eps, attack)
     if guard is not None:
@@ -149,7 +150,7 @@ def deploy_merged(net, x, y, budget, bits, eps, epochs=1, validation_data=None, 
             validation_data = check_xy(net, *validation_data, name="validation")
         out["history"], out["checks"], out["best"], out["guard"] = _fit(
             trainer, x, y, validation_data, eps, epochs, batch_size, select_steps, tests, attack, [], callbacks,
-            verbose)
+            verbose, check_start=True)
     out["after"] = _sizes(net, dense)
     return out
 
