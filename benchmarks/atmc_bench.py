@@ -244,9 +244,8 @@ def main(argv=None):
     # The compressed rows get more adversarial training than DA; this row gets the same extra
     # training without compression, so "PGD / best DA" is not flattered by it.
     if "daft" in wanted:  # as many epochs as ATMC trains: its fine-tune plus its deploy stage
-        extra = args.ft_epochs + (args.deploy_epochs if "atmc" in wanted else 0)
-        run(f"DA +{extra} ep", lambda: baselines.dense_training(da, *ft_train, eps=args.eps,
-                                                                 **dict(ft, epochs=extra)))
+        more = args.ft_epochs + (args.deploy_epochs if "atmc" in wanted else 0)
+        run(f"DA +{more} ep", lambda: baselines.dense_training(da, *ft_train, eps=args.eps, **dict(ft, epochs=more)))
     if "ap" in wanted:
         run("AP", lambda: baselines.adversarial_pruning(da, *ft_train, k32, eps=args.eps, **ft))
     if "alr" in wanted:
