@@ -14,7 +14,18 @@ Rows (all through :func:`tfsafe.methods.atmc.atmc_train`):
 Every compressed row targets ``compressed bits <= --ratio x dense float32 bits`` (the budget
 ``k`` comes from :func:`tfsafe.methods.atmc.budget_for_ratio`); the table shows the measured
 ratio from :mod:`tfsafe.metrics` (non-zeros x bits + codebooks + float32 biases; sparse index
-overhead is not counted, as in the paper). Checkpoints are chosen on a validation split carved
+overhead is not counted, as in the paper) of the *deployed* model: what ``strip()`` ships
+(ATMC's merged kernels, after its deploy stage put the budget on them; ``--deploy_epochs``
+fine-tune epochs with mask and codebook fixed). The ATMC table also lists the factor form's
+ideal bytes and the merged kernels' before the deploy stage.
+
+``--attack fgsm_rs`` (or ``free``) trains DA and every fine-tune with fast adversarial training
+(FGSM from a random start, step 1.25 eps; the catastrophic-overfitting guard on 256 validation
+images falls back to PGD). The ATMC target table (issue 20) compares each ATMC row with the
+best DA row: PGD-40 accuracy ratio (target >= 0.9) and dense bytes / deployed ideal bytes
+(target >= 20). ``--save_da`` / ``--load_da`` keep the DA model between runs.
+
+Checkpoints are chosen on a validation split carved
 from the training set; the evaluation subset comes from the test set and is used for nothing
 else. PGD-40 accuracy is the per-example worst case over cross-entropy PGD with
 ``--eval_restarts`` random starts and a margin-loss PGD run.
@@ -22,6 +33,7 @@ else. PGD-40 accuracy is the per-example worst case over cross-entropy PGD with
 Usage:
     .venv/bin/python benchmarks/atmc_bench.py --data_dir /work/shared/data/mnist
     .venv/bin/python benchmarks/atmc_bench.py --quick      # digits + small CNN, ~2 minutes
+    .venv/bin/python benchmarks/atmc_bench.py --data_dir ... --attack fgsm_rs --adv_weight 1 --rows atmc
 """
 
 import argparse
@@ -37,7 +49,7 @@ from bench_common import load_data  # noqa: E402
 from tfsafe import metrics  # noqa: E402
 from tfsafe._keras import keras  # noqa: E402
 from tfsafe.compress.factorization import factorize  # noqa: E402
-from tfsafe.io import atomic_write_json  # noqa: E402
+from tfsafe.io import atomic_write_json, load_model, save_model  # noqa: E402
 from tfsafe.methods import atmc_baselines as baselines  # noqa: E402
 from tfsafe.methods.atmc import budget_for_ratio  # noqa: E402
 from tfsafe.models import lenet, small_cnn  # noqa: E402
@@ -76,8 +88,17 @@ def parse_args(argv=None):
     p.add_argument("--rho", type=float, default=0.1)
     p.add_argument("--rho_growth", type=float, default=1.1, help="rho multiplier per ADMM update")
     p.add_argument("--rho_max", type=float, default=5.0)
-    p.add_argument("--rows", default="nap,da,ap,alr,atmc", help="which rows to run (da always runs)")
+    p.add_argument("--rows", default="nap,daft,ap,alr,atmc",
+                   help="which rows to run (DA always runs or is loaded; daft = DA + the fine-tune epochs)")
     p.add_argument("--no_export", action="store_true", help="skip the int8 .tflite export of the ATMC rows")
+    p.add_argument("--attack", default="pgd", choices=("pgd", "fgsm_rs", "free"),
+                   help="how DA and the fine-tunes craft training examples")
+    p.add_argument("--adv_weight", type=float, default=0.5, help="weight of CE(adv) in training (1 = Madry)")
+    p.add_argument("--deploy_epochs", type=int, default=1, help="ATMC deploy-stage fine-tune epochs")
+    p.add_argument("--ft_size", type=int, default=None, help="training examples of the fine-tunes (default all)")
+    p.add_argument("--verbose", type=int, default=0, help="Keras verbosity of the training runs (2: one line an epoch)")
+    p.add_argument("--save_da", default=None, help="save the DA model here (.keras)")
+    p.add_argument("--load_da", default=None, help="load the DA model from here instead of training it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/atmc.json")
     args = p.parse_args(argv)
@@ -117,6 +138,7 @@ def evaluate(model, dense, test, args):
     size = metrics.model_size(model, reference=dense)
     return {"compression_ratio": size["compression_ratio"], "nonzeros": size["nonzeros"],
             "average_bits": size["average_bits"], "ideal_bytes": size["ideal_bytes"],
+            "stored_ideal_bytes": size["stored_ideal_bytes"], "dense_bytes": size["dense_bytes"],
             "clean_accuracy": float(correct.mean()), "pgd_accuracy": float(robust.mean()),
             "fgsm_accuracy": float(fgsm.mean())}
 
@@ -129,14 +151,14 @@ def factor_summary(model):
     return out
 
 
-def export(model, name, train, test, args):
+def export(model, name, train, test, args, mode="int8"):
     try:
         from tflite_export.convert import to_tflite
     except ImportError as err:
         return {"error": f"tflite_export unavailable: {err}"}
-    path = os.path.join(os.path.dirname(args.out) or ".", f"atmc_{name}.tflite")
+    path = os.path.join(os.path.dirname(args.out) or ".", f"atmc_{name}_{mode}.tflite")
     try:
-        result = to_tflite(model, path, "int8", train[0][:500], verify=(test[0][:500], test[1][:500]))
+        result = to_tflite(model, path, mode, train[0][:500], verify=(test[0][:500], test[1][:500]))
     except Exception as err:  # report, keep the benchmark going
         return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
     return {"path": path, "bytes": result.bytes, "gzip_bytes": result.gzip_bytes,
@@ -153,6 +175,22 @@ def table(rows, reference, steps):
     return "\n".join(lines)
 
 
+def target_table(rows, reference, steps):
+    """Issue 20's ATMC target: PGD >= 0.9x the best DA row's at >= 20x fewer deployed ideal bytes."""
+    lines = [f"| row | deployed ideal bytes | x fewer than dense | factor-form bytes | merged bytes before deploy "
+             f"| clean | PGD-{steps} | x DA PGD | target met |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if not name.startswith("ATMC"):
+            continue
+        fewer = r["dense_bytes"] / r["ideal_bytes"]
+        rel = r["pgd_accuracy"] / reference if reference else float("nan")
+        before = (r.get("deploy") or {}).get("before", {})
+        lines.append(f"| {name} | {r['ideal_bytes']:,.0f} | {fewer:.1f} | {before.get('factors_ideal_bytes', 0):,.0f} "
+                     f"| {before.get('deployed_ideal_bytes', 0):,.0f} | {r['clean_accuracy']:.3f} "
+                     f"| {r['pgd_accuracy']:.3f} | {rel:.2f} | {'yes' if rel >= 0.9 and fewer >= 20 else 'no'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not args.quick and not args.data_dir:
@@ -164,8 +202,11 @@ def main(argv=None):
     log(f"data: train {len(train[0])}, val {len(val[0])}, eval {len(test[0])}; eps {args.eps}")
     architecture = small_cnn if args.quick else lenet
     dense = architecture(train[0].shape[1:], 10)
-    common = {"batch_size": args.batch_size, "steps": args.train_steps, "select_steps": args.select_steps}
-    ft = dict(common, epochs=args.ft_epochs, learning_rate=args.ft_lr, validation_data=val)
+    common = {"batch_size": args.batch_size, "steps": args.train_steps, "select_steps": args.select_steps,
+              "verbose": args.verbose}
+    adversarial = {"attack": args.attack, "adv_weight": args.adv_weight}
+    ft_train = train if args.ft_size is None else (train[0][:args.ft_size], train[1][:args.ft_size])
+    ft = dict(common, epochs=args.ft_epochs, learning_rate=args.ft_lr, validation_data=val, **adversarial)
     rows, extra = {}, {}
 
     def run(name, fn):
@@ -174,9 +215,11 @@ def main(argv=None):
         result = fn()
         seconds = time.time() - start
         rows[name] = dict(evaluate(result.model, dense, test, args), train_seconds=seconds,
-                          best_check=result.best, checks=result.checks, factors=factor_summary(result.model))
+                          best_check=result.best, checks=result.checks, factors=factor_summary(result.model),
+                          deploy=getattr(result, "deploy", None), guard=getattr(result, "guard", None))
         log(f"{name}: {rows[name]['compression_ratio']:.4f} ratio, clean {rows[name]['clean_accuracy']:.3f}, "
             f"PGD {rows[name]['pgd_accuracy']:.3f}, FGSM {rows[name]['fgsm_accuracy']:.3f} ({seconds:.0f}s train)")
+        atomic_write_json(args.out, {"args": vars(args), "rows": rows, "partial": True})
         return result.model
 
     k32 = budget_for_ratio(dense, args.ratio, 32)
@@ -187,16 +230,26 @@ def main(argv=None):
             dense, *train, adversarial=False, epochs=args.clean_epochs, learning_rate=args.lr, **common))
         run("NAP", lambda: baselines.nap(clean, *train, k32, epochs=args.ft_epochs, learning_rate=args.ft_lr,
                                          **common))
-    da = run("DA", lambda: baselines.dense_training(
-        dense, *train, eps=args.eps, epochs=args.da_epochs, ramp_epochs=args.ramp_epochs, learning_rate=args.lr,
-        validation_data=val, **common))
-    # The compressed rows get --ft_epochs more PGD training than DA; this row gets the same
-    # extra training without compression, so "PGD / best DA" is not flattered by it.
-    run(f"DA +{args.ft_epochs} ep", lambda: baselines.dense_training(da, *train, eps=args.eps, **ft))
+    if args.load_da:
+        da = load_model(args.load_da)
+        rows["DA"] = dict(evaluate(da, dense, test, args), train_seconds=0.0, loaded=args.load_da)
+        log(f"DA loaded from {args.load_da}: clean {rows['DA']['clean_accuracy']:.3f}, "
+            f"PGD {rows['DA']['pgd_accuracy']:.3f}")
+    else:
+        da = run("DA", lambda: baselines.dense_training(
+            dense, *train, eps=args.eps, epochs=args.da_epochs, ramp_epochs=args.ramp_epochs, learning_rate=args.lr,
+            validation_data=val, **common, **adversarial))
+        if args.save_da:
+            save_model(da, args.save_da)
+    # The compressed rows get more adversarial training than DA; this row gets the same extra
+    # training without compression, so "PGD / best DA" is not flattered by it.
+    if "daft" in wanted:  # as many epochs as ATMC trains: its fine-tune plus its deploy stage
+        more = args.ft_epochs + (args.deploy_epochs if "atmc" in wanted else 0)
+        run(f"DA +{more} ep", lambda: baselines.dense_training(da, *ft_train, eps=args.eps, **dict(ft, epochs=more)))
     if "ap" in wanted:
-        run("AP", lambda: baselines.adversarial_pruning(da, *train, k32, eps=args.eps, **ft))
+        run("AP", lambda: baselines.adversarial_pruning(da, *ft_train, k32, eps=args.eps, **ft))
     if "alr" in wanted:
-        run("ALR", lambda: baselines.adversarial_low_rank(da, *train, k32, eps=args.eps, **ft))
+        run("ALR", lambda: baselines.adversarial_low_rank(da, *ft_train, k32, eps=args.eps, **ft))
     if "atmc" in wanted:
         factorized = factorize(da)
         for bits in bits_list:
@@ -204,16 +257,20 @@ def main(argv=None):
             name = f"ATMC-{bits}bit"
             log(f"{name}: budget {k} non-zeros over A, B, C")
             model = run(name, lambda bits=bits, k=k: baselines.atmc(
-                da, *train, k, bits=bits, eps=args.eps, admm_every=args.admm_every, rho=args.rho,
-                rho_growth=args.rho_growth, rho_max=args.rho_max, **ft))
+                da, *ft_train, k, bits=bits, eps=args.eps, admm_every=args.admm_every, rho=args.rho,
+                rho_growth=args.rho_growth, rho_max=args.rho_max, deploy_epochs=args.deploy_epochs, **ft))
             rows[name]["budget"] = k
             if not args.no_export:
-                rows[name]["tflite_int8"] = export(model, f"{bits}bit", train, test, args)
-                log(f"{name} int8 tflite: {rows[name]['tflite_int8']}")
+                for mode in ("int8", "learned"):
+                    rows[name][f"tflite_{mode}"] = export(model, f"{bits}bit", train, test, args, mode)
+                    log(f"{name} {mode} tflite: {rows[name][f'tflite_{mode}']}")
     reference = max(r["pgd_accuracy"] for name, r in rows.items() if name.startswith("DA"))
     md = table(rows, reference, args.eval_steps)
+    target = target_table(rows, reference, args.eval_steps)
     print(md, flush=True)
-    atomic_write_json(args.out, {"args": vars(args), "rows": rows, "table": md, "budget_32bit": k32, **extra})
+    print(target, flush=True)
+    atomic_write_json(args.out, {"args": vars(args), "rows": rows, "table": md, "target_table": target,
+                                 "budget_32bit": k32, **extra})
     log(f"wrote {args.out}")
     return rows
 

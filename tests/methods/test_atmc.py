@@ -161,6 +161,12 @@ def test_short_atmc_run_on_digits(trained_cnn, digits_splits):
     assert adversarial_accuracy(compressed, xt[:100], yt[:100], 0.1, steps=10) > 0.2
     plain = strip(compressed)  # export path: plain Dense/Conv2D with the same function
     assert not any(isinstance(layer, FactorizedConv2D) for layer in plain.layers)
+    # What ships meets the budget too (the deploy stage): non-zeros, 16 codebook values per kernel, bytes.
+    kernels = [layer.kernel.numpy() for layer in plain.layers if hasattr(layer, "kernel")]
+    assert sum(int(np.count_nonzero(k)) for k in kernels) <= budget
+    assert all(len(np.unique(k[k != 0])) <= 16 for k in kernels)
+    assert metrics.model_size(plain, reference=trained_cnn)["compression_ratio"] <= 0.1
+    assert result.deploy["after"]["deployed_ideal_bytes"] <= result.deploy["before"]["deployed_ideal_bytes"]
     np.testing.assert_allclose(plain.predict(xt[:32], verbose=0), compressed.predict(xt[:32], verbose=0),
                                rtol=1e-4, atol=1e-4)
 

@@ -14,12 +14,13 @@ receptive field (``fan_in = kh * kw * in_channels``) reshaped back to ``(kh, kw,
 layers; :mod:`tfsafe.metrics` counts their non-zeros and bits (see :func:`factor_bits`).
 
 Export decision: always merge. TFLite stores each weight tensor densely (or with its sparse
-encoding of one tensor), so keeping the factors would store ``2 * out * fan_in + out^2``
-values where the merged kernel stores ``out * fan_in``; and with ``B = 0`` (what ATMC
-training ends with in practice) the merged ``W = A + C`` has no more non-zeros than the
-factors. The ideal size (non-zeros x bits, :mod:`tfsafe.metrics`) counts, per layer, the
-cheaper of the factorized encoding and the merged one (a non-zero ``B`` densifies ``W`` and
-moves it off the codebook, then the merged kernel counts at 32 bits).
+encoding of one tensor) and its converter constant-folds ``(B + I) A + C`` into one kernel,
+so what ships is the merged ``W``. A non-zero ``B`` makes ``B A`` dense and moves ``W`` off
+the codebook, so the merged kernel can be far larger than the factors ATMC's budget
+constrains; ATMC's ``deploy`` stage (:mod:`tfsafe.methods.atmc_deploy`) therefore puts the
+budget on ``W`` itself and leaves ``A = W``, ``B = C = 0``. The stored-form statistics
+(:func:`tfsafe.metrics.weight_stats`) count, per layer, the cheaper of the factorized encoding
+and the merged one; :func:`tfsafe.metrics.deployed_stats` counts the merged kernel.
 The layers live in :mod:`tfsafe.compress.factorized_layers` (importable from here); this
 module does the model surgery, ``strip()`` and the size accounting.
 """

@@ -28,8 +28,10 @@ def dense_training(model, x, y, eps=0.3, adversarial=True, **kwargs):
     """
     if not adversarial:
         kwargs.pop("validation_data", None)  # a clean model is not selected by PGD accuracy
+        kwargs["adv_weight"] = 0.0
+    kwargs.setdefault("adv_weight", 0.5)
     return atmc_train(copy_model(model), x, y, budget=None, bits=32, eps=eps if adversarial else 0.0,
-                         adv_weight=0.5 if adversarial else 0.0, factorized=False, **kwargs)
+                      factorized=False, **kwargs)
 
 
 def nap(clean_model, x, y, budget, **kwargs):

@@ -62,9 +62,11 @@ class BestProjectedCheckpoint(keras.callbacks.Callback):
         steps, restarts: PGD settings of the default test.
         every: Check every ``every`` epochs (the last epoch is always checked).
         tests: ``[SafetyTest | (SafetyTest, weight), ...]`` replacing the default test.
+        check_start: Also check the model before training (``epoch`` 0), so training that makes
+            it worse is undone (ATMC's deploy fine-tune starts from a projected model).
     """
 
-    def __init__(self, validation_data, eps, steps=20, restarts=1, every=1, tests=None):
+    def __init__(self, validation_data, eps, steps=20, restarts=1, every=1, tests=None, check_start=False):
         super().__init__()
         self.x_val, self.y_val = validation_data
         self.eps = float(eps)
@@ -74,6 +76,7 @@ class BestProjectedCheckpoint(keras.callbacks.Callback):
         if tests is None:
             tests = [PGDTest(self.eps, steps=self.steps, restarts=self.restarts, losses=("ce",))] if eps > 0 else []
         self.tests = [item if isinstance(item, (tuple, list)) else (item, 1.0) for item in tests]
+        self.check_start = bool(check_start)
         self.history = []
         self.best = None
 
@@ -81,10 +84,17 @@ class BestProjectedCheckpoint(keras.callbacks.Callback):
         score = check["score"] if check["score"] is not None else check["val_clean_accuracy"]
         return (score, check["val_clean_accuracy"])
 
+    def on_train_begin(self, logs=None):
+        if self.check_start:
+            self._check(0, None)
+
     def on_epoch_end(self, epoch, logs=None):
         last = epoch + 1 == self.params.get("epochs")
         if (epoch + 1) % self.every and not last:
             return
+        self._check(epoch + 1, logs)
+
+    def _check(self, epoch, logs):
         atmc = self.model
         net = atmc.model
         raw = net.get_weights()
@@ -92,7 +102,7 @@ class BestProjectedCheckpoint(keras.callbacks.Callback):
         data = SafetyData(test=(self.x_val, self.y_val), validation=(self.x_val, self.y_val))
         results, score = run_selection(net, self.tests, data)
         clean = float(np.mean(net.predict(self.x_val, batch_size=512, verbose=0).argmax(axis=1) == self.y_val))
-        check = {"epoch": epoch + 1, "score": score, "val_clean_accuracy": clean,
+        check = {"epoch": epoch, "score": score, "val_clean_accuracy": clean,
                  "tests": {name: r.get("score") for name, r in results.items()}}
         pgd = [r["accuracy"] for r in results.values() if r["name"].startswith("pgd")]
         if pgd:

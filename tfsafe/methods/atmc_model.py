@@ -10,7 +10,7 @@ from tfsafe.objectives import admm_penalty, weighted_softmax_cross_entropy
 from tfsafe.safety.adversarial import pgd_perturb
 from tfsafe.safety.adversarial_training import AdversarialModel
 
-__all__ = ["ATMCModel", "check_budget"]
+__all__ = ["ATMCModel", "check_budget", "atmc_pgd"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,6 +38,14 @@ class ATMCModel(AdversarialModel):
         fixed_mask: Prune once (at the first step) and keep that mask (one-shot pruning +
             fine-tuning, the AP / NAP baselines) instead of re-projecting every batch.
         step_size: PGD step; default ``1.25 * eps / steps`` of the current eps (ATMC's code).
+        attack: How training examples are crafted (see
+            :class:`~tfsafe.safety.adversarial_training.AdversarialModel`): ``"pgd"`` (the paper),
+            ``"fgsm_rs"`` (FGSM from a random start, Wong et al. 2020; about ``steps / 1`` times
+            cheaper) or ``"free"`` (Shafahi et al. 2019: ``free_replays`` optimizer steps per
+            minibatch, each followed by the ADMM penalty; the budget projection runs after the
+            replays). :class:`~tfsafe.safety.adversarial_training.CatastrophicOverfittingGuard`
+            switches a fast model to PGD through ``use_pgd``.
+        **kwargs: ``fgsm_alpha``, ``free_replays``, ``clip``, ``name`` (as in ``AdversarialModel``).
 
     Example:
         >>> net = factorize(small_cnn())
@@ -90,6 +98,14 @@ class ATMCModel(AdversarialModel):
     @property
     def metrics(self):
         return list(self._trackers.values()) + [self._adv_accuracy] + self.compiled_metrics.metrics
+
+    def _pgd(self, x, y):
+        return atmc_pgd(self, x, y)
+
+    def _loss(self, x, x_adv, y, sample_weight):
+        # Free training's replays go through here: each one pays the ADMM penalty too.
+        loss, *rest = super()._loss(x, x_adv, y, sample_weight)
+        return (loss + self.penalty(), *rest)
 
     # -- projection ---------------------------------------------------------------------------
 
@@ -193,11 +209,15 @@ class ATMCModel(AdversarialModel):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         adversarial = self.adv_weight > 0
+        if adversarial and self.attack == "free":
+            loss, clean_loss, adv_loss, clean_logits, adv_logits = self._free_step(
+                tf.cast(x, tf.float32), y, sample_weight)
+            self.project()
+            return self._report(y, sample_weight, loss, clean_loss, adv_loss, self.penalty(), clean_logits,
+                                adv_logits)
         if adversarial:
-            step = self.step_size if self.step_size is not None else 1.25 * self.current_eps / self.steps
             with frozen_kernels(self.model):
-                x_adv = tf.stop_gradient(pgd_perturb(self._logits, x, y, self.current_eps, self.steps, step,
-                                                     clip=self.clip))
+                x_adv = tf.stop_gradient(self._craft(x, y))
         with tf.GradientTape() as tape:
             clean_logits = self._logits(x, training=True)
             clean_loss = weighted_softmax_cross_entropy(y, clean_logits, sample_weight)
@@ -213,13 +233,11 @@ class ATMCModel(AdversarialModel):
         variables = self.model.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         self.project()
-        for name, value in (("loss", loss), ("clean_loss", clean_loss), ("adv_loss", adv_loss),
-                            ("admm_penalty", penalty)):
-            self._trackers[name].update_state(value)
-        self._adv_accuracy.update_state(y, adv_logits, sample_weight)
-        self.compiled_metrics.update_state(y, tf.nn.softmax(clean_logits) if self._softmax_out else clean_logits,
-                                           sample_weight)
-        return {m.name: m.result() for m in self.metrics}
+        return self._report(y, sample_weight, loss, clean_loss, adv_loss, penalty, clean_logits, adv_logits)
+
+    def _report(self, y, sample_weight, loss, clean_loss, adv_loss, penalty, clean_logits, adv_logits):
+        self._trackers["admm_penalty"].update_state(penalty)
+        return self._finish(y, sample_weight, loss, clean_loss, adv_loss, clean_logits, adv_logits)
 
     def get_config(self):
         config = super().get_config()
@@ -228,6 +246,12 @@ class ATMCModel(AdversarialModel):
         for key in ("loss", "norm", "trades_beta"):
             config.pop(key, None)
         return config
+
+
+def atmc_pgd(model, x, y):
+    """PGD examples for an ATMC-style model: step ``1.25 * eps / steps`` of the current eps unless set."""
+    step = model.step_size if model.step_size is not None else 1.25 * model.current_eps / model.steps
+    return pgd_perturb(model._logits, x, y, model.current_eps, model.steps, step, model.norm, clip=model.clip)
 
 
 def check_budget(budget):

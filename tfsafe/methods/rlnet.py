@@ -35,15 +35,17 @@ from tfsafe.methods.relu_mask_search import search_relu_mask
 from tfsafe.methods.rlnet_training import (
     RLNetTrainer,
     RobustLoss,
+    RobustLossGuard,
     augment_images,
     fit_robust,
     relu_activations_model,
 )
 from tfsafe.models import copy_model
+from tfsafe.safety.adversarial_training import TRAIN_ATTACKS
 from tfsafe.validation import check_model, check_xy
 
 __all__ = [
-    "RLNet", "rlnet_cnn", "augment_images", "relu_activations_model", "RobustLoss", "RLNetTrainer",
+    "RLNet", "rlnet_cnn", "augment_images", "relu_activations_model", "RobustLoss", "RLNetTrainer", "RobustLossGuard",
     "train_robust_teacher", "search_robust_mask", "finetune_student", "rlnet", "RLNetResult",
 ]
 
@@ -82,7 +84,7 @@ def rlnet_cnn(input_shape=(8, 8, 1), num_classes=10, filters=(16, 32), dense=64,
 
 def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning_rate=1e-3, pgd_steps=7,
                          augment=True, adv_weight=0.5, ramp_epochs=1.0, inference_path="clean",
-                         validation_data=None, callbacks=None, verbose=0):
+                         validation_data=None, callbacks=None, verbose=0, attack="pgd", return_history=False):
     """Stage 1: augmentation + PGD adversarial training with dual batch norm.
 
     Args:
@@ -93,9 +95,12 @@ def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning
         eps, pgd_steps: PGD radius and steps used while training.
         ramp_epochs: Epochs over which eps grows from 0 to ``eps``.
         inference_path: The BN path the teacher deploys when new dual BN layers are made.
+        attack: ``"pgd"``, ``"fgsm_rs"`` or ``"free"`` (see :class:`RobustLoss`); a fast attack
+            is watched by a :class:`RobustLossGuard` on ``validation_data`` when given.
+        return_history: Also return the Keras ``History`` (``history.guard``: the guard's records).
 
     Returns:
-        The robust teacher (a new model with dual batch norm).
+        The robust teacher (a new model with dual batch norm), or ``(teacher, history)``.
 
     Example:
         >>> from tfsafe.data import load_digits
@@ -105,20 +110,23 @@ def train_robust_teacher(model, x, y, eps=0.3, epochs=5, batch_size=64, learning
     model = check_model(model)
     x, y = check_xy(model, x, y)
     teacher = copy_model(model) if dual_bn_layers(model) else dual_batchnorm(model, inference_path=inference_path)
-    loss_fn = RobustLoss(eps, pgd_steps, adv_weight=adv_weight, augment=augment)
-    fit_robust(teacher, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose,
-               ramp_epochs)
-    return teacher
+    loss_fn = RobustLoss(eps, pgd_steps, adv_weight=adv_weight, augment=augment, attack=attack)
+    history = fit_robust(teacher, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks,
+                         verbose, ramp_epochs)
+    return (teacher, history) if return_history else teacher
 
 
 def search_robust_mask(teacher, x, y, relu_budget, eps=0.3, epochs=10, batch_size=64, learning_rate=5e-4,
                        pgd_steps=7, penalty=1e-3, mask_learning_rate=1.0, check_every=5, linear="identity",
-                       allocation="global", adversarial=True, augment=True, use_teacher=True, verbose=0):
+                       allocation="global", adversarial=True, augment=True, use_teacher=True, verbose=0,
+                       attack="pgd"):
     """Stage 2: linearize a copy of ``teacher`` and search its ReLU mask down to ``relu_budget``.
 
     The relaxed model starts as an exact copy of the teacher (all masks on) and trains on the
     robust loss (with KD from the teacher when ``use_teacher``) plus the L1 mask penalty until
     at most ``relu_budget`` units remain on; the mask is then binarized to exactly the budget.
+    ``attack="free"`` crafts FGSM-RS examples here (the search's own trainer does not replay
+    minibatches).
 
     Returns:
         ``(student, schedule)``: the frozen-mask student and the search
@@ -129,7 +137,7 @@ def search_robust_mask(teacher, x, y, relu_budget, eps=0.3, epochs=10, batch_siz
     masked = linearize(teacher, linear=linear)
     check_relu_budget(relu_budget, mask_relu_count(masked))
     loss_fn = RobustLoss(eps, pgd_steps, teacher=teacher if use_teacher else None, at_weight=0.0,
-                         adversarial=adversarial, augment=augment)
+                         adversarial=adversarial, augment=augment, attack="fgsm_rs" if attack == "free" else attack)
     schedule = search_relu_mask(masked, x, y, relu_budget, epochs=epochs, batch_size=batch_size,
                                 learning_rate=learning_rate, penalty=penalty, mask_learning_rate=mask_learning_rate,
                                 check_every=check_every, task_loss=loss_fn, verbose=verbose)
@@ -140,7 +148,7 @@ def search_robust_mask(teacher, x, y, relu_budget, eps=0.3, epochs=10, batch_siz
 
 def finetune_student(student, teacher, x, y, eps=0.3, epochs=5, batch_size=64, learning_rate=5e-4, pgd_steps=7,
                      temperature=4.0, kd_weight=0.5, at_weight=1000.0, adversarial=True, augment=True,
-                     validation_data=None, callbacks=None, verbose=0):
+                     validation_data=None, callbacks=None, verbose=0, attack="pgd"):
     """Stage 3: fine-tune the frozen-mask ``student`` (in place) on CE + KD + post-ReLU AT.
 
     Returns:
@@ -152,7 +160,7 @@ def finetune_student(student, teacher, x, y, eps=0.3, epochs=5, batch_size=64, l
         raise UnsupportedModelError("The student's masks are relaxed; binarize them with binarize_masks() first.")
     x, y = check_xy(student, x, y)
     loss_fn = RobustLoss(eps, pgd_steps, teacher=teacher, temperature=temperature, kd_weight=kd_weight,
-                         at_weight=at_weight, adversarial=adversarial, augment=augment)
+                         at_weight=at_weight, adversarial=adversarial, augment=augment, attack=attack)
     return fit_robust(student, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose)
 
 
@@ -258,6 +266,11 @@ class RLNet(CompressionMethod):
         augment: light augmentations of the clean inputs.
         inference_path: BN path the model deploys, ``"clean"`` or ``"adversarial"``.
         relu_budget: explicit number of ReLUs to keep; overrides ``relu_fraction``.
+        attack: how the adversarial path's training inputs are crafted in every stage: ``"pgd"``
+            (``pgd_steps`` steps), or fast adversarial training, ``"fgsm_rs"`` (FGSM from a random
+            start) or ``"free"`` (minibatch replays; the mask search uses FGSM-RS), with a
+            :class:`RobustLossGuard` on 256 validation examples that falls back to PGD when the
+            held-out PGD accuracy collapses (its records: ``info["guard"]``).
 
     Raises:
         InputError: a value outside its range (one line naming it).
@@ -269,7 +282,8 @@ class RLNet(CompressionMethod):
     def __init__(self, relu_fraction=0.1, eps=None, teacher_epochs=8, search_epochs=15, finetune_epochs=8,
                  batch_size=32, pgd_steps=5, linear="identity", allocation="global", penalty=1e-3,
                  mask_learning_rate=1.0, check_every=5, learning_rate=5e-4, teacher_learning_rate=1e-3,
-                 ramp_epochs=1.0, adversarial=True, augment=True, inference_path="clean", relu_budget=None):
+                 ramp_epochs=1.0, adversarial=True, augment=True, inference_path="clean", relu_budget=None,
+                 attack="pgd"):
         self.relu_fraction = check_number(relu_fraction, "relu_fraction", strict=True)
         if self.relu_fraction > 1:
             raise InputError(f"relu_fraction must be in (0, 1], got {relu_fraction}.")
@@ -291,6 +305,7 @@ class RLNet(CompressionMethod):
         self.augment = bool(augment)
         self.inference_path = check_choice(inference_path, "inference_path", ("clean", "adversarial"))
         self.relu_budget = None if relu_budget is None else check_int(relu_budget, "relu_budget")
+        self.attack = check_choice(attack, "attack", TRAIN_ATTACKS)
 
     def _eps(self, run):
         return default_eps(run.train[0]) if self.eps is None else self.eps
@@ -315,11 +330,14 @@ class RLNet(CompressionMethod):
                        self._validation(run), run.callbacks, run.verbose)
             run.models["teacher"] = teacher
             return
-        run.models["teacher"] = train_robust_teacher(
+        run.models["teacher"], history = train_robust_teacher(
             model, *run.train, eps=self._eps(run), epochs=max(1, self.teacher_epochs), batch_size=self.batch_size,
             learning_rate=self.teacher_learning_rate, pgd_steps=self.pgd_steps, augment=self.augment,
             ramp_epochs=self.ramp_epochs, inference_path=self.inference_path,
-            validation_data=self._validation(run), callbacks=run.callbacks, verbose=run.verbose)
+            validation_data=self._validation(run), callbacks=run.callbacks, verbose=run.verbose, attack=self.attack,
+            return_history=True)
+        if history.guard is not None:
+            run.state["info"].setdefault("guard", {})["teacher"] = history.guard
 
     def _stage_search(self, run):
         info = run.state["info"]
@@ -328,7 +346,7 @@ class RLNet(CompressionMethod):
             batch_size=self.batch_size, learning_rate=self.learning_rate, pgd_steps=self.pgd_steps,
             penalty=self.penalty, mask_learning_rate=self.mask_learning_rate, check_every=self.check_every,
             linear=self.linear, allocation=self.allocation, adversarial=self.adversarial, augment=self.augment,
-            verbose=run.verbose)
+            verbose=run.verbose, attack=self.attack)
         run.models["model"] = student
         info["search_reached"] = bool(schedule.reached)
         run.state["history"]["search"] = list(schedule.history)
@@ -341,8 +359,10 @@ class RLNet(CompressionMethod):
                 student, run.models["teacher"], *run.train, eps=info["eps"], epochs=self.finetune_epochs,
                 batch_size=self.batch_size, learning_rate=self.learning_rate, pgd_steps=self.pgd_steps,
                 adversarial=self.adversarial, augment=self.augment, validation_data=self._validation(run),
-                callbacks=run.callbacks, verbose=run.verbose)
+                callbacks=run.callbacks, verbose=run.verbose, attack=self.attack)
             run.state["history"]["finetune"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+            if history.guard is not None:
+                info.setdefault("guard", {})["finetune"] = history.guard
         info.update(relu_count=int(mask_relu_count(student)))
         info["relu_reduction"] = info["all_relu_count"] / max(info["relu_count"], 1)
         run.state["selection"] = {"score": None, "tests": [], "checks": [], "kept": "final", "early": False}

@@ -7,9 +7,12 @@ from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.models import logits_model
 from tfsafe.objectives import attention_transfer_loss, distillation_loss, softmax_cross_entropy
 from tfsafe.safety.adversarial import pgd_perturb
-from tfsafe.safety.adversarial_training import EpsilonRamp
+from tfsafe.safety.adversarial_training import TRAIN_ATTACKS, CatastrophicOverfittingGuard, EpsilonRamp
 
-__all__ = ["augment_images", "relu_sites", "relu_activations_model", "RobustLoss", "RLNetTrainer", "fit_robust"]
+__all__ = ["augment_images", "relu_sites", "relu_activations_model", "RobustLoss", "RLNetTrainer", "fit_robust",
+           "RobustLossGuard"]
+
+GUARD_EXAMPLES = 256  # held-out validation examples the catastrophic-overfitting guard attacks
 
 
 def augment_images(x, max_shift=0.1, contrast=(0.7, 1.3), brightness=0.1, noise=0.08):
@@ -80,10 +83,17 @@ class RobustLoss:
         adv_weight: Weight of the adversarial path.
         adversarial: ``False`` trains the clean path only (the non-robust baseline).
         augment: Apply :func:`augment_images` to the clean inputs.
+        attack: How the adversarial path's inputs are crafted: ``"pgd"`` (``pgd_steps`` steps),
+            ``"fgsm_rs"`` (one step of ``fgsm_alpha * eps`` from a uniform random start, Wong
+            et al. 2020) or ``"free"`` (Shafahi et al. 2019: :class:`RLNetTrainer` replays each
+            minibatch ``free_replays`` times and carries the perturbation over). The boolean
+            variable ``use_pgd`` (set by :class:`RobustLossGuard`) switches to PGD.
+        fgsm_alpha: FGSM-RS step as a multiple of the current eps.
+        free_replays: Replays per minibatch of free training.
     """
 
     def __init__(self, eps=0.3, pgd_steps=7, teacher=None, temperature=4.0, kd_weight=0.5, at_weight=1000.0,
-                 adv_weight=0.5, adversarial=True, augment=True):
+                 adv_weight=0.5, adversarial=True, augment=True, attack="pgd", fgsm_alpha=1.25, free_replays=4):
         if adversarial and not float(eps) > 0:
             raise InputError(f"eps must be > 0 for adversarial training, got {eps}; or pass adversarial=False.")
         if int(pgd_steps) < 1:
@@ -101,6 +111,14 @@ class RobustLoss:
         self.adv_weight = float(adv_weight) if adversarial else 0.0
         self.adversarial = bool(adversarial)
         self.augment = bool(augment)
+        if attack not in TRAIN_ATTACKS:
+            raise InputError(f"attack must be one of {', '.join(TRAIN_ATTACKS)}, got {attack!r}.")
+        if int(free_replays) < 1 or not float(fgsm_alpha) > 0:
+            raise InputError(f"free_replays must be >= 1 and fgsm_alpha > 0, got {free_replays}, {fgsm_alpha}.")
+        self.attack = attack
+        self.fgsm_alpha = float(fgsm_alpha)
+        self.free_replays = int(free_replays)
+        self.use_pgd = tf.Variable(False, trainable=False, dtype=tf.bool, name="rlnet_use_pgd")
         self._maps = {}
 
     @property
@@ -137,15 +155,32 @@ class RobustLoss:
             loss += self.at_weight * attention_transfer_loss(maps, t_maps)
         return loss, logits
 
-    def __call__(self, model, x, y):
+    def craft(self, model, x, y):
+        """Adversarial inputs for the adversarial path (PGD, or FGSM-RS unless ``use_pgd``); graph-safe."""
+        set_bn_route(model, "adversarial")
+        logits = logits_model(model)
+
+        def pgd():
+            return pgd_perturb(logits, x, y, self.current_eps, self.pgd_steps, training=False)
+
+        if self.attack != "fgsm_rs":
+            return pgd()
+
+        def fast():
+            return pgd_perturb(logits, x, y, self.current_eps, 1, self.fgsm_alpha * self.current_eps,
+                               random_start=True, training=False)
+
+        return tf.cond(self.use_pgd, pgd, fast)
+
+    def __call__(self, model, x, y, x_adv=None):
+        """The loss of one batch; ``x_adv`` given (free training) replaces the crafted inputs."""
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         x_clean = augment_images(x) if self.augment else tf.convert_to_tensor(x, tf.float32)
         total, _ = self._path_loss(model, x_clean, y, "clean")
         total = (1.0 - self.adv_weight) * total
         if self.adversarial:
-            set_bn_route(model, "adversarial")
-            x_adv = tf.stop_gradient(
-                pgd_perturb(logits_model(model), x_clean, y, self.current_eps, self.pgd_steps, training=False))
+            if x_adv is None:
+                x_adv = tf.stop_gradient(self.craft(model, x_clean, y))
             adv, _ = self._path_loss(model, x_adv, y, "adversarial")
             total += self.adv_weight * adv
         set_bn_route(model, "inference")
@@ -169,6 +204,11 @@ class RLNetTrainer(keras.Model):
         self._logits = logits_model(model)
         self.loss_tracker = keras.metrics.Mean("loss")
         self.acc_tracker = keras.metrics.SparseCategoricalAccuracy("accuracy")
+        self.free_delta = None
+        if loss_fn.adversarial and loss_fn.attack == "free":
+            shape = [None, *model.input_shape[1:]]
+            self.free_delta = tf.Variable(tf.zeros([0, *shape[1:]]), shape=tf.TensorShape(shape), trainable=False,
+                                          name="free_delta")
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
@@ -177,14 +217,53 @@ class RLNetTrainer(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.acc_tracker]
 
-    def train_step(self, data):
-        x, y = data[0], data[1]
+    @property
+    def eps(self):
+        return self.loss_fn.eps
+
+    @property
+    def use_pgd(self):
+        return self.loss_fn.use_pgd
+
+    norm = "linf"
+    clip = (0.0, 1.0)
+
+    def _apply(self, x, y, x_adv=None):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            loss = self.loss_fn(self.model, x, y)
+            if x_adv is not None:
+                tape.watch(x_adv)
+            loss = self.loss_fn(self.model, x, y, x_adv=x_adv)
             if self.model.losses:
                 loss += tf.add_n(self.model.losses)
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        grads = tape.gradient(loss, variables + ([x_adv] if x_adv is not None else []))
+        self.optimizer.apply_gradients(zip(grads[:len(variables)], variables))
+        return loss, (grads[-1] if x_adv is not None else None)
+
+    def _free_step(self, x, y):
+        """Free training: ``free_replays`` weight updates per minibatch, each one also an eps step of delta."""
+        eps = self.loss_fn.current_eps
+        x = tf.convert_to_tensor(x, tf.float32)
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        stored = self.free_delta.read_value()
+        take = tf.minimum(tf.shape(x)[0], tf.shape(stored)[0])
+        delta = tf.concat([stored[:take], tf.zeros_like(x[take:])], 0)
+        delta = tf.cond(self.loss_fn.use_pgd,
+                        lambda: tf.stop_gradient(self.loss_fn.craft(self.model, x, y)) - x, lambda: delta)
+        for _ in range(self.loss_fn.free_replays):
+            delta = tf.clip_by_value(x + tf.clip_by_value(delta, -eps, eps), 0.0, 1.0) - x
+            loss, g = self._apply(x, y, x + delta)
+            delta = tf.stop_gradient(delta + eps * tf.sign(g))
+        delta = tf.clip_by_value(x + tf.clip_by_value(delta, -eps, eps), 0.0, 1.0) - x
+        self.free_delta.assign(tf.concat([delta, stored[take:]], 0))
+        return loss
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        if self.free_delta is not None:
+            loss = self._free_step(x, y)
+        else:
+            loss, _ = self._apply(x, y)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
@@ -194,15 +273,44 @@ class RLNetTrainer(keras.Model):
         return {"accuracy": self.acc_tracker.result()}
 
 
+class RobustLossGuard(CatastrophicOverfittingGuard):
+    """:class:`CatastrophicOverfittingGuard` for an :class:`RLNetTrainer` (fast RLNet training).
+
+    Attacks the wrapped model's adversarial BN route on the held-out batch after every epoch
+    and, when PGD accuracy collapses, switches the :class:`RobustLoss` to PGD (``use_pgd``).
+    """
+
+    def on_train_begin(self, logs=None):
+        if not isinstance(self.model, RLNetTrainer):
+            raise InputError("RobustLossGuard works only with an RLNetTrainer.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        set_bn_route(self.model.model, "adversarial")
+        try:
+            super().on_epoch_end(epoch, logs)
+        finally:
+            set_bn_route(self.model.model, "inference")
+
+
 def fit_robust(model, loss_fn, x, y, epochs, batch_size, learning_rate, validation_data, callbacks, verbose,
                ramp_epochs=0.0):
-    """``fit`` ``model`` on ``loss_fn`` with an :class:`RLNetTrainer` (Adam), eps ramped; returns the History."""
+    """``fit`` ``model`` on ``loss_fn`` with an :class:`RLNetTrainer` (Adam), eps ramped; returns the History.
+
+    A fast ``loss_fn.attack`` with ``validation_data`` gets a :class:`RobustLossGuard` on its
+    first 256 examples (fall back to PGD on a collapse); its records are in ``history.guard``.
+    """
     trainer = RLNetTrainer(model, loss_fn)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
     cbs = list(callbacks or [])
     if loss_fn.adversarial and ramp_epochs > 0:
         cbs.append(EpsilonRamp(ramp_epochs, target=loss_fn))
+    guard = None
+    if loss_fn.adversarial and loss_fn.attack != "pgd" and validation_data is not None:
+        xv, yv = validation_data
+        guard = RobustLossGuard(xv[:GUARD_EXAMPLES], yv[:GUARD_EXAMPLES], eps=loss_fn.eps, steps=10, action="pgd")
+        cbs.append(guard)
     history = trainer.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                           callbacks=cbs, verbose=verbose, shuffle=True)
     set_bn_route(model, "inference")
+    history.guard = None if guard is None else {"records": guard.records, "triggered_epoch": guard.triggered_epoch}
     return history
