@@ -65,7 +65,7 @@ QUICK_PRESET = {
 QUICK_TRAINING = {
     "baseline": {"epochs": 3},
     "safecompress": {"epochs": 3, "attack_epochs": 2},
-    "atmc": {"epochs": 2, "steps": 3, "select_steps": 5},
+    "atmc": {"epochs": 2, "steps": 3, "select_steps": 5, "deploy_epochs": 0},
     "self_compress": {"epochs": 3},
     "rlnet": {"teacher_epochs": 2, "search_epochs": 3, "finetune_epochs": 2, "pgd_steps": 3},
     "dp_sgd": {"epochs": 3, "prune_epochs": 1},
