@@ -184,6 +184,8 @@ def run(args):
     result, seconds = compress("safecompress", dense, splits, **sc, tests=[(pgd, args.pgd_weight)])
     rows.append(evaluate("safecompress_mia_pgd", result.stripped, splits, pool, is_member, ref_dir, args,
                          _selection_columns(result.selection, seconds)))
+    if args.skip_dp:
+        return _report(args, splits, rows)
     dp = {"epochs": args.dp_epochs, "batch_size": args.dp_batch_size, "learning_rate": args.dp_learning_rate,
           "l2_norm_clip": args.clip}
     for sigma in args.noise:
@@ -196,9 +198,13 @@ def run(args):
     rows.append(evaluate("dp_prune", result.stripped, splits, pool, is_member, ref_dir, args,
                          {"epsilon": result.info["epsilon"], "delta": result.info["delta"],
                           "steps": result.info["steps"], "seconds": seconds}))
+    return _report(args, splits, rows)
+
+
+def _report(args, splits, rows):
     return {"setting": args.setting, "args": vars(args), "splits": splits.sizes(),
             "min_fpr": 1.0 / len(splits.nonmembers[0]), "reference_models": args.reference_models,
-            "rmia": rmia_audit is not None, "rows": rows}
+            "rmia": rmia_audit is not None, "dp_skipped": bool(args.skip_dp), "rows": rows}
 
 
 COLUMNS = [("row", "row", "{}"), ("test_accuracy", "test acc", "{:.3f}"), ("lira_auc", "LiRA AUC", "{:.3f}"),
@@ -229,16 +235,43 @@ def to_markdown(report):
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def to_html(report, markdown):
-    fig, ax = plt.subplots(figsize=(6, 4))
+def tradeoff_figure(report):
+    """TPR at 1% FPR (LiRA, worst score) against test accuracy, one labelled point per row.
+
+    Lower and further right is better: as accurate, and fewer members found at 1% FPR. The
+    dotted line is chance (TPR = FPR = 0.01).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for row in report["rows"]:
-        ax.scatter(row["test_accuracy"], row["lira_tpr_at_1pct_fpr"])
-        ax.annotate(row["row"], (row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), fontsize=7)
+        marker = "s" if row.get("epsilon") is not None else ("^" if row.get("selection") else "o")
+        ax.scatter(row["test_accuracy"], row["lira_tpr_at_1pct_fpr"], marker=marker, s=45, edgecolors="k")
+        label = row["row"] + (f" (eps {row['epsilon']:.1f})" if row.get("epsilon") is not None else "")
+        ax.annotate(label, (row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), textcoords="offset points",
+                    xytext=(4, 3), fontsize=7)
+    ax.axhline(0.01, color="grey", lw=0.7, ls=":", label="chance (TPR = FPR = 1%)")
     ax.set_xlabel("test accuracy")
-    ax.set_ylabel("LiRA TPR at 1% FPR")
-    ax.set_title(f"{report['setting']}: membership leakage vs accuracy")
-    buffer = io.BytesIO()
+    ax.set_ylabel("LiRA TPR at 1% FPR (worst score)")
+    ax.set_title(f"{report['setting']}: {report['splits']['train']:,} members, "
+                 f"{report['reference_models']} reference models")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def save_plot(report, path):
+    """Write :func:`tradeoff_figure` as a PNG at ``path`` (atomically: a temp file, then rename)."""
+    fig = tradeoff_figure(report)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def to_html(report, markdown):
+    fig = tradeoff_figure(report)
+    buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     image = base64.b64encode(buffer.getvalue()).decode()
@@ -275,7 +308,23 @@ def main(argv=None):
     p.add_argument("--dp_epochs", type=int, default=None)
     p.add_argument("--dp_batch_size", type=int, default=64)
     p.add_argument("--dp_learning_rate", type=float, default=2e-3)
+    p.add_argument("--skip_dp", action="store_true", help="leave out the DP-SGD rows (per-example gradients of a "
+                   "CNN cost seconds per step on a CPU; the tabular setting's MLP is cheap)")
+    p.add_argument("--plot", default=None, help="also write the TPR@1%%FPR-vs-accuracy plot as a PNG here")
+    p.add_argument("--from_json", default=None, help="train nothing: re-render the table (.md), the HTML and "
+                   "--plot from a privacy_<setting>.json this script wrote")
     args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            report = json.load(f)
+        markdown = to_markdown(report)
+        print(markdown)
+        stem = os.path.splitext(args.from_json)[0]
+        atomic_write_text(stem + ".md", markdown)
+        atomic_write_text(stem + ".html", to_html(report, markdown))
+        if args.plot:
+            print(f"wrote {save_plot(report, args.plot)}")
+        return
     tabular = args.setting == "tabular"
     defaults = {"pool": 2400 if args.small else (6000 if tabular else 20000),
                 "members": 600 if args.small else (1500 if tabular else 2500),
@@ -300,6 +349,8 @@ def main(argv=None):
     atomic_write_text(stem + ".md", markdown)
     atomic_write_text(stem + ".html", to_html(report, markdown))
     print(f"wrote {stem}.json/.md/.html in {report['seconds']:.0f} s")
+    if args.plot:
+        print(f"wrote {save_plot(report, args.plot)}")
 
 
 if __name__ == "__main__":
