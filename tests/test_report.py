@@ -1,8 +1,10 @@
 import json
 
+import numpy as np
 import pytest
 
 from tfsafe.report import SCHEMA_VERSION, SafetyReport
+from tfsafe.report_verdict import compare
 
 
 def test_report_writes_versioned_json_and_markdown(tmp_path):
@@ -72,7 +74,8 @@ def _dp_and_early_state_report():
                      method_info={"epsilon": 4.6391, "delta": 1e-5, "steps": 280, "privacy": {
                          "noise_multiplier": 2.0, "l2_norm_clip": 1.0, "sampling_rate": 0.04,
                          "accountant": "RDP", "guarantee": "example-level (epsilon, delta)-DP"}})
-    report.add_model("safecompress", "compressed", accuracy=0.45, membership={"worst": {**worst, "tpr_at_1pct_fpr": 0.1}},
+    report.add_model("safecompress", "compressed", accuracy=0.45,
+                     membership={"worst": {**worst, "tpr_at_1pct_fpr": 0.1}},
                      selection={"kept_round": 4, "kept_step": 40, "total_steps": 70, "early_state": True,
                                 "note": "kept round 4's winner, an early state after 40 of 70 training steps"})
     return report
@@ -133,6 +136,37 @@ def test_verdict_flags_a_compressed_model_easier_to_attack_than_dense():
     assert against_dense["smaller"] == pytest.approx(5.0) and against_dense["size_basis"] == (
         "ideal bytes -> .tflite file")
     assert against_baseline["against"] == "pruned" and against_baseline["smaller"] is None
+
+
+def test_membership_same_threshold_is_one_standard_error_of_the_audit():
+    from scipy.stats import norm, rankdata
+
+    from tfsafe.report_verdict import auc_standard_error, threat_tolerance
+
+    # At chance the Hanley-McNeil error has the closed form sqrt((n1 + n2 + 1) / (12 n1 n2)).
+    assert auc_standard_error(0.5, 500, 500) == pytest.approx((1001 / (12 * 500 * 500)) ** 0.5)
+    # And it matches the spread of AUCs simulated at AUC 0.6 with 200 + 200 examples (binormal scores).
+    rng = np.random.default_rng(0)
+    shift = 2 ** 0.5 * norm.ppf(0.6)
+    aucs = []
+    for _ in range(400):
+        scores = np.concatenate([rng.normal(shift, 1, 200), rng.normal(0, 1, 200)])
+        ranks = rankdata(scores)[:200]
+        aucs.append((ranks.sum() - 200 * 201 / 2) / (200 * 200))
+    assert auc_standard_error(0.6, 200, 200) == pytest.approx(np.std(aucs), rel=0.15)
+
+    def entry(auc, n):
+        return {"name": f"m{n}", "role": "dense", "accuracy": 0.9,
+                "membership": {"worst": {"auc": auc}, "n_members": n, "n_nonmembers": n}}
+
+    # AUC 0.600 -> 0.625: within one standard error of 200 + 200 (0.028): same; of 10,000 + 10,000 (0.004): worse.
+    small, large = compare({**entry(0.625, 200), "name": "c"}, entry(0.6, 200)), compare(
+        {**entry(0.625, 10000), "name": "c"}, entry(0.6, 10000))
+    assert small["threats"]["membership"]["verdict"] == "same" and small["worse"] == []
+    assert small["threats"]["membership"]["tolerance"] == pytest.approx(0.0282, abs=1e-4)
+    assert large["threats"]["membership"]["verdict"] == "worse" and large["worse"] == ["membership"]
+    assert threat_tolerance("membership", {"membership": {"worst": {"auc": 0.6}}}) == 0.01  # sizes unknown
+    assert threat_tolerance("adversarial", entry(0.6, 200)) == 0.01
 
 
 def test_corruption_heatmap_labels_cannot_overlap():

@@ -87,8 +87,10 @@ GLOSSARY = {
     "smaller": "How many times smaller than the reference (basis in brackets: ideal bytes or the .tflite file).",
     "accuracy change": "Test accuracy minus the reference's, in percentage points.",
     "adversarial / corruption / membership": f"better / same / worse than the reference on PGD accuracy, corruption "
-                                             f"accuracy and worst MIA AUC; differences within {TOLERANCE} count as "
-                                             "same. worse is flagged.",
+                                             f"accuracy and worst MIA AUC; accuracy differences within {TOLERANCE} "
+                                             "and AUC differences within one standard error of the reference's "
+                                             "AUC at its audit set sizes (Hanley-McNeil; 0.01 when the sizes are "
+                                             "unknown) count as same. worse is flagged.",
 }
 
 
