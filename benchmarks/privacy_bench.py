@@ -104,7 +104,7 @@ def evaluate(name, model, splits, pool, is_member, ref_dir, args, extra=None):
     """One table row: accuracy, LiRA / RMIA / tensorflow-privacy leakage, size, .tflite bytes."""
     row = {"row": name, "test_accuracy": accuracy(model, *splits.test)}
     population = {"population": splits.reference} if rmia_audit is not None else {}
-    lira = lira_audit(model, pool, is_member, ref_dir, **population)
+    lira = lira_audit(model, pool, is_member, ref_dir, augmentations=args.lira_augment, **population)
     row.update(lira_auc=lira.worst["auc"], lira_tpr_at_01pct_fpr=lira.worst["tpr_at_01pct_fpr"],
                lira_tpr_at_1pct_fpr=lira.worst["tpr_at_1pct_fpr"], lira_attack=lira.worst.get("attack"),
                unresolved=lira.worst.get("unresolved"))
@@ -160,11 +160,13 @@ def run(args):
     started = time.perf_counter()
     dense.fit(*splits.train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
     print(f"dense trained in {time.perf_counter() - started:.0f} s", flush=True)
-    ref_dir = os.path.join(args.out, f"refs_{args.setting}_seed{args.seed}")
+    augmented = "".join("_" + a for a in args.lira_augment)
+    ref_dir = os.path.join(args.out, f"refs_{args.setting}_seed{args.seed}{augmented}")
     # With RMIA (h9's reference models), the reference split is RMIA's population z.
     population = {"population": splits.reference} if rmia_audit is not None else {}
     train_reference_models(fresh, pool, ref_dir, num_models=args.reference_models, seed=args.seed,
-                           fit_kwargs={"epochs": args.epochs, "batch_size": args.batch_size}, log=print, **population)
+                           fit_kwargs={"epochs": args.epochs, "batch_size": args.batch_size}, log=print,
+                           augmentations=args.lira_augment, **population)
 
     rows = [evaluate("dense", dense, splits, pool, is_member, ref_dir, args)]
     prune = {"target_sparsity": args.sparsity, "epochs": args.compress_epochs, "batch_size": args.batch_size}
@@ -232,7 +234,60 @@ def to_markdown(report):
              for r in report["rows"] if r.get("selection")]
     notes += [f"- {r['row']}: .tflite export failed ({r['tflite_error']})" for r in report["rows"]
               if r.get("tflite_error")]
+    notes += [f"- target: {t['text']}" for t in targets(report)]
+    if report.get("dp_skipped"):
+        notes.append("- DP-SGD rows left out (--skip_dp)")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def targets(report, max_drop=0.01):
+    """The issue's two targets, checked on the rows of one run (plain data for the JSON and the table).
+
+    1. MIA-SafeCompress at the target sparsity: LiRA TPR@1%FPR <= 0.5x TF-MOT pruning's, at
+       <= ``max_drop`` lower test accuracy.
+    2. SafeCompress (either row) beats or matches DP-SGD's LiRA TPR@1%FPR at equal test accuracy
+       (within ``max_drop``); without a DP row of equal accuracy the target cannot be checked.
+
+    Returns:
+        A list of ``{"target", "met" (True / False / None: not checkable), "text"}``.
+    """
+    rows = {r["row"]: r for r in report["rows"]}
+    out = []
+    sc, tfmot = rows.get("mia_safecompress"), rows.get("tfmot")
+    if sc and tfmot:
+        ratio = sc["lira_tpr_at_1pct_fpr"] / max(tfmot["lira_tpr_at_1pct_fpr"], 1e-12)
+        drop = tfmot["test_accuracy"] - sc["test_accuracy"]
+        met = ratio <= 0.5 and drop <= max_drop
+        out.append({"target": "safecompress_vs_tfmot", "met": bool(met), "ratio": ratio, "accuracy_drop": drop,
+                    "text": f"MIA-SafeCompress TPR@1%FPR {sc['lira_tpr_at_1pct_fpr']:.3f} vs TF-MOT "
+                            f"{tfmot['lira_tpr_at_1pct_fpr']:.3f} ({ratio:.2f}x, target <= 0.5x) at "
+                            f"{-drop * 100:+.1f} points accuracy (target >= -{max_drop * 100:.0f}): "
+                            f"{'met' if met else 'NOT met'}"})
+    dp_rows = [r for r in report["rows"] if r.get("epsilon") is not None and r["row"].startswith("dp_sgd")]
+    for name in ("mia_safecompress", "safecompress_mia_pgd"):
+        if name not in rows:
+            continue
+        mine = rows[name]
+        if not dp_rows:
+            out.append({"target": f"{name}_vs_dp_sgd", "met": None,
+                        "text": f"{name} vs DP-SGD: no DP-SGD row in this run"})
+            continue
+        near = [r for r in dp_rows if abs(r["test_accuracy"] - mine["test_accuracy"]) <= max_drop]
+        if not near:
+            best = max(dp_rows, key=lambda r: r["test_accuracy"])
+            out.append({"target": f"{name}_vs_dp_sgd", "met": None,
+                        "text": f"{name} vs DP-SGD: no DP-SGD row within {max_drop * 100:.0f} point of its accuracy "
+                                f"{mine['test_accuracy']:.3f} (best DP-SGD {best['row']}: "
+                                f"{best['test_accuracy']:.3f}, TPR@1% {best['lira_tpr_at_1pct_fpr']:.3f}); "
+                                "not checkable at equal accuracy"})
+            continue
+        dp = min(near, key=lambda r: r["lira_tpr_at_1pct_fpr"])
+        met = mine["lira_tpr_at_1pct_fpr"] <= dp["lira_tpr_at_1pct_fpr"]
+        out.append({"target": f"{name}_vs_dp_sgd", "met": bool(met),
+                    "text": f"{name} TPR@1%FPR {mine['lira_tpr_at_1pct_fpr']:.3f} vs {dp['row']} "
+                            f"{dp['lira_tpr_at_1pct_fpr']:.3f} at accuracy {mine['test_accuracy']:.3f} vs "
+                            f"{dp['test_accuracy']:.3f}: {'met' if met else 'NOT met'}"})
+    return out
 
 
 def tradeoff_figure(report):
@@ -308,18 +363,23 @@ def main(argv=None):
     p.add_argument("--dp_epochs", type=int, default=None)
     p.add_argument("--dp_batch_size", type=int, default=64)
     p.add_argument("--dp_learning_rate", type=float, default=2e-3)
+    p.add_argument("--lira_augment", nargs="*", default=(), choices=("flip",),
+                   help="LiRA query augmentations (flip: images also queried flipped, Carlini et al. 2022)")
     p.add_argument("--skip_dp", action="store_true", help="leave out the DP-SGD rows (per-example gradients of a "
                    "CNN cost seconds per step on a CPU; the tabular setting's MLP is cheap)")
     p.add_argument("--plot", default=None, help="also write the TPR@1%%FPR-vs-accuracy plot as a PNG here")
     p.add_argument("--from_json", default=None, help="train nothing: re-render the table (.md), the HTML and "
                    "--plot from a privacy_<setting>.json this script wrote")
     args = p.parse_args(argv)
+    args.lira_augment = tuple(args.lira_augment)
     if args.from_json:
         with open(args.from_json) as f:
             report = json.load(f)
+        report["targets"] = targets(report)
         markdown = to_markdown(report)
         print(markdown)
         stem = os.path.splitext(args.from_json)[0]
+        atomic_write_json(stem + ".json", report)
         atomic_write_text(stem + ".md", markdown)
         atomic_write_text(stem + ".html", to_html(report, markdown))
         if args.plot:
@@ -342,6 +402,7 @@ def main(argv=None):
     started = time.perf_counter()
     report = run(args)
     report["seconds"] = round(time.perf_counter() - started, 1)
+    report["targets"] = targets(report)
     markdown = to_markdown(report)
     print(markdown)
     stem = os.path.join(args.out, f"privacy_{args.setting}{'_small' if args.small else ''}")
