@@ -40,6 +40,7 @@ Usage:
 """
 
 import argparse
+import ast
 import base64
 import io
 import json
@@ -235,9 +236,28 @@ def to_markdown(report):
     notes += [f"- {r['row']}: .tflite export failed ({r['tflite_error']})" for r in report["rows"]
               if r.get("tflite_error")]
     notes += [f"- target: {t['text']}" for t in targets(report)]
+    if report.get("partial"):
+        notes.append(f"- partial run: only the {len(report['rows'])} rows it finished ({report['partial']})")
     if report.get("dp_skipped"):
         notes.append("- DP-SGD rows left out (--skip_dp)")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def report_from_log(path, args):
+    """A report from the rows a run printed to its log (each row a JSON line, values at 4
+    significant digits): what an interrupted run finished, marked ``partial``."""
+    rows, splits = [], None
+    with open(path) as f:
+        for line in f:
+            if line.startswith(f"{args.setting}: splits "):
+                splits = ast.literal_eval(line.split("splits ", 1)[1].strip())
+            elif line.startswith('{"row": '):
+                rows.append(json.loads(line))
+    if splits is None or not rows:
+        sys.exit(f"'{path}' holds no '{args.setting}: splits' line or no rows; is it a privacy_bench log?")
+    return {"setting": args.setting, "args": vars(args), "splits": splits, "min_fpr": 1.0 / splits["nonmembers"],
+            "reference_models": args.reference_models, "rmia": any("rmia_auc" in r for r in rows),
+            "dp_skipped": bool(args.skip_dp), "partial": f"rows printed to {os.path.basename(path)}", "rows": rows}
 
 
 def targets(report, max_drop=0.01):
@@ -370,15 +390,22 @@ def main(argv=None):
     p.add_argument("--plot", default=None, help="also write the TPR@1%%FPR-vs-accuracy plot as a PNG here")
     p.add_argument("--from_json", default=None, help="train nothing: re-render the table (.md), the HTML and "
                    "--plot from a privacy_<setting>.json this script wrote")
+    p.add_argument("--from_log", default=None, help="train nothing: the report of the rows an interrupted run "
+                   "printed to this log (pass the run's --setting and --reference_models)")
     args = p.parse_args(argv)
     args.lira_augment = tuple(args.lira_augment)
-    if args.from_json:
-        with open(args.from_json) as f:
-            report = json.load(f)
+    if args.from_json or args.from_log:
+        if args.from_json:
+            with open(args.from_json) as f:
+                report = json.load(f)
+            stem = os.path.splitext(args.from_json)[0]
+        else:
+            report = report_from_log(args.from_log, args)
+            stem = os.path.join(args.out, f"privacy_{args.setting}_partial")
+            os.makedirs(args.out, exist_ok=True)
         report["targets"] = targets(report)
         markdown = to_markdown(report)
         print(markdown)
-        stem = os.path.splitext(args.from_json)[0]
         atomic_write_json(stem + ".json", report)
         atomic_write_text(stem + ".md", markdown)
         atomic_write_text(stem + ".html", to_html(report, markdown))

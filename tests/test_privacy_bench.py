@@ -58,3 +58,15 @@ def test_plot_is_rendered_from_the_json(bench, tmp_path):
     assert (tmp_path / "privacy_tabular.md").read_text().startswith("Setting `tabular`")
     assert json.loads(path.read_text())["targets"] == []  # no SafeCompress rows: nothing to check
     assert "data:image/png;base64," in (tmp_path / "privacy_tabular.html").read_text()
+
+
+def test_an_interrupted_run_is_reported_from_its_log_as_partial(bench, tmp_path):
+    log = tmp_path / "run.log"
+    rows = [_row("dense", 0.9, 0.6), _row("tfmot", 0.8, 0.4)]
+    log.write_text("W0000 noise\ntabular: splits {'train': 1500, 'nonmembers': 1500, 'test': 1000}\n"
+                   + "".join(json.dumps(r) + "\n" for r in rows) + "dense trained in 3 s\n")
+    bench.main(["--setting", "tabular", "--reference_models", "8", "--from_log", str(log), "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "privacy_tabular_partial.json").read_text())
+    assert [r["row"] for r in report["rows"]] == ["dense", "tfmot"] and report["min_fpr"] == pytest.approx(1 / 1500)
+    md = (tmp_path / "privacy_tabular_partial.md").read_text()
+    assert "8 LiRA reference models" in md and "- partial run: only the 2 rows it finished (rows printed to run.log)" in md
