@@ -69,4 +69,5 @@ def test_an_interrupted_run_is_reported_from_its_log_as_partial(bench, tmp_path)
     report = json.loads((tmp_path / "privacy_tabular_partial.json").read_text())
     assert [r["row"] for r in report["rows"]] == ["dense", "tfmot"] and report["min_fpr"] == pytest.approx(1 / 1500)
     md = (tmp_path / "privacy_tabular_partial.md").read_text()
-    assert "8 LiRA reference models" in md and "- partial run: only the 2 rows it finished (rows printed to run.log)" in md
+    assert "8 LiRA reference models" in md
+    assert "- partial run: only the 2 rows it finished (rows printed to run.log)" in md
