@@ -142,6 +142,29 @@ def compress(name, model, splits, **params):
     return result, time.perf_counter() - started
 
 
+def _pruning_rows(dense, splits, pool, is_member, ref_dir, args):
+    """TF-MOT pruning (full and stopped at MIA-SafeCompress's kept step) and the SafeCompress rows."""
+    rows = []
+    prune = {"target_sparsity": args.sparsity, "epochs": args.compress_epochs, "batch_size": args.batch_size}
+    result, seconds = compress("baseline", dense, splits, **prune)
+    rows.append(evaluate("tfmot", result.stripped, splits, pool, is_member, ref_dir, args,
+                         {"steps": result.info.get("steps"), "seconds": seconds}))
+    sc = {**prune, "update_every": args.update_every, "attack_size": args.attack_size, "attack_epochs": 5}
+    result, seconds = compress("safecompress", dense, splits, **sc)
+    selection = result.selection
+    rows.append(evaluate("mia_safecompress", result.stripped, splits, pool, is_member, ref_dir, args,
+                         _selection_columns(selection, seconds)))
+    kept_step = selection.get("kept_step")
+    result, seconds = compress("baseline", dense, splits, **prune, max_steps=kept_step)
+    rows.append(evaluate("tfmot_early", result.stripped, splits, pool, is_member, ref_dir, args,
+                         {"steps": result.info.get("steps"), "seconds": seconds}))
+    pgd = PGDTest(args.pgd_eps, steps=5)
+    result, seconds = compress("safecompress", dense, splits, **sc, tests=[(pgd, args.pgd_weight)])
+    rows.append(evaluate("safecompress_mia_pgd", result.stripped, splits, pool, is_member, ref_dir, args,
+                         _selection_columns(result.selection, seconds)))
+    return rows
+
+
 def run(args):
     os.makedirs(os.path.join(args.out, "tflite"), exist_ok=True)
     x, y, build = load_setting(args)
@@ -162,7 +185,7 @@ def run(args):
     dense.fit(*splits.train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
     print(f"dense trained in {time.perf_counter() - started:.0f} s", flush=True)
     augmented = "".join("_" + a for a in args.lira_augment)
-    ref_dir = os.path.join(args.out, f"refs_{args.setting}_seed{args.seed}{augmented}")
+    ref_dir = args.ref_dir or os.path.join(args.out, f"refs_{args.setting}_seed{args.seed}{augmented}")
     # With RMIA (h9's reference models), the reference split is RMIA's population z.
     population = {"population": splits.reference} if rmia_audit is not None else {}
     train_reference_models(fresh, pool, ref_dir, num_models=args.reference_models, seed=args.seed,
@@ -170,27 +193,12 @@ def run(args):
                            augmentations=args.lira_augment, **population)
 
     rows = [evaluate("dense", dense, splits, pool, is_member, ref_dir, args)]
-    prune = {"target_sparsity": args.sparsity, "epochs": args.compress_epochs, "batch_size": args.batch_size}
-    result, seconds = compress("baseline", dense, splits, **prune)
-    rows.append(evaluate("tfmot", result.stripped, splits, pool, is_member, ref_dir, args,
-                         {"steps": result.info.get("steps"), "seconds": seconds}))
-    sc = {**prune, "update_every": args.update_every, "attack_size": args.attack_size, "attack_epochs": 5}
-    result, seconds = compress("safecompress", dense, splits, **sc)
-    selection = result.selection
-    rows.append(evaluate("mia_safecompress", result.stripped, splits, pool, is_member, ref_dir, args,
-                         _selection_columns(selection, seconds)))
-    kept_step = selection.get("kept_step")
-    result, seconds = compress("baseline", dense, splits, **prune, max_steps=kept_step)
-    rows.append(evaluate("tfmot_early", result.stripped, splits, pool, is_member, ref_dir, args,
-                         {"steps": result.info.get("steps"), "seconds": seconds}))
-    pgd = PGDTest(args.pgd_eps, steps=5)
-    result, seconds = compress("safecompress", dense, splits, **sc, tests=[(pgd, args.pgd_weight)])
-    rows.append(evaluate("safecompress_mia_pgd", result.stripped, splits, pool, is_member, ref_dir, args,
-                         _selection_columns(result.selection, seconds)))
+    if not args.only_dp:
+        rows += _pruning_rows(dense, splits, pool, is_member, ref_dir, args)
     if args.skip_dp:
         return _report(args, splits, rows)
     dp = {"epochs": args.dp_epochs, "batch_size": args.dp_batch_size, "learning_rate": args.dp_learning_rate,
-          "l2_norm_clip": args.clip}
+          "l2_norm_clip": args.clip, "optimizer": args.dp_optimizer}
     for sigma in args.noise:
         result, seconds = compress("dp_sgd", dense, splits, noise_multiplier=sigma, **dp)
         rows.append(evaluate(f"dp_sgd_s{sigma:g}", result.stripped, splits, pool, is_member, ref_dir, args,
@@ -385,6 +393,11 @@ def main(argv=None):
     p.add_argument("--dp_learning_rate", type=float, default=2e-3)
     p.add_argument("--lira_augment", nargs="*", default=(), choices=("flip",),
                    help="LiRA query augmentations (flip: images also queried flipped, Carlini et al. 2022)")
+    p.add_argument("--dp_optimizer", choices=("adam", "sgd"), default="adam",
+                   help="DP-SGD's optimizer (sgd: DPKerasSGDOptimizer, as in Abadi et al. 2016)")
+    p.add_argument("--only_dp", action="store_true", help="dense and the DP rows only (no pruning rows)")
+    p.add_argument("--ref_dir", default=None, help="LiRA reference models' folder (default: under --out); "
+                   "reuse a run's folder to skip training them again")
     p.add_argument("--skip_dp", action="store_true", help="leave out the DP-SGD rows (per-example gradients of a "
                    "CNN cost seconds per step on a CPU; the tabular setting's MLP is cheap)")
     p.add_argument("--plot", default=None, help="also write the TPR@1%%FPR-vs-accuracy plot as a PNG here")
