@@ -325,12 +325,14 @@ def tradeoff_figure(report):
     dotted line is chance (TPR = FPR = 0.01).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    points = {}  # rows at the same point (e.g. two selections that kept the same state) share one label
     for row in report["rows"]:
-        marker = "s" if row.get("epsilon") is not None else ("^" if row.get("selection") else "o")
-        ax.scatter(row["test_accuracy"], row["lira_tpr_at_1pct_fpr"], marker=marker, s=45, edgecolors="k")
         label = row["row"] + (f" (eps {row['epsilon']:.1f})" if row.get("epsilon") is not None else "")
-        ax.annotate(label, (row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), textcoords="offset points",
-                    xytext=(4, 3), fontsize=7)
+        marker = "s" if row.get("epsilon") is not None else ("^" if row.get("selection") else "o")
+        points.setdefault((row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), (marker, []))[1].append(label)
+    for (acc, tpr), (marker, labels) in points.items():
+        ax.scatter(acc, tpr, marker=marker, s=45, edgecolors="k")
+        ax.annotate(" = ".join(labels), (acc, tpr), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.axhline(0.01, color="grey", lw=0.7, ls=":", label="chance (TPR = FPR = 1%)")
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("LiRA TPR at 1% FPR (worst score)")
