@@ -330,9 +330,16 @@ def tradeoff_figure(report):
         label = row["row"] + (f" (eps {row['epsilon']:.1f})" if row.get("epsilon") is not None else "")
         marker = "s" if row.get("epsilon") is not None else ("^" if row.get("selection") else "o")
         points.setdefault((row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), (marker, []))[1].append(label)
+    span_x = max(max(a for a, _ in points) - min(a for a, _ in points), 1e-9)
+    span_y = max(max(t for _, t in points) - min(t for _, t in points), 1e-9)
+    placed = []
     for (acc, tpr), (marker, labels) in points.items():
         ax.scatter(acc, tpr, marker=marker, s=45, edgecolors="k")
-        ax.annotate(" = ".join(labels), (acc, tpr), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        # Labels of nearby points are stacked downwards instead of printed over each other.
+        near = sum(abs(acc - a) < 0.08 * span_x and abs(tpr - t) < 0.04 * span_y for a, t in placed)
+        placed.append((acc, tpr))
+        ax.annotate(" = ".join(labels), (acc, tpr), textcoords="offset points", xytext=(4, 3 - 9 * near),
+                    fontsize=7)
     ax.axhline(0.01, color="grey", lw=0.7, ls=":", label="chance (TPR = FPR = 1%)")
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("LiRA TPR at 1% FPR (worst score)")
