@@ -37,6 +37,13 @@ Usage:
     PYTHONPATH=. .venv/bin/python benchmarks/privacy_bench.py --setting cifar10 \\
         --data_dir /work/shared/data/cifar10 --reference_models 16
     PYTHONPATH=. .venv/bin/python benchmarks/privacy_bench.py --setting tabular --small  # minutes
+
+Flags beyond the sizes: ``--plot PNG`` writes the TPR@1%FPR-vs-accuracy plot as a file;
+``--from_json`` re-renders table, HTML and plot from a run's JSON (``--from_log`` from the rows
+an interrupted run printed, marked partial); ``--skip_dp`` / ``--only_dp`` leave out the DP rows
+/ the pruning rows; ``--dp_optimizer sgd`` trains DP-SGD with plain SGD (Abadi et al. 2016);
+``--ref_dir`` reuses a run's reference models; ``--lira_augment flip`` queries LiRA with
+flipped images too. :func:`targets` checks the issue's two targets on the rows.
 """
 
 import argparse
