@@ -37,9 +37,17 @@ Usage:
     PYTHONPATH=. .venv/bin/python benchmarks/privacy_bench.py --setting cifar10 \\
         --data_dir /work/shared/data/cifar10 --reference_models 16
     PYTHONPATH=. .venv/bin/python benchmarks/privacy_bench.py --setting tabular --small  # minutes
+
+Flags beyond the sizes: ``--plot PNG`` writes the TPR@1%FPR-vs-accuracy plot as a file;
+``--from_json`` re-renders table, HTML and plot from a run's JSON (``--from_log`` from the rows
+an interrupted run printed, marked partial); ``--skip_dp`` / ``--only_dp`` leave out the DP rows
+/ the pruning rows; ``--dp_optimizer sgd`` trains DP-SGD with plain SGD (Abadi et al. 2016);
+``--ref_dir`` reuses a run's reference models; ``--lira_augment flip`` queries LiRA with
+flipped images too. :func:`targets` checks the issue's two targets on the rows.
 """
 
 import argparse
+import ast
 import base64
 import io
 import json
@@ -104,7 +112,7 @@ def evaluate(name, model, splits, pool, is_member, ref_dir, args, extra=None):
     """One table row: accuracy, LiRA / RMIA / tensorflow-privacy leakage, size, .tflite bytes."""
     row = {"row": name, "test_accuracy": accuracy(model, *splits.test)}
     population = {"population": splits.reference} if rmia_audit is not None else {}
-    lira = lira_audit(model, pool, is_member, ref_dir, **population)
+    lira = lira_audit(model, pool, is_member, ref_dir, augmentations=args.lira_augment, **population)
     row.update(lira_auc=lira.worst["auc"], lira_tpr_at_01pct_fpr=lira.worst["tpr_at_01pct_fpr"],
                lira_tpr_at_1pct_fpr=lira.worst["tpr_at_1pct_fpr"], lira_attack=lira.worst.get("attack"),
                unresolved=lira.worst.get("unresolved"))
@@ -141,6 +149,29 @@ def compress(name, model, splits, **params):
     return result, time.perf_counter() - started
 
 
+def _pruning_rows(dense, splits, pool, is_member, ref_dir, args):
+    """TF-MOT pruning (full and stopped at MIA-SafeCompress's kept step) and the SafeCompress rows."""
+    rows = []
+    prune = {"target_sparsity": args.sparsity, "epochs": args.compress_epochs, "batch_size": args.batch_size}
+    result, seconds = compress("baseline", dense, splits, **prune)
+    rows.append(evaluate("tfmot", result.stripped, splits, pool, is_member, ref_dir, args,
+                         {"steps": result.info.get("steps"), "seconds": seconds}))
+    sc = {**prune, "update_every": args.update_every, "attack_size": args.attack_size, "attack_epochs": 5}
+    result, seconds = compress("safecompress", dense, splits, **sc)
+    selection = result.selection
+    rows.append(evaluate("mia_safecompress", result.stripped, splits, pool, is_member, ref_dir, args,
+                         _selection_columns(selection, seconds)))
+    kept_step = selection.get("kept_step")
+    result, seconds = compress("baseline", dense, splits, **prune, max_steps=kept_step)
+    rows.append(evaluate("tfmot_early", result.stripped, splits, pool, is_member, ref_dir, args,
+                         {"steps": result.info.get("steps"), "seconds": seconds}))
+    pgd = PGDTest(args.pgd_eps, steps=5)
+    result, seconds = compress("safecompress", dense, splits, **sc, tests=[(pgd, args.pgd_weight)])
+    rows.append(evaluate("safecompress_mia_pgd", result.stripped, splits, pool, is_member, ref_dir, args,
+                         _selection_columns(result.selection, seconds)))
+    return rows
+
+
 def run(args):
     os.makedirs(os.path.join(args.out, "tflite"), exist_ok=True)
     x, y, build = load_setting(args)
@@ -160,32 +191,21 @@ def run(args):
     started = time.perf_counter()
     dense.fit(*splits.train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
     print(f"dense trained in {time.perf_counter() - started:.0f} s", flush=True)
-    ref_dir = os.path.join(args.out, f"refs_{args.setting}_seed{args.seed}")
+    augmented = "".join("_" + a for a in args.lira_augment)
+    ref_dir = args.ref_dir or os.path.join(args.out, f"refs_{args.setting}_seed{args.seed}{augmented}")
     # With RMIA (h9's reference models), the reference split is RMIA's population z.
     population = {"population": splits.reference} if rmia_audit is not None else {}
     train_reference_models(fresh, pool, ref_dir, num_models=args.reference_models, seed=args.seed,
-                           fit_kwargs={"epochs": args.epochs, "batch_size": args.batch_size}, log=print, **population)
+                           fit_kwargs={"epochs": args.epochs, "batch_size": args.batch_size}, log=print,
+                           augmentations=args.lira_augment, **population)
 
     rows = [evaluate("dense", dense, splits, pool, is_member, ref_dir, args)]
-    prune = {"target_sparsity": args.sparsity, "epochs": args.compress_epochs, "batch_size": args.batch_size}
-    result, seconds = compress("baseline", dense, splits, **prune)
-    rows.append(evaluate("tfmot", result.stripped, splits, pool, is_member, ref_dir, args,
-                         {"steps": result.info.get("steps"), "seconds": seconds}))
-    sc = {**prune, "update_every": args.update_every, "attack_size": args.attack_size, "attack_epochs": 5}
-    result, seconds = compress("safecompress", dense, splits, **sc)
-    selection = result.selection
-    rows.append(evaluate("mia_safecompress", result.stripped, splits, pool, is_member, ref_dir, args,
-                         _selection_columns(selection, seconds)))
-    kept_step = selection.get("kept_step")
-    result, seconds = compress("baseline", dense, splits, **prune, max_steps=kept_step)
-    rows.append(evaluate("tfmot_early", result.stripped, splits, pool, is_member, ref_dir, args,
-                         {"steps": result.info.get("steps"), "seconds": seconds}))
-    pgd = PGDTest(args.pgd_eps, steps=5)
-    result, seconds = compress("safecompress", dense, splits, **sc, tests=[(pgd, args.pgd_weight)])
-    rows.append(evaluate("safecompress_mia_pgd", result.stripped, splits, pool, is_member, ref_dir, args,
-                         _selection_columns(result.selection, seconds)))
+    if not args.only_dp:
+        rows += _pruning_rows(dense, splits, pool, is_member, ref_dir, args)
+    if args.skip_dp:
+        return _report(args, splits, rows)
     dp = {"epochs": args.dp_epochs, "batch_size": args.dp_batch_size, "learning_rate": args.dp_learning_rate,
-          "l2_norm_clip": args.clip}
+          "l2_norm_clip": args.clip, "optimizer": args.dp_optimizer}
     for sigma in args.noise:
         result, seconds = compress("dp_sgd", dense, splits, noise_multiplier=sigma, **dp)
         rows.append(evaluate(f"dp_sgd_s{sigma:g}", result.stripped, splits, pool, is_member, ref_dir, args,
@@ -196,9 +216,13 @@ def run(args):
     rows.append(evaluate("dp_prune", result.stripped, splits, pool, is_member, ref_dir, args,
                          {"epsilon": result.info["epsilon"], "delta": result.info["delta"],
                           "steps": result.info["steps"], "seconds": seconds}))
+    return _report(args, splits, rows)
+
+
+def _report(args, splits, rows):
     return {"setting": args.setting, "args": vars(args), "splits": splits.sizes(),
             "min_fpr": 1.0 / len(splits.nonmembers[0]), "reference_models": args.reference_models,
-            "rmia": rmia_audit is not None, "rows": rows}
+            "rmia": rmia_audit is not None, "dp_skipped": bool(args.skip_dp), "rows": rows}
 
 
 COLUMNS = [("row", "row", "{}"), ("test_accuracy", "test acc", "{:.3f}"), ("lira_auc", "LiRA AUC", "{:.3f}"),
@@ -226,19 +250,127 @@ def to_markdown(report):
              for r in report["rows"] if r.get("selection")]
     notes += [f"- {r['row']}: .tflite export failed ({r['tflite_error']})" for r in report["rows"]
               if r.get("tflite_error")]
+    notes += [f"- target: {t['text']}" for t in targets(report)]
+    if report.get("partial"):
+        notes.append(f"- partial run: only the {len(report['rows'])} rows it finished ({report['partial']})")
+    if report.get("dp_skipped"):
+        notes.append("- DP-SGD rows left out (--skip_dp)")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def to_html(report, markdown):
-    fig, ax = plt.subplots(figsize=(6, 4))
+def report_from_log(path, args):
+    """A report from the rows a run printed to its log (each row a JSON line, values at 4
+    significant digits): what an interrupted run finished, marked ``partial``."""
+    rows, splits = [], None
+    with open(path) as f:
+        for line in f:
+            if line.startswith(f"{args.setting}: splits "):
+                splits = ast.literal_eval(line.split("splits ", 1)[1].strip())
+            elif line.startswith('{"row": '):
+                rows.append(json.loads(line))
+    if splits is None or not rows:
+        sys.exit(f"'{path}' holds no '{args.setting}: splits' line or no rows; is it a privacy_bench log?")
+    return {"setting": args.setting, "args": vars(args), "splits": splits, "min_fpr": 1.0 / splits["nonmembers"],
+            "reference_models": args.reference_models, "rmia": any("rmia_auc" in r for r in rows),
+            "dp_skipped": bool(args.skip_dp), "partial": f"rows printed to {os.path.basename(path)}", "rows": rows}
+
+
+def targets(report, max_drop=0.01):
+    """The issue's two targets, checked on the rows of one run (plain data for the JSON and the table).
+
+    1. MIA-SafeCompress at the target sparsity: LiRA TPR@1%FPR <= 0.5x TF-MOT pruning's, at
+       <= ``max_drop`` lower test accuracy.
+    2. SafeCompress (either row) beats or matches DP-SGD's LiRA TPR@1%FPR at equal test accuracy
+       (within ``max_drop``); without a DP row of equal accuracy the target cannot be checked.
+
+    Returns:
+        A list of ``{"target", "met" (True / False / None: not checkable), "text"}``.
+    """
+    rows = {r["row"]: r for r in report["rows"]}
+    out = []
+    sc, tfmot = rows.get("mia_safecompress"), rows.get("tfmot")
+    if sc and tfmot:
+        ratio = sc["lira_tpr_at_1pct_fpr"] / max(tfmot["lira_tpr_at_1pct_fpr"], 1e-12)
+        drop = tfmot["test_accuracy"] - sc["test_accuracy"]
+        met = ratio <= 0.5 and drop <= max_drop
+        out.append({"target": "safecompress_vs_tfmot", "met": bool(met), "ratio": ratio, "accuracy_drop": drop,
+                    "text": f"MIA-SafeCompress TPR@1%FPR {sc['lira_tpr_at_1pct_fpr']:.3f} vs TF-MOT "
+                            f"{tfmot['lira_tpr_at_1pct_fpr']:.3f} ({ratio:.2f}x, target <= 0.5x) at "
+                            f"{-drop * 100:+.1f} points accuracy (target >= -{max_drop * 100:.0f}): "
+                            f"{'met' if met else 'NOT met'}"})
+    dp_rows = [r for r in report["rows"] if r.get("epsilon") is not None and r["row"].startswith("dp_sgd")]
+    for name in ("mia_safecompress", "safecompress_mia_pgd"):
+        if name not in rows:
+            continue
+        mine = rows[name]
+        if not dp_rows:
+            out.append({"target": f"{name}_vs_dp_sgd", "met": None,
+                        "text": f"{name} vs DP-SGD: no DP-SGD row in this run"})
+            continue
+        near = [r for r in dp_rows if abs(r["test_accuracy"] - mine["test_accuracy"]) <= max_drop]
+        if not near:
+            best = max(dp_rows, key=lambda r: r["test_accuracy"])
+            out.append({"target": f"{name}_vs_dp_sgd", "met": None,
+                        "text": f"{name} vs DP-SGD: no DP-SGD row within {max_drop * 100:.0f} point of its accuracy "
+                                f"{mine['test_accuracy']:.3f} (best DP-SGD {best['row']}: "
+                                f"{best['test_accuracy']:.3f}, TPR@1% {best['lira_tpr_at_1pct_fpr']:.3f}); "
+                                "not checkable at equal accuracy"})
+            continue
+        dp = min(near, key=lambda r: r["lira_tpr_at_1pct_fpr"])
+        met = mine["lira_tpr_at_1pct_fpr"] <= dp["lira_tpr_at_1pct_fpr"]
+        out.append({"target": f"{name}_vs_dp_sgd", "met": bool(met),
+                    "text": f"{name} TPR@1%FPR {mine['lira_tpr_at_1pct_fpr']:.3f} vs {dp['row']} "
+                            f"{dp['lira_tpr_at_1pct_fpr']:.3f} at accuracy {mine['test_accuracy']:.3f} vs "
+                            f"{dp['test_accuracy']:.3f}: {'met' if met else 'NOT met'}"})
+    return out
+
+
+def tradeoff_figure(report):
+    """TPR at 1% FPR (LiRA, worst score) against test accuracy, one labelled point per row.
+
+    Lower and further right is better: as accurate, and fewer members found at 1% FPR. The
+    dotted line is chance (TPR = FPR = 0.01).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    points = {}  # rows at the same point (e.g. two selections that kept the same state) share one label
     for row in report["rows"]:
-        ax.scatter(row["test_accuracy"], row["lira_tpr_at_1pct_fpr"])
-        ax.annotate(row["row"], (row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), fontsize=7)
+        label = row["row"] + (f" (eps {row['epsilon']:.1f})" if row.get("epsilon") is not None else "")
+        marker = "s" if row.get("epsilon") is not None else ("^" if row.get("selection") else "o")
+        points.setdefault((row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), (marker, []))[1].append(label)
+    span_x = max(max(a for a, _ in points) - min(a for a, _ in points), 1e-9)
+    span_y = max(max(t for _, t in points) - min(t for _, t in points), 1e-9)
+    placed = []
+    for (acc, tpr), (marker, labels) in points.items():
+        ax.scatter(acc, tpr, marker=marker, s=45, edgecolors="k")
+        # Labels of nearby points are stacked downwards instead of printed over each other.
+        near = sum(abs(acc - a) < 0.08 * span_x and abs(tpr - t) < 0.04 * span_y for a, t in placed)
+        placed.append((acc, tpr))
+        ax.annotate(" = ".join(labels), (acc, tpr), textcoords="offset points", xytext=(4, 3 - 9 * near),
+                    fontsize=7)
+    ax.axhline(0.01, color="grey", lw=0.7, ls=":", label="chance (TPR = FPR = 1%)")
     ax.set_xlabel("test accuracy")
-    ax.set_ylabel("LiRA TPR at 1% FPR")
-    ax.set_title(f"{report['setting']}: membership leakage vs accuracy")
-    buffer = io.BytesIO()
+    ax.set_ylabel("LiRA TPR at 1% FPR (worst score)")
+    ax.set_title(f"{report['setting']}: {report['splits']['train']:,} members, "
+                 f"{report['reference_models']} reference models")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def save_plot(report, path):
+    """Write :func:`tradeoff_figure` as a PNG at ``path`` (atomically: a temp file, then rename)."""
+    fig = tradeoff_figure(report)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def to_html(report, markdown):
+    fig = tradeoff_figure(report)
+    buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     image = base64.b64encode(buffer.getvalue()).decode()
@@ -275,7 +407,40 @@ def main(argv=None):
     p.add_argument("--dp_epochs", type=int, default=None)
     p.add_argument("--dp_batch_size", type=int, default=64)
     p.add_argument("--dp_learning_rate", type=float, default=2e-3)
+    p.add_argument("--lira_augment", nargs="*", default=(), choices=("flip",),
+                   help="LiRA query augmentations (flip: images also queried flipped, Carlini et al. 2022)")
+    p.add_argument("--dp_optimizer", choices=("adam", "sgd"), default="adam",
+                   help="DP-SGD's optimizer (sgd: DPKerasSGDOptimizer, as in Abadi et al. 2016)")
+    p.add_argument("--only_dp", action="store_true", help="dense and the DP rows only (no pruning rows)")
+    p.add_argument("--ref_dir", default=None, help="LiRA reference models' folder (default: under --out); "
+                   "reuse a run's folder to skip training them again")
+    p.add_argument("--skip_dp", action="store_true", help="leave out the DP-SGD rows (per-example gradients of a "
+                   "CNN cost seconds per step on a CPU; the tabular setting's MLP is cheap)")
+    p.add_argument("--plot", default=None, help="also write the TPR@1%%FPR-vs-accuracy plot as a PNG here")
+    p.add_argument("--from_json", default=None, help="train nothing: re-render the table (.md), the HTML and "
+                   "--plot from a privacy_<setting>.json this script wrote")
+    p.add_argument("--from_log", default=None, help="train nothing: the report of the rows an interrupted run "
+                   "printed to this log (pass the run's --setting and --reference_models)")
     args = p.parse_args(argv)
+    args.lira_augment = tuple(args.lira_augment)
+    if args.from_json or args.from_log:
+        if args.from_json:
+            with open(args.from_json) as f:
+                report = json.load(f)
+            stem = os.path.splitext(args.from_json)[0]
+        else:
+            report = report_from_log(args.from_log, args)
+            stem = os.path.join(args.out, f"privacy_{args.setting}_partial")
+            os.makedirs(args.out, exist_ok=True)
+        report["targets"] = targets(report)
+        markdown = to_markdown(report)
+        print(markdown)
+        atomic_write_json(stem + ".json", report)
+        atomic_write_text(stem + ".md", markdown)
+        atomic_write_text(stem + ".html", to_html(report, markdown))
+        if args.plot:
+            print(f"wrote {save_plot(report, args.plot)}")
+        return
     tabular = args.setting == "tabular"
     defaults = {"pool": 2400 if args.small else (6000 if tabular else 20000),
                 "members": 600 if args.small else (1500 if tabular else 2500),
@@ -293,6 +458,7 @@ def main(argv=None):
     started = time.perf_counter()
     report = run(args)
     report["seconds"] = round(time.perf_counter() - started, 1)
+    report["targets"] = targets(report)
     markdown = to_markdown(report)
     print(markdown)
     stem = os.path.join(args.out, f"privacy_{args.setting}{'_small' if args.small else ''}")
@@ -300,6 +466,8 @@ def main(argv=None):
     atomic_write_text(stem + ".md", markdown)
     atomic_write_text(stem + ".html", to_html(report, markdown))
     print(f"wrote {stem}.json/.md/.html in {report['seconds']:.0f} s")
+    if args.plot:
+        print(f"wrote {save_plot(report, args.plot)}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 import json
 
+import numpy as np
 import pytest
 
 from tfsafe.report import SCHEMA_VERSION, SafetyReport
+from tfsafe.report_verdict import compare
 
 
 def test_report_writes_versioned_json_and_markdown(tmp_path):
@@ -51,16 +53,54 @@ def saved_full_report(tmp_path_factory):
 def test_html_has_table_and_every_figure(saved_full_report):
     report, _, html_path = saved_full_report
     titles = [t for t, _ in report.figures()]
-    assert titles[:6] == ["Size, accuracy and membership risk", "Membership inference ROC (log scale)",
-                          "Robust accuracy vs eps", "Accuracy under natural corruptions: dense",
+    assert titles[:7] == ["Size, accuracy and membership risk", "Membership inference ROC (log scale)",
+                          "TPR at 1% FPR vs test accuracy", "Robust accuracy vs eps",
+                          "Accuracy under natural corruptions: dense",
                           "Accuracy under natural corruptions: tf-mot", "Accuracy under natural corruptions: ours"]
-    assert len(titles) == 9  # plus tensorflow-privacy's ROC plot for each of the three models
+    assert len(titles) == 10  # plus tensorflow-privacy's ROC plot for each of the three models
     page = open(html_path).read()
-    assert page.count("<img") == 9 and 'class="unsafe-baseline"' in page and 'class="compressed"' in page
+    assert page.count("<img") == 10 and 'class="unsafe-baseline"' in page and 'class="compressed"' in page
     # splits and params are tables, not Python dicts
     assert 'id="meta-splits"' in page and "<td>train</td><td>600</td>" in page and "{&#x27;" not in page
     md = report.to_markdown()
     assert "| target_sparsity | 0.9 |" in md and "{'" not in md
+
+
+def _dp_and_early_state_report():
+    report = SafetyReport("privacy", dataset="purchase-like")
+    worst = {"auc": 0.9, "advantage": 0.6, "tpr_at_1pct_fpr": 0.40}
+    report.add_model("dense", "dense", accuracy=0.70, membership={"worst": worst})
+    report.add_model("dp_sgd", "compressed", accuracy=0.30, membership={"worst": {**worst, "tpr_at_1pct_fpr": 0.02}},
+                     method_info={"epsilon": 4.6391, "delta": 1e-5, "steps": 280, "privacy": {
+                         "noise_multiplier": 2.0, "l2_norm_clip": 1.0, "sampling_rate": 0.04,
+                         "accountant": "RDP", "guarantee": "example-level (epsilon, delta)-DP"}})
+    report.add_model("safecompress", "compressed", accuracy=0.45,
+                     membership={"worst": {**worst, "tpr_at_1pct_fpr": 0.1}},
+                     selection={"kept_round": 4, "kept_step": 40, "total_steps": 70, "early_state": True,
+                                "note": "kept round 4's winner, an early state after 40 of 70 training steps"})
+    return report
+
+
+def test_markdown_shows_dp_epsilon_delta_and_the_early_state_note():
+    md = _dp_and_early_state_report().to_markdown()
+    header = next(line for line in md.splitlines() if line.startswith("| model | role |"))
+    assert header.endswith("| epsilon | delta |")
+    assert "| dp_sgd | compressed | 0.3000 |" in md and "| 4.64 | 1.0e-05 |" in md
+    assert "## Method notes" in md
+    assert "- **dp_sgd**: DP-SGD: epsilon = 4.64 at delta = 1.0e-05 (noise multiplier 2, l2 norm clip 1, " \
+           "sampling rate 0.04, 280 steps); example-level (epsilon, delta)-DP; accountant: RDP" in md
+    assert ("- **safecompress**: ⚠ selection kept round 4's winner, an early state after 40 of 70 training steps: "
+            "its leakage and accuracy are those of a shorter run; compare with TF-MOT pruning stopped at the same "
+            "step (baseline max_steps=40)") in md
+    assert "- **epsilon**: " in md and "- **delta**: " in md  # glossary
+
+
+def test_html_shows_the_notes_and_a_tpr_vs_accuracy_plot():
+    report = _dp_and_early_state_report()
+    assert [t for t, _ in report.figures()] == ["TPR at 1% FPR vs test accuracy"]
+    page = report.to_html()
+    assert 'id="method-notes"' in page and '<li class="worse"><b>safecompress</b>' in page
+    assert "epsilon = 4.64 at delta = 1.0e-05" in page and page.count("<img") == 1
 
 
 def test_verdict_flags_a_compressed_model_easier_to_attack_than_dense():
@@ -96,6 +136,37 @@ def test_verdict_flags_a_compressed_model_easier_to_attack_than_dense():
     assert against_dense["smaller"] == pytest.approx(5.0) and against_dense["size_basis"] == (
         "ideal bytes -> .tflite file")
     assert against_baseline["against"] == "pruned" and against_baseline["smaller"] is None
+
+
+def test_membership_same_threshold_is_one_standard_error_of_the_audit():
+    from scipy.stats import norm, rankdata
+
+    from tfsafe.report_verdict import auc_standard_error, threat_tolerance
+
+    # At chance the Hanley-McNeil error has the closed form sqrt((n1 + n2 + 1) / (12 n1 n2)).
+    assert auc_standard_error(0.5, 500, 500) == pytest.approx((1001 / (12 * 500 * 500)) ** 0.5)
+    # And it matches the spread of AUCs simulated at AUC 0.6 with 200 + 200 examples (binormal scores).
+    rng = np.random.default_rng(0)
+    shift = 2 ** 0.5 * norm.ppf(0.6)
+    aucs = []
+    for _ in range(400):
+        scores = np.concatenate([rng.normal(shift, 1, 200), rng.normal(0, 1, 200)])
+        ranks = rankdata(scores)[:200]
+        aucs.append((ranks.sum() - 200 * 201 / 2) / (200 * 200))
+    assert auc_standard_error(0.6, 200, 200) == pytest.approx(np.std(aucs), rel=0.15)
+
+    def entry(auc, n):
+        return {"name": f"m{n}", "role": "dense", "accuracy": 0.9,
+                "membership": {"worst": {"auc": auc}, "n_members": n, "n_nonmembers": n}}
+
+    # AUC 0.600 -> 0.625: within one standard error of 200 + 200 (0.028): same; of 10,000 + 10,000 (0.004): worse.
+    small, large = compare({**entry(0.625, 200), "name": "c"}, entry(0.6, 200)), compare(
+        {**entry(0.625, 10000), "name": "c"}, entry(0.6, 10000))
+    assert small["threats"]["membership"]["verdict"] == "same" and small["worse"] == []
+    assert small["threats"]["membership"]["tolerance"] == pytest.approx(0.0282, abs=1e-4)
+    assert large["threats"]["membership"]["verdict"] == "worse" and large["worse"] == ["membership"]
+    assert threat_tolerance("membership", {"membership": {"worst": {"auc": 0.6}}}) == 0.01  # sizes unknown
+    assert threat_tolerance("adversarial", entry(0.6, 200)) == 0.01
 
 
 def test_corruption_heatmap_labels_cannot_overlap():
@@ -142,7 +213,7 @@ def test_html_renders_in_a_headless_browser(saved_full_report):
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", f"file://{html_path}"], capture_output=True, text=True,
                          timeout=120).stdout
-    assert "<table id=\"results\">" in dom and dom.count("<img") == 9 and "id=\"verdict\"" in dom
+    assert "<table id=\"results\">" in dom and dom.count("<img") == 10 and "id=\"verdict\"" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,1600", f"file://{html_path}"],
                    capture_output=True, timeout=120)

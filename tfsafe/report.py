@@ -49,7 +49,10 @@ _COLUMNS = [
     ("TPR@1%FPR", ("membership", "worst", "tpr_at_1pct_fpr"), "{:.3f}"),
     ("PGD acc", ("robustness", "pgd_accuracy"), "{:.4f}"),
     ("corruption acc", ("robustness", "corruption_mean_accuracy"), "{:.4f}"),
+    ("epsilon", ("method_info", "epsilon"), "{:.2f}"),
+    ("delta", ("method_info", "delta"), "{:.1e}"),
 ]
+_WORSE_CLASS = ' class="worse"'
 # Membership columns name the attack that produced each worst-case value.
 _MEMBERSHIP_METRIC = {"MIA AUC (worst)": "auc", "MIA advantage": "advantage", "TPR@1%FPR": "tpr_at_1pct_fpr"}
 
@@ -77,12 +80,18 @@ GLOSSARY = {
                "transfer attacks for a .tflite). Higher is safer.",
     "corruption acc": "Mean accuracy over natural corruptions (noise, blur, contrast...) and severities. Higher is "
                       "safer.",
+    "epsilon": "The (epsilon, delta) differential-privacy guarantee of a DP-SGD run (RDP accountant): no single "
+               "training example changes the odds of any outcome by more than e^epsilon, except with probability "
+               "delta. Lower is more private; see Method notes for what it covers.",
+    "delta": "The delta of the epsilon guarantee (typically below 1 / the number of training examples).",
     "smaller": "How many times smaller than the reference (basis in brackets: ideal bytes or the .tflite file); "
                "'larger: ...' when it is larger.",
     "accuracy change": "Test accuracy minus the reference's, in percentage points.",
     "adversarial / corruption / membership": f"better / same / worse than the reference on PGD accuracy, corruption "
-                                             f"accuracy and worst MIA AUC; differences within {TOLERANCE} count as "
-                                             "same. worse is flagged.",
+                                             f"accuracy and worst MIA AUC; accuracy differences within {TOLERANCE} "
+                                             "and AUC differences within one standard error of the reference's "
+                                             "AUC at its audit set sizes (Hanley-McNeil; 0.01 when the sizes are "
+                                             "unknown) count as same. worse is flagged.",
 }
 
 
@@ -200,6 +209,39 @@ class SafetyReport:
             return "No compressed model is easier to attack than its reference on the threats measured."
         return None
 
+    def method_notes(self):
+        """One line per model whose method says something the table cannot: which state the
+        selection kept (an early state is said, not hidden; see MIA-SafeCompress's
+        ``selection["note"]``) and what a DP-SGD run's epsilon covers.
+
+        Returns:
+            ``[(model name, note, flagged)]``; ``flagged`` marks an early state.
+        """
+        notes = []
+        for m in self.models:
+            selection, info = m.get("selection") or {}, m.get("method_info") or {}
+            if selection.get("note"):
+                text = f"selection {selection['note']}"
+                if selection.get("early_state"):
+                    text += (": its leakage and accuracy are those of a shorter run; compare with TF-MOT pruning "
+                             f"stopped at the same step (baseline max_steps={selection.get('kept_step')})")
+                notes.append((m["name"], text, bool(selection.get("early_state"))))
+            if "epsilon" in info:
+                privacy = info.get("privacy") or {}
+                if info["epsilon"] is None:
+                    text = "DP-SGD without noise: no differential-privacy guarantee"
+                else:
+                    text = f"DP-SGD: epsilon = {info['epsilon']:.2f} at delta = {info['delta']:.1e}"
+                    details = [f"{k.replace('_', ' ')} {privacy[k]:.4g}" for k in
+                               ("noise_multiplier", "l2_norm_clip", "sampling_rate") if privacy.get(k) is not None]
+                    if info.get("steps") is not None:
+                        details.append(f"{info['steps']} steps")
+                    text += f" ({', '.join(details)})" if details else ""
+                    text += f"; {privacy['guarantee']}" if privacy.get("guarantee") else ""
+                    text += f"; accountant: {privacy['accountant']}" if privacy.get("accountant") else ""
+                notes.append((m["name"], text, False))
+        return notes
+
     def to_markdown(self):
         """The report as Markdown: verdict, the table of every measured column, the run, a glossary."""
         lines = [f"# {self.title}", ""]
@@ -209,6 +251,11 @@ class SafetyReport:
         lines += ["## Results", ""]
         titles, cells = self._rows()
         lines += [md_table(titles, cells), ""]
+        notes = self.method_notes()
+        if notes:
+            lines += ["## Method notes", ""]
+            lines += [f"- **{name}**: {'⚠ ' if flagged else ''}{text}" for name, text, flagged in notes]
+            lines.append("")
         if self.meta:
             lines += ["## Run", "", meta_markdown(self.meta), ""]
         lines += ["## Glossary", ""]
@@ -229,6 +276,7 @@ class SafetyReport:
         figures = [
             ("Size, accuracy and membership risk", plots.tradeoff(self.models)),
             ("Membership inference ROC (log scale)", plots.membership_roc(self.models)),
+            ("TPR at 1% FPR vs test accuracy", plots.tpr_vs_accuracy(self.models)),
             ("Robust accuracy vs eps", plots.robustness_curve(self.models)),
         ]
         figures += [(f"Accuracy under natural corruptions: {name}", png)
@@ -248,6 +296,11 @@ class SafetyReport:
         titles, cells = self._rows()
         body.append("<h2>Results</h2>" + html_table(titles, cells, "results",
                                                     [m["role"].replace(" ", "-") for m in self.models]))
+        notes = self.method_notes()
+        if notes:
+            body.append("<section id=\"method-notes\"><h2>Method notes</h2><ul>" + "".join(
+                f"<li{_WORSE_CLASS if flagged else ''}><b>{esc(name)}</b>: {esc(text)}</li>"
+                for name, text, flagged in notes) + "</ul></section>")
         if self.meta:
             body.append(f"<h2>Run</h2>{meta_html(self.meta)}")
         body.append(f"<section id=\"figures\">{figures_html(self.figures())}</section>")

@@ -11,7 +11,7 @@ import numpy as np
 from tfsafe.report_verdict import attack_label
 
 __all__ = ["membership_roc", "attack_rocs", "robustness_curve", "corruption_figure", "corruption_heatmaps",
-           "tradeoff", "privacy_roc"]
+           "tradeoff", "privacy_roc", "tpr_vs_accuracy"]
 
 
 def _pyplot():
@@ -176,4 +176,32 @@ def tradeoff(models):
     ax.set(xscale="log", xlabel="bytes (ideal, or .tflite file)", ylabel="test accuracy",
            title="Size / accuracy / privacy trade-off")
     fig.colorbar(scatter, ax=ax, label="worst-case MIA AUC")
+    return _png(fig)
+
+
+def tpr_vs_accuracy(models):
+    """Worst-case TPR at 1% FPR against test accuracy, one labelled point per model.
+
+    The membership-risk-vs-utility view of Carlini et al. ("Membership Inference Attacks From
+    First Principles", 2022): lower and further right is better. A model with an epsilon (a
+    DP-SGD run, ``method_info["epsilon"]``) is drawn as a square and labelled with it; the
+    dotted line is chance (TPR = FPR = 0.01). ``None`` with fewer than two measured models.
+    """
+    points = []
+    for m in models:
+        tpr = ((m.get("membership") or {}).get("worst") or {}).get("tpr_at_1pct_fpr")
+        if tpr is not None and m.get("accuracy") is not None and not m.get("membership_not_meaningful"):
+            points.append((m["name"], m["accuracy"], tpr, (m.get("method_info") or {}).get("epsilon")))
+    if len(points) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    for name, acc, tpr, epsilon in points:
+        ax.scatter(acc, tpr, marker="s" if epsilon is not None else "o", s=50, edgecolors="k")
+        label = name if epsilon is None else f"{name} (eps {epsilon:.2g})"
+        ax.annotate(label, (acc, tpr), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0.01, color="grey", lw=0.7, ls=":", label="chance (TPR = FPR = 1%)")
+    ax.set(xlabel="test accuracy", ylabel="TPR at 1% FPR (strongest attack)",
+           title="Membership risk vs accuracy")
+    ax.legend(fontsize=7)
     return _png(fig)

@@ -6,10 +6,41 @@ same functions serve the compress report, the audit report and a report re-read 
 """
 
 __all__ = ["TOLERANCE", "THREATS", "ATTACK_NAMES", "attack_label", "worst_by_metric", "compare", "comparisons",
-           "membership_verdict", "model_size_bytes", "size_text"]
+           "membership_verdict", "model_size_bytes", "size_text", "auc_standard_error", "threat_tolerance"]
 
-# Differences within this (absolute, on accuracies and AUCs) count as "same".
+# Differences within this (absolute, on accuracies) count as "same"; membership AUCs use one
+# standard error of the reference's AUC at its audit set sizes (threat_tolerance), this when
+# the sizes are unknown.
 TOLERANCE = 0.01
+
+
+def auc_standard_error(auc, n_members, n_nonmembers):
+    """Standard error of an AUC from ``n_members`` positives and ``n_nonmembers`` negatives.
+
+    Hanley and McNeil, "The meaning and use of the area under a ROC curve", Radiology 1982,
+    Eq. 2; at AUC 0.5 it is ``sqrt((n1 + n2 + 1) / (12 n1 n2))``.
+
+    Raises:
+        ValueError: an empty set.
+    """
+    n1, n2 = int(n_members), int(n_nonmembers)
+    if n1 < 1 or n2 < 1:
+        raise ValueError(f"an AUC needs members and non-members, got {n1} and {n2}")
+    auc = min(max(float(auc), 0.0), 1.0)
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    return ((auc * (1 - auc) + (n1 - 1) * (q1 - auc ** 2) + (n2 - 1) * (q2 - auc ** 2)) / (n1 * n2)) ** 0.5
+
+
+def threat_tolerance(threat, reference):
+    """The difference under which ``threat`` counts as "same" against ``reference``: for
+    membership one standard error of the reference's worst AUC at its audit set sizes (a
+    small audit cannot tell 0.01 apart; a large one can tell less), else :data:`TOLERANCE`."""
+    if threat == "membership":
+        membership = reference.get("membership") or {}
+        auc, n1, n2 = _get(membership, ("worst", "auc")), membership.get("n_members"), membership.get("n_nonmembers")
+        if auc is not None and n1 and n2:
+            return auc_standard_error(auc, n1, n2)
+    return TOLERANCE
 
 # (threat, path into an entry, higher is safer)
 THREATS = [
@@ -67,7 +98,8 @@ def compare(entry, reference):
 
     Returns:
         ``{"smaller": ratio or None, "size_basis", "accuracy_change", "threats": {threat:
-        {"verdict": "better" | "same" | "worse", "value", "reference"}}, "worse": [threats]}``;
+        {"verdict": "better" | "same" | "worse", "value", "reference", "tolerance"}}, "worse":
+        [threats]}`` (``tolerance``: see :func:`threat_tolerance`);
         a threat neither entry measured is left out.
     """
     size, size_what = model_size_bytes(entry)
@@ -83,8 +115,10 @@ def compare(entry, reference):
         if value is None or ref is None:
             continue
         delta = (value - ref) if higher_is_safer else (ref - value)
-        verdict = "same" if abs(delta) <= TOLERANCE else ("better" if delta > 0 else "worse")
-        threats[threat] = {"verdict": verdict, "value": float(value), "reference": float(ref)}
+        tolerance = threat_tolerance(threat, reference)
+        verdict = "same" if abs(delta) <= tolerance else ("better" if delta > 0 else "worse")
+        threats[threat] = {"verdict": verdict, "value": float(value), "reference": float(ref),
+                           "tolerance": float(tolerance)}
     return {
         "model": entry["name"], "against": reference["name"], "against_role": reference.get("role"),
         "smaller": ref_size / size if size and ref_size else None,

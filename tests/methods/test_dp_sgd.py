@@ -14,6 +14,7 @@ from tfsafe.errors import InputError
 from tfsafe.methods.dp_sgd import DPSGD, dp_sgd_epsilon, dp_sgd_epsilon_once_per_epoch
 from tfsafe.metrics import weight_stats
 from tfsafe.recipes import load_recipe
+from tfsafe.report import SafetyReport
 
 sys.skip_tf_privacy_import = True
 from tensorflow_privacy.privacy.analysis.compute_dp_sgd_privacy_lib import (  # noqa: E402
@@ -68,6 +69,13 @@ def test_one_epoch_through_the_registry_reports_the_accountants_epsilon(trained_
     assert not np.allclose(result.model.get_weights()[0], trained_cnn.get_weights()[0])
     assert result.selection["kept"] == "final" and result.selection["early"] is False
     assert result.stripped.predict(splits.test[0], verbose=0).shape == (40, 10)
+    # The compress report shows the run's epsilon and delta in the table and what they cover.
+    report = SafetyReport("dp", dataset="digits")
+    report.add_model("dp_sgd", "compressed", accuracy=0.5, method_info=result.info, selection=result.selection)
+    md = report.to_markdown()
+    assert f"| dp_sgd | compressed | 0.5000 | {info['epsilon']:.2f} | 1.0e-05 |" in md
+    assert f"- **dp_sgd**: DP-SGD: epsilon = {info['epsilon']:.2f} at delta = 1.0e-05 (noise multiplier 1, " in md
+    assert "8 steps); example-level (epsilon, delta)-DP of all DP steps from a fresh initialisation" in md
 
 
 def test_fine_tuning_says_epsilon_covers_only_the_fine_tuning(trained_cnn, splits):

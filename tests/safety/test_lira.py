@@ -2,12 +2,13 @@ import os
 
 import numpy as np
 import pytest
-from reference_setup import POOL, build, reference_setup
+from reference_setup import FIT, POOL, build, reference_setup
 from scipy.special import softmax
 
 from tfsafe.errors import InputError
 from tfsafe.models import predict_logits
 from tfsafe.safety.lira import (
+    augment_queries,
     lira_audit,
     lira_scores,
     load_reference_models,
@@ -138,3 +139,31 @@ def test_probability_outputs_give_the_same_lira_scores_as_logits():
     by_probs = lira_audit(probabilities, s["pool"], s["is_member"], s["pool_dir"], modes=("online",),
                           output="probabilities")
     assert by_probs.attacks[0]["auc"] == pytest.approx(by_logits.attacks[0]["auc"], abs=2e-3)
+
+
+def test_lira_with_flipped_queries_sums_the_per_query_likelihood_ratios(tmp_path):
+    s = reference_setup()
+    (x, y), target = s["pool"], s["target"]
+    logs = []
+    train_reference_models(build, s["pool"], tmp_path, num_models=2, fit_kwargs=FIT, augmentations=("flip",),
+                           log=logs.append)
+    audit = lira_audit(target, s["pool"], s["is_member"], tmp_path, augmentations=("flip",))
+    rows = {r["attack"]: r for r in audit.attacks}
+    assert rows["lira_online"]["queries"] == ["identity", "flip"] == rows["offset"]["queries"]
+    # The online score is the sum over the two queries of each query's own likelihood ratio.
+    refs = load_reference_models(tmp_path, s["pool"], augmentations=("flip",))
+    assert refs.aug_logits["flip"].shape == refs.logits.shape == (2, POOL, 10)
+    per_query = [lira_scores(logit_confidence(predict_logits(target, q), y), logit_confidence(ref, y),
+                             refs.in_mask, "online")[0]
+                 for q, ref in ((x, refs.logits), (x[:, :, ::-1], refs.aug_logits["flip"]))]
+    expected = roc_row("sum", s["is_member"], per_query[0] + per_query[1])
+    assert rows["lira_online"]["auc"] == pytest.approx(expected["auc"], abs=1e-9)
+    assert rows["lira_online"]["tpr_at_1pct_fpr"] == pytest.approx(expected["tpr_at_1pct_fpr"], abs=1e-9)
+    assert rows["lira_online"]["auc"] > 0.85  # a memorizing target is still found with 1 IN + 1 OUT model
+    # Files trained without the flip, and non-image inputs: one clear line each.
+    with pytest.raises(InputError, match=r"no logits for the query augmentation\(s\) \['flip'\]"):
+        lira_audit(target, s["pool"], s["is_member"], s["pool_dir"], augmentations=("flip",))
+    with pytest.raises(InputError, match="needs images"):
+        augment_queries(np.zeros((3, 64)), ("flip",))
+    with pytest.raises(InputError, match="unknown query augmentation"):
+        augment_queries(x, ("rotate",))

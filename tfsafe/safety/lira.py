@@ -28,6 +28,12 @@ skipped, so shards run on separate workers and an interrupted run resumes.
 :func:`load_reference_models` merges every file; RMIA (:mod:`tfsafe.safety.rmia`) reads the
 same files.
 
+**Augmented queries** (Carlini et al. 2022, Sec. VI-B): with ``augmentations=("flip",)`` every
+example is also queried horizontally flipped. The reference files then store each model's
+logits on the flipped pool too; LiRA fits one Gaussian pair per query and sums the per-query
+log-likelihood ratios (online; the queries treated as independent, as the paper's code does)
+or averages the per-query standardized offsets (offline).
+
 Example:
     >>> # pool = members + non-members of the target audit, is_member marks the members
     >>> # train_reference_models(build_fn, pool, "refs", num_models=16, shard=(0, 4))  # worker 0
@@ -51,14 +57,46 @@ from tfsafe.safety.membership import MembershipAudit, _model_outputs
 from tfsafe.safety.roc import roc_row, worst_case
 from tfsafe.validation import check_features, check_labels
 
-__all__ = ["GLOBAL_VARIANCE_BELOW", "ReferenceModels", "as_logits", "check_audit_pool", "lira_audit",
-           "lira_scores", "load_reference_models", "logit_confidence", "pool_fingerprint", "target_logits",
-           "train_reference_models"]
+__all__ = ["AUGMENTATIONS", "GLOBAL_VARIANCE_BELOW", "ReferenceModels", "as_logits", "augment_queries",
+           "check_audit_pool", "lira_audit", "lira_scores", "load_reference_models", "logit_confidence",
+           "pool_fingerprint", "target_logits", "train_reference_models"]
 
 FILE_FORMAT = 2  # 1 stored only the hinge statistic; 2 stores the logits (LiRA and RMIA)
 # Carlini et al. fix the variance for small budgets: per-example variances from fewer models
 # than this per side are too noisy.
 GLOBAL_VARIANCE_BELOW = 32
+
+
+def _flip(x):
+    if x.ndim != 4:
+        raise InputError(f"the 'flip' query augmentation needs images (n, height, width, channels), got inputs of "
+                         f"shape {x.shape}; leave augmentations empty for non-image data.")
+    return x[:, :, ::-1, :]
+
+
+# Query augmentations: name -> function of a batch of inputs.
+AUGMENTATIONS = {"flip": _flip}
+
+
+def augment_queries(x, augmentations=()):
+    """The inputs LiRA queries: ``x`` itself, then each augmentation of it, in order.
+
+    Args:
+        x: the inputs, ``(n, ...)``.
+        augmentations: names from :data:`AUGMENTATIONS` (``"flip"``: horizontal flip of
+            NHWC images).
+
+    Returns:
+        A list of ``1 + len(augmentations)`` arrays shaped like ``x``.
+
+    Raises:
+        InputError: an unknown name, or ``"flip"`` on inputs that are not images.
+    """
+    unknown = [a for a in augmentations if a not in AUGMENTATIONS]
+    if unknown:
+        raise InputError(f"unknown query augmentation(s) {unknown}; choose from {sorted(AUGMENTATIONS)}.")
+    x = np.asarray(x)
+    return [x] + [AUGMENTATIONS[a](x) for a in augmentations]
 
 
 def pool_fingerprint(x, y, population=None):
@@ -134,7 +172,7 @@ def _half(n, seed, j):
 
 
 def train_reference_models(build_fn, pool, out_dir, num_models=8, shard=(0, 1), seed=0, fit_kwargs=None,
-                           population=None, train_on="pool", log=print):
+                           population=None, train_on="pool", augmentations=(), log=print):
     """Train this shard's reference models and store their logits.
 
     Args:
@@ -152,6 +190,8 @@ def train_reference_models(build_fn, pool, out_dir, num_models=8, shard=(0, 1), 
         train_on: ``"pool"`` (random halves of the pool: online LiRA / RMIA) or
             ``"population"`` (random halves of ``population``: every pool example is OUT,
             the offline setting).
+        augmentations: query augmentations (see :func:`augment_queries`) whose pool logits
+            are stored too, for ``lira_audit(..., augmentations=...)``.
         log: called with one line per model.
 
     Returns:
@@ -163,6 +203,7 @@ def train_reference_models(build_fn, pool, out_dir, num_models=8, shard=(0, 1), 
     x, y = _check_xy(pool, "pool")
     if population is not None:
         population = _check_xy(population, "population", x.shape[1:])
+    augmented = augment_queries(x, augmentations)[1:]
     index, count = _parse_shard(shard)
     if train_on not in ("pool", "population"):
         raise InputError(f"train_on must be 'pool' or 'population', got {train_on!r}.")
@@ -193,10 +234,11 @@ def train_reference_models(build_fn, pool, out_dir, num_models=8, shard=(0, 1), 
         model.fit(train_x, train_y, **fit_kwargs)
         logits = predict_logits(model, x)
         pop_logits = predict_logits(model, population[0]) if population is not None else np.zeros((0, 0))
+        aug_logits = {f"aug_logits_{name}": predict_logits(model, xa) for name, xa in zip(augmentations, augmented)}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, in_mask=in_mask, logits=logits, pop_in_mask=pop_in, pop_logits=pop_logits,
-                         fingerprint=fingerprint, index=j, format=FILE_FORMAT)
+                         fingerprint=fingerprint, index=j, format=FILE_FORMAT, **aug_logits)
         log(f"reference model {j}: trained on {len(train_x)} {train_on} examples")
     return paths
 
@@ -210,12 +252,15 @@ class ReferenceModels:
         logits: float32 ``(models, n, classes)`` on the pool.
         pop_in_mask: bool ``(models, m)`` and pop_logits ``(models, m, classes)`` on the
             population (``m = 0`` without one).
+        aug_logits: ``{augmentation: (models, n, classes)}`` on the augmented pool (the ones
+            asked for when loading).
     """
 
     in_mask: np.ndarray
     logits: np.ndarray
     pop_in_mask: np.ndarray
     pop_logits: np.ndarray
+    aug_logits: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_models(self):
@@ -228,11 +273,13 @@ class ReferenceModels:
                 "out_min": int(n_out.min()), "out_median": float(np.median(n_out))}
 
 
-def load_reference_models(out_dir, pool, population=None):
-    """Merge every shard's ``ref_*.npz`` in ``out_dir`` into a :class:`ReferenceModels`.
+def load_reference_models(out_dir, pool, population=None, augmentations=()):
+    """Merge every shard's ``ref_*.npz`` in ``out_dir`` into a :class:`ReferenceModels`
+    (with the logits of the query ``augmentations`` asked for).
 
     Raises:
-        InputError: no files, files for another pool / population, or files of an older format.
+        InputError: no files, files for another pool / population, files of an older format,
+            or files without an augmentation asked for.
     """
     x, y = pool
     fingerprint = pool_fingerprint(x, y, population)
@@ -241,6 +288,7 @@ def load_reference_models(out_dir, pool, population=None):
         raise InputError(f"Found 0 reference models in '{out_dir}'; train them with train_reference_models "
                          "(or tfsafe audit --reference_models).")
     parts = {"in_mask": [], "logits": [], "pop_in_mask": [], "pop_logits": []}
+    parts.update({f"aug_logits_{name}": [] for name in augmentations})
     for path in files:
         with np.load(path, allow_pickle=False) as data:
             if "logits" not in data:
@@ -249,9 +297,15 @@ def load_reference_models(out_dir, pool, population=None):
             if str(data["fingerprint"]) != fingerprint:
                 raise InputError(f"'{path}' was trained for a different audit pool or population; use a "
                                  "separate folder per pool, and pass the same population it was trained with.")
+            missing = [name for name in augmentations if f"aug_logits_{name}" not in data]
+            if missing:
+                raise InputError(f"'{path}' has no logits for the query augmentation(s) {missing}; train the "
+                                 f"reference models with augmentations={list(augmentations)} (in a new folder).")
             for key, values in parts.items():
                 values.append(data[key])
-    return ReferenceModels(**{key: np.stack(values) for key, values in parts.items()})
+    stacked = {key: np.stack(values) for key, values in parts.items()}
+    aug = {name: stacked.pop(f"aug_logits_{name}") for name in augmentations}
+    return ReferenceModels(**stacked, aug_logits=aug)
 
 
 def check_audit_pool(pool, is_member, population=None):
@@ -285,8 +339,11 @@ def lira_scores(target_phi, ref_phi, in_mask, mode="online", global_variance=Non
     """LiRA membership scores (higher = more likely a member).
 
     Args:
-        target_phi: ``(n,)`` the target's logit-scaled confidences.
-        ref_phi: ``(models, n)`` the reference models' confidences.
+        target_phi: ``(n,)`` the target's logit-scaled confidences, or ``(queries, n)`` with
+            augmented queries (see :func:`augment_queries`).
+        ref_phi: ``(models, n)`` the reference models' confidences (``(models, queries, n)``
+            with augmented queries: one Gaussian pair per query; online sums the per-query
+            log-likelihood ratios, offline averages the per-query offsets).
         in_mask: bool ``(models, n)``: which reference models trained on each example.
         mode: ``"online"`` (IN and OUT Gaussians, likelihood ratio) or ``"offline"`` (OUT
             only, one-sided test).
@@ -301,6 +358,14 @@ def lira_scores(target_phi, ref_phi, in_mask, mode="online", global_variance=Non
         InputError: an example without the reference models ``mode`` needs.
     """
     target_phi, ref_phi, in_mask = np.asarray(target_phi), np.asarray(ref_phi), np.asarray(in_mask, bool)
+    if target_phi.ndim == 2:
+        if ref_phi.ndim != 3 or ref_phi.shape[1:] != target_phi.shape:
+            raise InputError(f"augmented LiRA needs reference confidences (models, {target_phi.shape[0]}, "
+                             f"{target_phi.shape[1]}) for target confidences {target_phi.shape}, got {ref_phi.shape}.")
+        per_query = [lira_scores(phi, ref_phi[:, q], in_mask, mode, global_variance)
+                     for q, phi in enumerate(target_phi)]
+        combine = np.sum if mode == "online" else np.mean
+        return combine([scores for scores, _ in per_query], axis=0), per_query[0][1]
     out_mask = ~in_mask
     n_in, n_out = in_mask.sum(0), out_mask.sum(0)
     if mode not in ("online", "offline"):
@@ -326,7 +391,7 @@ def lira_scores(target_phi, ref_phi, in_mask, mode="online", global_variance=Non
 
 
 def lira_audit(model, pool, is_member, reference_dir, modes=("online", "offline"), global_variance=None,
-               population=None, output=None, batch_size=512):
+               population=None, output=None, batch_size=512, augmentations=()):
     """Score every pool example with LiRA, then measure how well the scores separate the
     target's members from its non-members.
 
@@ -341,11 +406,14 @@ def lira_audit(model, pool, is_member, reference_dir, modes=("online", "offline"
         population: the population the reference models were trained with, if any.
         output: ``"logits"`` / ``"probabilities"`` for callables and files that do not say.
         batch_size: examples per target call.
+        augmentations: query augmentations (``("flip",)``: each image also queried flipped);
+            the reference models must have been trained with the same ``augmentations``.
 
     Returns:
         A :class:`~tfsafe.safety.membership.MembershipAudit` with rows ``lira_online``,
-        ``lira_offline`` and ``offset`` (``phi - mu_out``), each with ``reference_models``
-        (IN / OUT counts) and ``global_variance``; ``headline`` is their worst case. A mode
+        ``lira_offline`` and ``offset`` (``phi - mu_out``, averaged over queries), each with
+        ``reference_models`` (IN / OUT counts), ``global_variance`` and ``queries`` (the
+        augmentations used, ``"identity"`` first); ``headline`` is their worst case. A mode
         the reference models cannot support (online without IN models) is listed in
         ``skipped``.
 
@@ -356,10 +424,15 @@ def lira_audit(model, pool, is_member, reference_dir, modes=("online", "offline"
     unknown = set(modes) - {"online", "offline"}
     if unknown or not modes:
         raise InputError(f"LiRA modes must be among 'online', 'offline', got {list(modes)}.")
-    refs = load_reference_models(reference_dir, (x, y), population)
-    target_phi = logit_confidence(target_logits(model, x, batch_size, output), y)
-    ref_phi = logit_confidence(refs.logits, y)
+    augmentations = tuple(augmentations)
+    queries = augment_queries(x, augmentations)
+    refs = load_reference_models(reference_dir, (x, y), population, augmentations)
+    target_phi = logit_confidence(np.stack([target_logits(model, q, batch_size, output) for q in queries]), y)
+    ref_phi = logit_confidence(np.stack([refs.logits, *(refs.aug_logits[a] for a in augmentations)], axis=1), y)
+    if not augmentations:  # one query: the plain (n,) / (models, n) statistics
+        target_phi, ref_phi = target_phi[0], ref_phi[:, 0]
     counts = refs.counts()
+    names = ["identity", *augmentations]
     rows, skipped = [], []
     for mode in modes:
         try:
@@ -368,10 +441,13 @@ def lira_audit(model, pool, is_member, reference_dir, modes=("online", "offline"
             skipped.append({"attack": f"lira_{mode}", "reason": str(err)})
             continue
         rows.append(roc_row(f"lira_{mode}", is_member, scores, reference_models=counts,
-                            global_variance=used_global))
+                            global_variance=used_global, queries=names))
     if (~refs.in_mask).sum(0).min() >= 1:
-        mu_out, _ = _masked_mean_std(ref_phi, ~refs.in_mask)
-        rows.append(roc_row("offset", is_member, target_phi - mu_out, reference_models=counts))
+        out_mask = ~refs.in_mask if not augmentations else (~refs.in_mask)[:, None, :]
+        mu_out, _ = _masked_mean_std(ref_phi, out_mask)
+        offset = target_phi - mu_out
+        rows.append(roc_row("offset", is_member, offset if not augmentations else offset.mean(0),
+                            reference_models=counts, queries=names))
     if not rows:
         raise InputError("LiRA could not run: " + "; ".join(s["reason"] for s in skipped))
     worst = worst_case(rows)
