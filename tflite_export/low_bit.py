@@ -35,6 +35,15 @@ The two modes differ in the plan:
   op has no INT4 kernel falls back to 8 bits and says so (``reason``). Parity is checked
   against the stripped model itself.
 
+  A ``.tflite`` op has one storage width for its whole weight tensor, so a single 8-bit
+  channel keeps a layer at 8 bits: self-compression with its default ceiling (8) ends with
+  such a channel in nearly every layer and its learned file is no smaller than int8.
+  Train it with ``max_bits=4`` (``SelfCompress(max_bits=4)``, recipe ``params.max_bits``):
+  every channel then fits INT4 and every Conv2D / Dense kernel is stored at 4 bits, exactly.
+  Splitting a layer by storage width (a 4-bit and an 8-bit op plus a concatenation and a
+  channel permutation) is not done: it adds ops and an activation copy per layer, and INT4
+  kernels are already slower than INT8 ones on LiteRT's CPU path.
+
 The side-car's ``layer_bits`` (:attr:`LowBitExport.layers`) gives, per layer: ``op``,
 ``storage_bits`` (what the file holds), ``needed_bits`` (the widest channel's grid, ``None``
 when the weights are not on a grid of at most 8 bits), ``learned_bits`` (the mean storage
