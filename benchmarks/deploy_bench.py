@@ -256,7 +256,7 @@ def _targets(rows, baseline):
                 gap = safe["accuracy"] - r["accuracy"]
                 out.append({"target": "channel 50%: accuracy within 1 point of PrunableSafe (its sparsity, "
                                       "not the same parameter count)", "row": r["row"],
-                            "value": f"{gap * 100:+.2f} points below", "met": gap <= 0.01})
+                            "value": f"{-gap * 100:+.2f} points against it", "met": gap <= 0.01})
     return out
 
 
