@@ -180,3 +180,17 @@ def test_self_compression_with_max_bits_4_exports_4_bit_weights_exactly(trained_
         width, values = stored[f"small_cnn/{name}/MatMul"]
         assert width == 4
         np.testing.assert_allclose(values, stripped.get_layer(name).kernel.numpy().T, atol=1e-6)
+
+
+def test_activation_ranges_cover_the_whole_calibration_set(trained_cnn, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    (x, _), _ = digits
+    calibration = x[:64]
+    result = to_tflite(trained_cnn, tmp_path / "m4.tflite", "int4", calibration)
+    out = Interpreter(model_path=result.path).get_output_details()[0]
+    scale, zero = out["quantization"]
+    logits = trained_cnn(calibration).numpy()
+    # ai-edge-quantizer's own moving average of per-example ranges would clip the top logits.
+    assert (-128 - zero) * scale <= logits.min() + 0.05 * np.ptp(logits)
+    assert (127 - zero) * scale >= logits.max() - 0.05 * np.ptp(logits)
