@@ -9,7 +9,9 @@ Both modes write the same combination, which LiteRT 2.x runs on CPU (XNNPack del
   weights at 4 bits (per output channel, symmetric) where the plan says 4, every other
   supported op (and the layers planned at 8 bits) ai-edge-quantizer's ``static_wi8_ai8``
   (int8 per-channel weights); activations int8 from the calibration data; int8 input and
-  output tensors (``integer_io=False`` is refused). ai-edge-quantizer 0.10.0 has INT4 weight
+  output tensors (``integer_io=False`` is refused); each activation range is the min / max over
+  the whole calibration set, as the TFLite converter's (ai-edge-quantizer's own moving average
+  of per-example ranges clips the extremes). ai-edge-quantizer 0.10.0 has INT4 weight
   kernels for ``CONV_2D`` and ``FULLY_CONNECTED`` only (its ``static_wi4_ai8`` policy), so a
   depthwise or transposed convolution cannot be stored at 4 bits.
 
