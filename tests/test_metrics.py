@@ -143,3 +143,24 @@ def test_factorized_model_reports_the_merged_params_it_deploys(trained_cnn):
     fc1 = [s for s in metrics.deployed_stats(model) if s["layer"] == "fc1" and s["kind"] == "kernel"]
     assert [s["bits"] for s in fc1] == [32]
     assert metrics.model_size(model)["params"] == trained_cnn.count_params()
+
+
+def test_wrapped_channel_pruned_model_counts_what_the_channel_masks_leave(trained_cnn):
+    from tfsafe import strip
+    from tfsafe.compress.pruning import prune_safe
+
+    wrapped = prune_safe(trained_cnn, 0.5, granularity="channel")
+    stripped = strip(wrapped)
+    size, shipped = metrics.model_size(wrapped), metrics.model_size(stripped)
+    for key in ("params", "nonzeros", "average_bits", "ideal_bytes"):
+        assert size[key] == pytest.approx(shipped[key], rel=1e-6), key
+    assert size["nonzeros"] == sum(int(np.count_nonzero(w)) for w in stripped.get_weights())
+    # Layer by layer, the consumers' rows of the pruned channels were counted too (over-reported).
+    layerwise = metrics.count_nonzero(metrics.weight_stats(wrapped))
+    assert size["nonzeros"] < layerwise
+    assert size["stored_params"] == trained_cnn.count_params()  # the wrapped form itself is unchanged
+    # The same for self-compression's zero-bit channels: the wrapped model counts as it ships.
+    learned = _learned_bits_model(trained_cnn, [3, 5, 4, 8], dead=[("quant_conv2", 8)])
+    size, shipped = metrics.model_size(learned), metrics.model_size(strip(learned))
+    for key in ("params", "nonzeros", "ideal_bytes"):
+        assert size[key] == pytest.approx(shipped[key], rel=1e-6), key

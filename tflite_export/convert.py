@@ -29,6 +29,7 @@ import tempfile
 import warnings
 
 import numpy as np
+from ai_edge_litert import schema_py_generated as schema
 
 from tflite_export import flatbuffer, low_bit
 from tflite_export.parity import ParityReport, ParityRule, check_parity
@@ -47,7 +48,7 @@ from tfsafe.io import atomic_path, atomic_write_json
 from tfsafe.models import flat_layers, output_kind
 from tfsafe.validation import check_features, check_labels, check_model, model_num_classes
 
-__all__ = ["MODES", "ExportResult", "to_tflite", "gzip_size", "SPARSITY_THRESHOLD"]
+__all__ = ["MODES", "ExportResult", "to_tflite", "gzip_size", "SPARSITY_THRESHOLD", "sparse_encoding_faults"]
 
 MODES = ("int8", "dynamic", "float16", "float32") + low_bit.MODES
 # Weight sparsity from which sparsity="auto" tries TFLite's sparse encoding.
@@ -261,11 +262,79 @@ def _top1(model_bytes, x):
         result = interpreter.get_tensor(out["index"]).astype(np.float32)
         if out["dtype"] in (np.int8, np.uint8):
             result = (result - out["quantization"][1]) * out["quantization"][0]
+        if not np.isfinite(result).all():
+            return None  # NaN / inf outputs agree with nothing
         labels.append(int(np.argmax(result.reshape(-1))))
     return np.array(labels)
 
 
-def _try_sparsity(model, mode, calibration, integer_io, dense_bytes, sparsity):
+def _sparse_tensors(model_bytes):
+    """``{tensor name: (dtype, shape, block size or None)}`` of the sparse-encoded tensors of a file."""
+    model = schema.Model.GetRootAs(bytearray(model_bytes), 0)
+    graph = model.Subgraphs(0)
+    found = {}
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        sparse = tensor.Sparsity()
+        if sparse is None:
+            continue
+        dims = [sparse.DimMetadata(j).DenseSize() for j in range(sparse.DimMetadataLength())]
+        block = dims[-1] if sparse.BlockMapLength() else None
+        found[tensor.Name().decode(errors="replace")] = (tensor.Type(), tuple(tensor.ShapeAsNumpy()), block)
+    return found
+
+
+def sparse_encoding_faults(model_bytes):
+    """Sparse-encoded weights of a ``.tflite`` that LiteRT (2.3.0) reads wrongly, as reasons.
+
+    TFLite's sparse encoding is only decoded by ``DENSIFY`` and by ``FULLY_CONNECTED``'s sparse
+    kernels; the converter (TF 2.21, ``Optimize.EXPERIMENTAL_SPARSITY``) sometimes writes
+    encodings those cannot read, and the runtime then computes silently wrong outputs (no
+    error, with or without XNNPack, which leaves sparse weights to the builtin kernels):
+
+    - **float16 NaN** (the converter's fault): for a mostly-zero float16 model the converter
+      picks a 1x4 *block* encoding for a Dense kernel and feeds it straight to ``DEQUANTIZE``
+      (float16 -> float32) without a ``DENSIFY`` op. ``DEQUANTIZE`` has no sparse path: it reads
+      the compressed buffer as the dense ``(out, in)`` tensor and runs past its end, so the
+      weights become garbage (values up to 6.5e4, NaN). Random (non-block) float16 encodings
+      get a ``DENSIFY`` and are right.
+    - **int8 / dynamic-range, wrong answers** (a runtime kernel limit the converter ignores):
+      ``FULLY_CONNECTED`` with int8 weights decodes only 1x16 blocks
+      (``optimized_ops::FullyConnectedSparseWeight1x16``), which assume the input depth is a
+      whole number of blocks. The converter writes 1x16 blocks for a Dense layer with 12 inputs
+      (a pruned ``Dense(12 -> 128)`` MLP: top-1 accuracy 0.90 -> 0.25, the same under the
+      dynamic-range hybrid kernel): the kernel reads 4 values past each row. Inputs that are a
+      multiple of 16 are read right.
+
+    Returns:
+        ``[reason, ...]``, one line per tensor read wrongly (empty: every sparse tensor is read
+        by a consumer that decodes it).
+    """
+    sparse = _sparse_tensors(model_bytes)
+    faults = []
+    for op in flatbuffer.list_ops(model_bytes):
+        for name, _ in op["inputs"]:
+            if name not in sparse or op["op"] == "DENSIFY":
+                continue
+            dtype, shape, block = sparse[name]
+            if op["op"] != "FULLY_CONNECTED":
+                faults.append(f"{op['op']} reads the sparse-encoded '{name}' as a dense tensor (no DENSIFY before it)")
+            elif dtype in (schema.TensorType.INT8, schema.TensorType.INT4) and (
+                    block != 16 or len(shape) < 2 or shape[-1] % 16):
+                faults.append(f"FULLY_CONNECTED's int8 sparse kernel reads only 1x16 blocks over a multiple of 16 "
+                              f"inputs; '{name}' has {'no blocks' if block is None else f'1x{block} blocks'} over "
+                              f"{shape[-1] if len(shape) > 1 else '?'} inputs")
+    return faults
+
+
+def _try_sparsity(model, mode, calibration, integer_io, dense_bytes, sparsity, check_rows=None):
+    """Try TFLite's sparse weight encoding; return ``(file bytes, info)``.
+
+    The sparse file is kept only when it is smaller, none of its sparse tensors is read wrongly
+    (:func:`sparse_encoding_faults`: float16's missing ``DENSIFY``, int8's 1x16-block limit) and,
+    where example rows are available (calibration data, else ``check_rows``: the ``verify``
+    inputs), its outputs are finite and agree top-1 (>= 0.99) with the dense encoding.
+    """
     density = weight_sparsity(model)
     info = {"weight_sparsity": density, "tried": False, "dense_bytes": len(dense_bytes), "sparse_bytes": None,
             "shrank": None, "used": False, "runs_with_xnnpack": None, "reason": ""}
@@ -280,19 +349,27 @@ def _try_sparsity(model, mode, calibration, integer_io, dense_bytes, sparsity):
         return dense_bytes, info
     shrank = len(sparse_bytes) < len(dense_bytes)
     runs = _runs_with_xnnpack(sparse_bytes)
+    faults = sparse_encoding_faults(sparse_bytes)
     info.update(tried=True, sparse_bytes=len(sparse_bytes), shrank=shrank, runs_with_xnnpack=runs)
     same = None
-    if shrank and runs and calibration is not None and len(calibration):
-        # LiteRT's sparse kernels can compute other outputs than the dense encoding (seen on a
-        # pruned int8 Dense(12 -> 128) MLP): keep the sparse file only when it agrees.
-        rows = np.asarray(calibration)[:64]
+    rows = calibration if calibration is not None and len(calibration) else check_rows
+    if shrank and runs and not faults and rows is not None and len(rows):
+        # Whatever the structural check misses: keep the sparse file only when it agrees.
+        rows = np.asarray(rows)[:64]
         try:
-            same = float(np.mean(_top1(sparse_bytes, rows) == _top1(dense_bytes, rows)))
+            sparse_top1, dense_top1 = _top1(sparse_bytes, rows), _top1(dense_bytes, rows)
+            if sparse_top1 is None:
+                same = 0.0
+            elif dense_top1 is not None:
+                same = float(np.mean(sparse_top1 == dense_top1))
             info["sparse_agreement"] = same
         except (RuntimeError, ValueError):
             same = None  # inputs this check cannot feed; the export's parity check still runs
     if not shrank:
         info["reason"] = "the sparse encoding did not make the file smaller"
+    elif faults:
+        info["reason"] = ("LiteRT would compute wrong outputs from the sparse encoding: " + "; ".join(faults[:2])
+                          + "; the dense encoding is kept")
     elif same is not None and same < 0.99:
         info["reason"] = (f"the sparse encoding changes the outputs: top-1 agreement {same:.2f} with the dense "
                           "encoding on the calibration data; the dense encoding is kept")
@@ -357,7 +434,9 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
         sparsity: ``"auto"`` tries TFLite's sparse weight encoding when at least
             ``SPARSITY_THRESHOLD`` of the kernel weights are zero and keeps it when the file
             shrinks and LiteRT's default XNNPack delegate still runs it; ``True`` always tries
-            and keeps a smaller file; ``False`` never tries.
+            and keeps a smaller file; ``False`` never tries. Either way a sparse file LiteRT
+            would read wrongly is not kept (:func:`sparse_encoding_faults`; outputs checked
+            against the dense encoding on the calibration or ``verify`` inputs).
         allow_float_ops: int8 only: accept ops the converter had to leave in float32.
         labels: class names stored in the side-car.
         normalization: dict describing preprocessing applied before the model (stored as is).
@@ -414,7 +493,8 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
         model_bytes = _convert(converted, mode, calibration, integer_io)
     if (mode == "int8" or low is not None) and not allow_float_ops:
         _check_integer_only(model_bytes, {layer.name for layer in plain.layers})
-    model_bytes, sparsity_info = _try_sparsity(converted, mode, calibration, integer_io, model_bytes, sparsity)
+    model_bytes, sparsity_info = _try_sparsity(converted, mode, calibration, integer_io, model_bytes, sparsity,
+                                               None if checked is None else checked[0])
     # A sparse int8/dynamic file that XNNPack cannot run is only kept with sparsity=True.
     use_xnnpack = not (sparsity_info["used"] and sparsity_info["runs_with_xnnpack"] is False)
 

@@ -9,7 +9,9 @@ Both modes write the same combination, which LiteRT 2.x runs on CPU (XNNPack del
   weights at 4 bits (per output channel, symmetric) where the plan says 4, every other
   supported op (and the layers planned at 8 bits) ai-edge-quantizer's ``static_wi8_ai8``
   (int8 per-channel weights); activations int8 from the calibration data; int8 input and
-  output tensors (``integer_io=False`` is refused). ai-edge-quantizer 0.10.0 has INT4 weight
+  output tensors (``integer_io=False`` is refused); each activation range is the min / max over
+  the whole calibration set, as the TFLite converter's (ai-edge-quantizer's own moving average
+  of per-example ranges clips the extremes). ai-edge-quantizer 0.10.0 has INT4 weight
   kernels for ``CONV_2D`` and ``FULLY_CONNECTED`` only (its ``static_wi4_ai8`` policy), so a
   depthwise or transposed convolution cannot be stored at 4 bits.
 
@@ -34,6 +36,15 @@ The two modes differ in the plan:
   (float weights) at 8 bits by min/max, as the int8 mode does. A layer planned at 4 bits whose
   op has no INT4 kernel falls back to 8 bits and says so (``reason``). Parity is checked
   against the stripped model itself.
+
+  A ``.tflite`` op has one storage width for its whole weight tensor, so a single 8-bit
+  channel keeps a layer at 8 bits: self-compression with its default ceiling (8) ends with
+  such a channel in nearly every layer and its learned file is no smaller than int8.
+  Train it with ``max_bits=4`` (``SelfCompress(max_bits=4)``, recipe ``params.max_bits``):
+  every channel then fits INT4 and every Conv2D / Dense kernel is stored at 4 bits, exactly.
+  Splitting a layer by storage width (a 4-bit and an 8-bit op plus a concatenation and a
+  channel permutation) is not done: it adds ops and an activation copy per layer, and INT4
+  kernels are already slower than INT8 ones on LiteRT's CPU path.
 
 The side-car's ``layer_bits`` (:attr:`LowBitExport.layers`) gives, per layer: ``op``,
 ``storage_bits`` (what the file holds), ``needed_bits`` (the widest channel's grid, ``None``
@@ -294,6 +305,46 @@ def _per_channel(op, values):
     return values.reshape(values.shape[0], -1).T
 
 
+def _whole_set_ranges(float_bytes, calibration, qsvs):
+    """Activation ranges over the whole calibration set, replacing ai-edge-quantizer's.
+
+    ai-edge-quantizer 0.10.0 keeps a moving average (factor 0.95) of each example's min / max,
+    so a range ends near a typical example's, and the extremes -- a classifier's top logit
+    above all -- are clipped: on a CIFAR-10 CNN its logits range was [-3.1, 2.3] where the
+    calibration set's is [-7.0, 6.8], and top-1 agreement fell to 0.93 (0.98 for the TFLite
+    converter's int8 file of the same model). Like the TFLite converter, use the min / max
+    over every calibration example instead (per-tensor ranges; per-channel weight ranges are
+    left as they are).
+    """
+    interpreter = Interpreter(model_content=bytes(float_bytes), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    index = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
+    names = [name for name, qsv in qsvs.items()
+             if name in index and "min" in qsv and np.size(qsv["min"]) == 1 and np.size(qsv["max"]) == 1]
+    low = dict.fromkeys(names, np.inf)
+    high = dict.fromkeys(names, -np.inf)
+    detail = interpreter.get_input_details()[0]
+    for row in np.asarray(calibration):
+        interpreter.set_tensor(detail["index"], row.reshape(detail["shape"]).astype(detail["dtype"]))
+        interpreter.invoke()
+        for name in list(low):
+            try:
+                value = interpreter.get_tensor(index[name])
+            except ValueError:  # a tensor the interpreter does not keep: ai-edge-quantizer's range stays
+                del low[name], high[name]
+                continue
+            if value.size:
+                low[name] = min(low[name], float(value.min()))
+                high[name] = max(high[name], float(value.max()))
+    out = dict(qsvs)
+    for name in low:
+        if np.isfinite(low[name]) and np.isfinite(high[name]):
+            qsv = qsvs[name]
+            out[name] = dict(qsv, min=np.full_like(qsv["min"], min(low[name], float(np.min(qsv["min"])))),
+                             max=np.full_like(qsv["max"], max(high[name], float(np.max(qsv["max"])))))
+    return out
+
+
 def quantize_low_bit(plain, mode, calibration, num_threads=1):
     """Quantize a plain Keras model to a ``.tflite`` with 4/8-bit weights and int8 activations.
 
@@ -345,6 +396,7 @@ def quantize_low_bit(plain, mode, calibration, num_threads=1):
         input_name = Interpreter(model_content=bytes(float_bytes)).get_signature_list()[signature]["inputs"][0]
         qsvs = qt.calibrate({signature: [{input_name: calibration[i:i + 1]} for i in range(len(calibration))]},
                             num_threads=num_threads)
+    qsvs = _whole_set_ranges(float_bytes, calibration, qsvs)
     # The weight range of each kernel comes from the float file itself, so a grid survives the
     # converter's folding (a BatchNormalization scales each channel's grid, it stays a grid).
     converted = stored_kernels(float_bytes, {ops[name][1] for name in plan if name in ops})

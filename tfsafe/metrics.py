@@ -30,7 +30,12 @@ Stored form and deployed form: :func:`weight_stats` (and :func:`count_params`,
   :func:`record_deploy_bits`): its plain kernels count at those bits plus the codebook
   (scales or k-means table), and its non-zeros are counted from the shipped values (removed
   channels are gone). The attribute lives on the Python object only: a stripped model saved
-  and loaded again counts 32 bits, so measure a saved model in its wrapped form.
+  and loaded again counts 32 bits, so measure a saved model in its wrapped form;
+- a wrapped model whose dead channels ``strip()`` removes (channel-pruned ``PrunableSafe``
+  masks, zero-bit channels of self-compression) counts as the stripped model: the masked
+  output channels *and* what they leave behind downstream (the consumers' matching input
+  channels, BatchNormalization entries of those channels) are gone. The wrapper modules
+  register that view with :func:`register_deploy_view`.
 """
 
 import numpy as np
@@ -41,7 +46,7 @@ __all__ = [
     "WeightStat", "register_weight_stats", "register_relu_counter", "weight_stats", "count_params",
     "count_nonzero", "sparsity", "average_bits", "ideal_bytes", "dense_bytes", "compression_ratio",
     "relu_count", "model_size", "short_name", "masked_weights", "deployed_stats", "record_deploy_bits", "codebook_bits",
-    "DEPLOY_BITS_ATTR",
+    "DEPLOY_BITS_ATTR", "register_deploy_view",
 ]
 
 # Attribute of a stripped model holding {layer name: {"bits": ..., "codebook": ...}} (see deployed_stats).
@@ -49,6 +54,7 @@ DEPLOY_BITS_ATTR = "tfsafe_deploy_bits"
 
 _WEIGHT_STATS = {}
 _RELU_COUNTERS = {}
+_DEPLOY_VIEWS = []
 
 
 def WeightStat(layer, name, values=None, shape=None, params=None, nonzeros=None, bits=32, kind=None):
@@ -74,6 +80,17 @@ def WeightStat(layer, name, values=None, shape=None, params=None, nonzeros=None,
 def register_weight_stats(layer_class, fn):
     """Register ``fn(layer) -> list of WeightStat dicts`` for instances of ``layer_class``."""
     _WEIGHT_STATS[layer_class] = fn
+
+
+def register_deploy_view(fn):
+    """Register ``fn(model) -> model | None``: the model as it ships, when it differs in shape.
+
+    :func:`deployed_stats` (and so :func:`model_size`) counts the first view a function returns
+    instead of ``model`` (e.g. the stripped model once dead channels are removed); ``None``
+    means the layer-wise statistics already are what ships.
+    """
+    if fn not in _DEPLOY_VIEWS:
+        _DEPLOY_VIEWS.append(fn)
 
 
 def register_relu_counter(layer_class, fn):
@@ -326,9 +343,19 @@ def deployed_stats(model):
     """Per-weight statistics of ``model`` as :func:`~tfsafe.compress.strip.strip` ships it.
 
     Like :func:`weight_stats`, except that factorized / low-rank layers (anything with a
-    ``merged_weights()`` method) count their merged kernel, and the plain layers of a stripped
-    model count at the bits recorded by :func:`record_deploy_bits` (see the module docstring).
+    ``merged_weights()`` method) count their merged kernel, the plain layers of a stripped
+    model count at the bits recorded by :func:`record_deploy_bits`, and a wrapped model whose
+    dead channels ``strip()`` removes counts as stripped (see the module docstring).
     """
+    for view in _DEPLOY_VIEWS:
+        shipped = view(model)
+        if shipped is not None:
+            return _layerwise_deployed_stats(shipped)
+    return _layerwise_deployed_stats(model)
+
+
+def _layerwise_deployed_stats(model):
+    """:func:`deployed_stats` layer by layer, without the registered views."""
     records = getattr(model, DEPLOY_BITS_ATTR, None) or {}
     stats = []
     for layer in _iter_layers(model):
@@ -354,7 +381,7 @@ def record_deploy_bits(stripped, original):
         ``stripped`` (the same object).
     """
     by_layer = {}
-    for stat in deployed_stats(original):
+    for stat in _layerwise_deployed_stats(original):  # the views would strip again
         by_layer.setdefault(stat["layer"], []).append(stat)
     records = {}
     for name, stats in by_layer.items():

@@ -127,3 +127,13 @@ def test_trainer_adds_safety_batches_and_updates_bits(trained_cnn, digits_splits
     assert after.mean() < before.mean() - 0.1 and np.mean(after < before) > 0.9  # the bits optimizer ran
     np.testing.assert_allclose(logs["loss"][0], logs["ce"][0] + 0.1 * logs["bits"][0] + 2.0 * logs["safety_loss"][0],
                                rtol=0.05)
+
+
+def test_max_bits_is_the_ceiling_init_bits_starts_at_it():
+    from tfsafe.methods.self_compress import SelfCompress
+
+    method = SelfCompress(max_bits=4)
+    assert method.init_bits == 4 and method.get_config()["max_bits"] == 4
+    assert SelfCompress(max_bits=4, init_bits=2).init_bits == 2
+    with pytest.raises(InputError, match=r"init_bits \(8\) must be <= max_bits \(4\)"):
+        SelfCompress(max_bits=4, init_bits=8)

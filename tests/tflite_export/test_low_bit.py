@@ -140,3 +140,57 @@ def test_learned_grid_stays_exact_through_batchnorm_folding(digits, tmp_path):
     entry = result.layer_bits["conv"]
     assert entry["storage_bits"] == 4 and entry["needed_bits"] == 3
     assert entry["exact"] and entry["max_weight_error"] < 1e-6
+
+
+def test_self_compression_with_max_bits_4_exports_4_bit_weights_exactly(trained_cnn, digits, tmp_path):
+    from tfsafe.compress.strip import strip
+    from tfsafe.io import load_model, save_model
+    from tfsafe.methods.self_compress import SelfCompressingModel
+
+    (x, y), (xt, yt) = digits
+    keras.utils.set_random_seed(0)
+    qmodel = quantize_learnable(trained_cnn, init_bits=4, max_bits=4)
+    trainer = SelfCompressingModel(qmodel, gamma=0.02, bits_optimizer=keras.optimizers.Adam(0.1))
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    trainer.fit(x[:640], y[:640], epochs=1, batch_size=64, verbose=0)
+    bits = np.concatenate([channel_bits(layer) for layer in learnable_layers(qmodel)])
+    assert bits.max() <= 4.0 and (bits < 4.0).any()  # trained under the ceiling, some channels lower
+    # The ceiling holds through restorations and is part of the saved config.
+    fc1 = qmodel.get_layer("quant_fc1")
+    restore_channels(fc1, [0], bits=6.0)
+    assert channel_bits(fc1)[0] == 4.0
+    save_model(qmodel, tmp_path / "q.keras")
+    loaded = load_model(tmp_path / "q.keras")
+    assert [layer.quantize_config.max_bits for layer in learnable_layers(loaded)] == [4] * 4
+    np.testing.assert_allclose(loaded(xt[:16]).numpy(), qmodel(xt[:16]).numpy(), atol=1e-5)
+
+    int8 = to_tflite(qmodel, tmp_path / "m8.tflite", "int8", x[:64])
+    learned = to_tflite(qmodel, tmp_path / "learned.tflite", "learned", x[:64], verify=(xt, yt))
+    assert learned.parity.top1_agreement >= 0.99
+    assert learned.bytes < int8.bytes
+    sidecar = json.load(open(learned.metadata_path))["layer_bits"]
+    layers = ("conv1", "conv2", "fc1", "logits")
+    assert {name: e["storage_bits"] for name, e in sidecar.items()} == dict.fromkeys(layers, 4)
+    assert all(e["exact"] and e["max_weight_error"] < 1e-6 for e in sidecar.values())
+    # Read back from the file: 4-bit tensors holding the stripped model's kernels (the learned grid).
+    stripped = strip(qmodel)
+    data = open(learned.path, "rb").read()
+    stored = stored_kernels(data, {"small_cnn/fc1/MatMul", "small_cnn/logits/MatMul"})
+    for name in ("fc1", "logits"):
+        width, values = stored[f"small_cnn/{name}/MatMul"]
+        assert width == 4
+        np.testing.assert_allclose(values, stripped.get_layer(name).kernel.numpy().T, atol=1e-6)
+
+
+def test_activation_ranges_cover_the_whole_calibration_set(trained_cnn, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    (x, _), _ = digits
+    calibration = x[:64]
+    result = to_tflite(trained_cnn, tmp_path / "m4.tflite", "int4", calibration)
+    out = Interpreter(model_path=result.path).get_output_details()[0]
+    scale, zero = out["quantization"]
+    logits = trained_cnn(calibration).numpy()
+    # ai-edge-quantizer's own moving average of per-example ranges would clip the top logits.
+    assert (-128 - zero) * scale <= logits.min() + 0.05 * np.ptp(logits)
+    assert (127 - zero) * scale >= logits.max() - 0.05 * np.ptp(logits)

@@ -99,8 +99,8 @@ def bit_size_terms(model):
     return terms, float(total)
 
 def channel_bits(layer):
-    """The learned bit depth of each output channel of a learnable-bit wrapper (flat array)."""
-    return np.maximum(quant_variables(layer)["bits"].numpy().reshape(-1), 0.0)
+    """The learned bit depth of each output channel of a learnable-bit wrapper (flat array, in ``[0, max_bits]``)."""
+    return np.clip(quant_variables(layer)["bits"].numpy().reshape(-1), 0.0, float(layer.quantize_config.max_bits))
 
 def storage_bits(bits):
     """Bits a two's complement integer needs to hold every level of ``q`` at bit depth ``bits``.
@@ -128,10 +128,13 @@ def restore_channels(layer, channels, bits=2.0):
     Args:
         layer: a learnable-bit wrapper.
         channels: flat indices of the channels to restore.
-        bits: the small positive bit depth they restart with.
+        bits: the small positive bit depth they restart with, capped at the layer's ``max_bits``
+            (the ceiling holds through restorations, so every channel keeps fitting the storage
+            width the ceiling was chosen for).
     """
     if not bits > 0:
         raise InputError(f"restore bits must be positive, got {bits}.")
+    bits = min(float(bits), float(layer.quantize_config.max_bits))
     variables = quant_variables(layer)
     shape = variables["bits"].shape
     values = variables["bits"].numpy().reshape(-1)
@@ -144,7 +147,8 @@ def restore_channels(layer, channels, bits=2.0):
 def quantized_kernel(layer):
     """The kernel of a learnable-bit wrapper on its learned grid (numpy)."""
     variables = quant_variables(layer)
-    return quantize_to_grid(learnable_kernel(layer), variables["bits"], variables["exponent"]).numpy()
+    bits = np.minimum(variables["bits"].numpy(), np.float32(layer.quantize_config.max_bits))  # as the quantizer
+    return quantize_to_grid(learnable_kernel(layer), bits, variables["exponent"]).numpy()
 
 def quantized_bias(layer):
     """The bias after the zero-bit gate (numpy), or None."""

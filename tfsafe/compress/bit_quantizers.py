@@ -98,7 +98,10 @@ class LearnableBitQuant(tfmot.quantization.keras.quantizers.Quantizer):
 
     Args:
         init_bits: initial bit depth of every channel (integer in [1, max_bits]).
-        max_bits: upper bound of the bit depth (at most 8 keeps channels int8-exportable).
+        max_bits: the bit-depth ceiling (the constraint keeps the variable in ``[0, max_bits]``
+            and the forward pass clamps to it as well, so a channel never needs more than
+            ``max_bits`` storage bits). At most 8 keeps every channel int8-exportable; 4 makes
+            every channel fit the INT4 storage of ``to_tflite(..., mode="learned")``.
         channel_axes: how many trailing kernel axes index channels (1; 2 for DepthwiseConv2D).
         export_ranges: add the inference-mode FakeQuant (convolutions only: the TFLite converter
             rejects per-channel FakeQuant on Dense kernels, which it transposes).
@@ -127,7 +130,8 @@ class LearnableBitQuant(tfmot.quantization.keras.quantizers.Quantizer):
         return {"bits": bits, "exponent": exponent}
 
     def __call__(self, inputs, training, weights, **kwargs):
-        q = quantize_to_grid(inputs, weights["bits"], weights["exponent"])
+        bits = tf.minimum(weights["bits"], float(self.max_bits))  # ties pass the gradient to the bits
+        q = quantize_to_grid(inputs, bits, weights["exponent"])
         if not training and self.export_ranges:
             q = _export_ranges(q, weights["exponent"], self.channel_axes)
         return q

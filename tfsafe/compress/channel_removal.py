@@ -36,7 +36,8 @@ import numpy as np
 
 from tfsafe._keras import keras, tf
 from tfsafe.compress._rewrite import clone_with_weights
-from tfsafe.metrics import short_name
+from tfsafe.compress.strip import strip
+from tfsafe.metrics import register_deploy_view, short_name
 
 __all__ = ["RemovalPlan", "removal_plan", "remove_channels", "register_channel_source", "plan_channel_removal",
            "apply_channel_removal", "remove_dead_channels"]
@@ -456,3 +457,17 @@ def remove_dead_channels(stripped, original):
 
 # The zero-bit channel pass of self-compression is this pass (one registration, run once).
 remove_channels = remove_dead_channels
+
+
+def _shipped_view(model):
+    """For :func:`tfsafe.metrics.model_size`: a wrapped model whose dead channels go counts as ``strip(model)``."""
+    layers = getattr(model, "layers", None) or []
+    if not any(cls in _CHANNEL_SOURCES for layer in layers for cls in type(layer).__mro__):
+        return None
+    plan = plan_channel_removal(model)
+    if not plan.input_keep and not any((~k).any() for k in plan.output_keep.values()):
+        return None
+    return strip(model)
+
+
+register_deploy_view(_shipped_view)

@@ -285,6 +285,17 @@ class SelfCompressResult:
                 "monitor": self.monitor, "history": self.history}
 
 
+def _initial_bits(init_bits, max_bits):
+    """``init_bits`` checked against the ceiling ``max_bits`` (``None`` starts at the ceiling)."""
+    if init_bits is None:
+        return max_bits
+    init_bits = check_number(init_bits, "init_bits", strict=True)
+    if init_bits > max_bits:
+        raise InputError(f"init_bits ({init_bits:g}) must be <= max_bits ({max_bits:g}); lower init_bits or leave "
+                         "it out (None starts every channel at max_bits).")
+    return init_bits
+
+
 def check_safety_indices(indices, pool_size, name="safety_indices"):
     """Return ``indices`` as unique int64 indices into a pool of ``pool_size`` examples, or raise."""
     arr = np.asarray(indices)
@@ -360,8 +371,13 @@ class SelfCompress(CompressionMethod):
         gamma: weight of the size penalty Q (learned bits per weight).
         safety_weight: lambda, weight of the safety-set cross-entropy (0 disables it).
         safety_size: examples in the safety set (capped at the pool's size).
-        init_bits: initial bit depth of every channel.
-        max_bits: largest bit depth a channel may learn.
+        init_bits: initial bit depth of every channel (``None``: ``max_bits``).
+        max_bits: the bit-depth ceiling: bits stay in ``[0, max_bits]`` during training (and
+            restorations), so every channel fits that storage width. ``4`` is the deploy target
+            of ``to_tflite(..., mode="learned")``: every Conv2D / Dense kernel is then stored at 4
+            bits, exactly on its learned grid; ``8`` (every channel fits int8) gives a learned
+            file no smaller than the int8 one (a ``.tflite`` layer has one storage width, and
+            one 8-bit channel makes the whole layer 8 bits).
         epochs: training epochs.
         batch_size: training batch size.
         learning_rate: Adam learning rate of the weights.
@@ -386,17 +402,15 @@ class SelfCompress(CompressionMethod):
     name = "self_compress"
     stages = ("safety_set", "train")
 
-    def __init__(self, gamma=0.1, safety_weight=1.0, safety_size=100, init_bits=8, max_bits=8, epochs=30,
+    def __init__(self, gamma=0.1, safety_weight=1.0, safety_size=100, init_bits=None, max_bits=8, epochs=30,
                  batch_size=32, learning_rate=1e-3, bits_learning_rate=1e-2, monitor_every=50, threshold=0.02,
                  restore_fraction=0.5, restore_bits=2.0, cooldown=1, restore=True, safety_batch_size=32,
                  safety_from=None, safety_indices=None, tests=None):
         self.gamma = check_number(gamma, "gamma")
         self.safety_weight = check_number(safety_weight, "safety_weight")
         self.safety_size = check_int(safety_size, "safety_size")
-        self.init_bits = check_number(init_bits, "init_bits", strict=True)
         self.max_bits = check_number(max_bits, "max_bits", strict=True)
-        if self.init_bits > self.max_bits:
-            raise InputError(f"init_bits ({init_bits}) must be <= max_bits ({max_bits}).")
+        self.init_bits = _initial_bits(init_bits, self.max_bits)
         self.epochs = check_int(epochs, "epochs")
         self.batch_size = check_int(batch_size, "batch_size")
         self.learning_rate = check_number(learning_rate, "learning_rate", strict=True)
@@ -446,7 +460,7 @@ class SelfCompress(CompressionMethod):
 
 
 def self_compress(model, x, y, validation_data=None, *, safety_size=200, safety_indices=None, safety_from=None,
-                  init_bits=8, max_bits=8, gamma=0.05, safety_weight=1.0, safety_batch_size=32, epochs=5,
+                  init_bits=None, max_bits=8, gamma=0.05, safety_weight=1.0, safety_batch_size=32, epochs=5,
                   batch_size=128, learning_rate=1e-3, bits_learning_rate=1e-2, monitor_every=50, threshold=0.02,
                   restore_fraction=0.5, restore_bits=2.0, cooldown=1, restore=True, seed=0, callbacks=(),
                   verbose=0):
@@ -480,6 +494,7 @@ def self_compress(model, x, y, validation_data=None, *, safety_size=200, safety_
     for name, value in (("gamma", gamma), ("safety_weight", safety_weight)):
         if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
             raise InputError(f"{name} must be a non-negative number, got {value!r}.")
+    init_bits = _initial_bits(init_bits, check_number(max_bits, "max_bits", strict=True))
     keras.utils.set_random_seed(seed)
     indices, source, safety = choose_safety_set(model, (x, y), validation_data, safety_size, safety_indices,
                                                 safety_from, seed)
