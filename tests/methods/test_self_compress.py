@@ -130,10 +130,12 @@ def test_trainer_adds_safety_batches_and_updates_bits(trained_cnn, digits_splits
 
 
 def test_max_bits_is_the_ceiling_init_bits_starts_at_it():
-    from tfsafe.methods.self_compress import SelfCompress
+    from tfsafe.methods.self_compress import SelfCompress, _initial_bits
 
     method = SelfCompress(max_bits=4)
-    assert method.init_bits == 4 and method.get_config()["max_bits"] == 4
+    # The config keeps the argument as given (the recipe's null), training starts at the ceiling.
+    assert method.get_config()["init_bits"] is None and method.get_config()["max_bits"] == 4
+    assert _initial_bits(method.init_bits, method.max_bits) == 4
     assert SelfCompress(max_bits=4, init_bits=2).init_bits == 2
     with pytest.raises(InputError, match=r"init_bits \(8\) must be <= max_bits \(4\)"):
         SelfCompress(max_bits=4, init_bits=8)

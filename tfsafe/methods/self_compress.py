@@ -410,7 +410,8 @@ class SelfCompress(CompressionMethod):
         self.safety_weight = check_number(safety_weight, "safety_weight")
         self.safety_size = check_int(safety_size, "safety_size")
         self.max_bits = check_number(max_bits, "max_bits", strict=True)
-        self.init_bits = _initial_bits(init_bits, self.max_bits)
+        _initial_bits(init_bits, self.max_bits)  # checked now; None (start at max_bits) is kept as given
+        self.init_bits = init_bits
         self.epochs = check_int(epochs, "epochs")
         self.batch_size = check_int(batch_size, "batch_size")
         self.learning_rate = check_number(learning_rate, "learning_rate", strict=True)
@@ -440,8 +441,9 @@ class SelfCompress(CompressionMethod):
         indices = np.asarray(info["safety_indices"], np.int64)
         safety = (pool[0][indices], pool[1][indices])
         qmodel, monitor, history = _train(
-            run.models["input"], *run.train, validation, safety, init_bits=self.init_bits, max_bits=self.max_bits,
-            gamma=self.gamma, safety_weight=self.safety_weight, safety_batch_size=self.safety_batch_size,
+            run.models["input"], *run.train, validation, safety,
+            init_bits=_initial_bits(self.init_bits, self.max_bits), max_bits=self.max_bits, gamma=self.gamma,
+            safety_weight=self.safety_weight, safety_batch_size=self.safety_batch_size,
             epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
             bits_learning_rate=self.bits_learning_rate, monitor_every=self.monitor_every, threshold=self.threshold,
             restore_fraction=self.restore_fraction, restore_bits=self.restore_bits, cooldown=self.cooldown,
