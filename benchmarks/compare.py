@@ -249,6 +249,32 @@ def adversarial_dense(dense_path, data_path, args, log=print):
     return entry, seconds
 
 
+def rlnet_teacher_check(run_dir, data_path, args, dense_relus, relus):
+    """RLNet's target: >= 10x fewer ReLUs within 2 points of its robust teacher's clean accuracy.
+
+    The teacher is the one the run checkpointed (``checkpoints/rlnet/<last stage>/teacher.keras``);
+    both models are measured on the whole test split, each on the BN path it deploys.
+    """
+    from tfsafe.io import load_model
+    from tfsafe.models import accuracy
+    from tfsafe.pipeline.compress import load_splits
+
+    stages = os.path.join(run_dir, "checkpoints", "rlnet")
+    teachers = [os.path.join(stages, s, "teacher.keras") for s in ("finetune", "search", "teacher")]
+    teacher_path = next((t for t in teachers if os.path.exists(t)), None)
+    if teacher_path is None:
+        return None
+    recipe = load_recipe("rlnet", _config("rlnet", args, args.data_name))
+    _, _, splits = load_splits(data_path, None, recipe["data"], int(recipe["seed"]))
+    teacher, student = load_model(teacher_path), load_model(os.path.join(run_dir, "compressed.keras"))
+    t_acc, s_acc = accuracy(teacher, splits.test), accuracy(student, splits.test)
+    reduction = dense_relus / relus if relus else None
+    return {"teacher_accuracy": t_acc, "student_accuracy": s_acc, "gap_points": 100 * (t_acc - s_acc),
+            "relu_reduction": reduction, "test_examples": int(len(splits.test[0])),
+            "inference_path": recipe["params"].get("inference_path"),
+            "met": bool(reduction is not None and reduction >= 10 and 100 * (t_acc - s_acc) <= 2)}
+
+
 def tables(rows, deployed):
     """The Markdown tables of the Keras models and of the deployed ``.tflite`` files."""
     eps = sorted({e for r in rows for e in r["pgd"]}, key=float)
@@ -309,7 +335,7 @@ def main(argv=None):
     data_info = write_data_file(data, args.data_dir, data_path, *sizes)
     print(f"data: {data} -> {data_path} ({data_info['train']} x_train rows, {data_info['test']} x_test rows; "
           f"config overrides: {args.config_dir or 'none'})", flush=True)
-    dense_path, rows, deployed, reports = None, [], [], {}
+    dense_path, rows, deployed, reports, rlnet_check = None, [], [], {}, None
     for method in methods:
         started = time.perf_counter()
         out = os.path.join(run_dir, method)
@@ -330,14 +356,23 @@ def main(argv=None):
                 rows.append(_row(f"dense adv. trained ({args.adv_dense})", entry, dense, adv_seconds))
         if method == "rlnet":
             rows.append(_row("dense rlnet_cnn (BN)", dense, dense, None))
+            rlnet_check = rlnet_teacher_check(out, data_path, args, dense["size"]["relu_count"],
+                                              compressed["size"]["relu_count"])
         rows.append(_row("TF-MOT pruning (unsafe baseline)" if method == "baseline" else method, compressed,
                          dense, seconds))
         deployed.append(_deployed_row(f"{method}", tflite, compressed))
         reports[method] = report
     text = tables(rows, deployed)
+    if rlnet_check:
+        c = rlnet_check
+        text += (f"\n\nRLNet vs its robust teacher ({c['inference_path']} BN path, {c['test_examples']} test images): "
+                 f"teacher {c['teacher_accuracy']:.4f}, student {c['student_accuracy']:.4f} "
+                 f"({c['gap_points']:+.1f} points below), {_fmt(c['relu_reduction'], '.1f')}x fewer ReLUs than the "
+                 f"dense rlnet_cnn; target (>= 10x, within 2 points): {'met' if c['met'] else 'MISSED'}")
     print(f"\n## {data}: dense vs unsafe baseline vs methods (same splits, same tests)\n\n{text}\n", flush=True)
     atomic_write_json(args.out, {"data": data, "data_file": data_info, "quick": args.quick,
                                  "config_dir": args.config_dir, "rows": rows, "deployed": deployed,
+                                 "rlnet_teacher_check": rlnet_check,
                                  "splits": next(iter(reports.values()))["meta"]["splits"] if reports else None})
     atomic_write_text(os.path.splitext(args.out)[0] + ".md", text + "\n")
     return 0
