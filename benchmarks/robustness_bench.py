@@ -10,11 +10,12 @@ epoch after the first, which also traces the graph (ratio PGD / standard).
 
 Fast rows (``--fast fgsm_rs,free``): FGSM with a random start and step 1.25 eps (Wong et al.,
 2020) and free training (Shafahi et al., 2019; ``--free_replays`` replays per minibatch, for
-``--free_epochs`` epochs, default ``ceil(2 * adv_epochs / free_replays)`` so it does about as
-many gradient computations as FGSM-RS), both with the catastrophic-overfitting guard on a
-held-out batch of 256 training-pool images. A second table compares each with PGD-``--train_steps``
-training in the same run: PGD-``--eval_steps`` accuracy at the training eps and total training
-wall time, as ratios (issue 20's target: >= 0.95x the accuracy at <= 0.3x the time).
+``--free_epochs`` epochs, default ``ceil(2 * fast epochs / free_replays)`` so it does about as
+many gradient computations as FGSM-RS; fast epochs = ``--fast_epochs``, default
+``--adv_epochs``), both with the catastrophic-overfitting guard on a held-out batch of 256
+training-pool images. A second table compares each with PGD-``--train_steps`` training in the
+same run: PGD-``--eval_steps`` accuracy at the training eps and total training wall time, as
+ratios (issue 20's target: >= 0.95x the accuracy at <= 0.3x the time).
 
 ``--data cifar10`` trains the small residual CNN (:func:`tfsafe.models.small_resnet`) on CIFAR-10
 instead, at eps 8/255 (PGD step 2/255, evaluation at 8/255) unless given. ``--lr_schedule cyclic``
@@ -80,8 +81,10 @@ def parse_args(argv=None):
     p.add_argument("--lr_schedule", default="constant", choices=["constant", "cyclic"])
     p.add_argument("--restore_best", action="store_true", help="fast rows keep their best held-out PGD epoch")
     p.add_argument("--fast", default="", help="comma-separated fast trainings to add: fgsm_rs, free")
+    p.add_argument("--fast_epochs", type=int, default=None, help="epochs of FGSM-RS training (default --adv_epochs; "
+                   "a fast method may spend its saved time on more epochs)")
     p.add_argument("--free_replays", type=int, default=4, help="replays per minibatch of free training (m)")
-    p.add_argument("--free_epochs", type=int, default=None, help="default ceil(2 * adv_epochs / free_replays)")
+    p.add_argument("--free_epochs", type=int, default=None, help="default ceil(2 * fast epochs / free_replays)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/robustness.json")
     p.add_argument("--save_dir", default=None, help="also save both trained models here (.keras)")
@@ -132,13 +135,14 @@ def train_pgd(args, x, y, attack="pgd", holdout=None):
     adv = AdversarialModel(build(args, x.shape[1:]), eps=args.eps, steps=args.train_steps,
                            step_size=args.train_step_size, adv_weight=args.adv_weight, attack=attack,
                            free_replays=args.free_replays)
-    epochs = args.adv_epochs
+    nominal = args.fast_epochs if attack != "pgd" and args.fast_epochs else args.adv_epochs
+    epochs = nominal
     if attack == "free":
-        epochs = args.free_epochs or max(1, math.ceil(2 * args.adv_epochs / args.free_replays))
+        epochs = args.free_epochs or max(1, math.ceil(2 * nominal / args.free_replays))
     replays = args.free_replays if attack == "free" else 1
     adv.compile(optimizer=keras.optimizers.Adam(learning_rate(args, len(x), epochs, replays)), metrics=["accuracy"])
     timer = EpochTimer()
-    callbacks = [EpsilonRamp(args.ramp_epochs * epochs / args.adv_epochs), timer]
+    callbacks = [EpsilonRamp(args.ramp_epochs * epochs / nominal), timer]
     guard = None
     if holdout is not None:
         guard = CatastrophicOverfittingGuard(*holdout, steps=10, restore_best=args.restore_best)
