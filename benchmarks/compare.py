@@ -47,6 +47,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from tfsafe.errors import TfsafeError  # noqa: E402
 from tfsafe.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from tfsafe.recipes import METHODS, load_recipe  # noqa: E402
 
@@ -335,15 +336,20 @@ def main(argv=None):
     data_info = write_data_file(data, args.data_dir, data_path, *sizes)
     print(f"data: {data} -> {data_path} ({data_info['train']} x_train rows, {data_info['test']} x_test rows; "
           f"config overrides: {args.config_dir or 'none'})", flush=True)
-    dense_path, rows, deployed, reports, rlnet_check = None, [], [], {}, None
+    dense_path, rows, deployed, reports, rlnet_check, failures = None, [], [], {}, None, {}
     for method in methods:
         started = time.perf_counter()
         out = os.path.join(run_dir, method)
         shared = dense_path if method != "rlnet" else None
         print(f"== {method} ({data}) -> {out}", flush=True)
-        report = compress_model(method, data_path, model=shared, config=_config(method, args, data),
-                                out_dir=out, resume=args.resume, verbose=args.verbose,
-                                log=lambda m: print(m, flush=True) if m.startswith("[") else None)
+        try:
+            report = compress_model(method, data_path, model=shared, config=_config(method, args, data),
+                                    out_dir=out, resume=args.resume, verbose=args.verbose,
+                                    log=lambda m: print(m, flush=True) if m.startswith("[") else None)
+        except TfsafeError as err:  # one method's failure (e.g. a refused export) leaves the others' rows
+            print(f"== {method}: FAILED: {err}", flush=True)
+            failures[method] = str(err)
+            continue
         print(f"== {method}: {time.perf_counter() - started:.0f} s with evaluations", flush=True)
         seconds = _method_seconds(out)
         dense, compressed, tflite = report["models"]
@@ -363,6 +369,8 @@ def main(argv=None):
         deployed.append(_deployed_row(f"{method}", tflite, compressed))
         reports[method] = report
     text = tables(rows, deployed)
+    for method, message in failures.items():
+        text += f"\n\n{method}: no row, the run failed: {message}"
     if rlnet_check:
         c = rlnet_check
         text += (f"\n\nRLNet vs its robust teacher ({c['inference_path']} BN path, {c['test_examples']} test images): "
@@ -372,15 +380,13 @@ def main(argv=None):
     print(f"\n## {data}: dense vs unsafe baseline vs methods (same splits, same tests)\n\n{text}\n", flush=True)
     atomic_write_json(args.out, {"data": data, "data_file": data_info, "quick": args.quick,
                                  "config_dir": args.config_dir, "rows": rows, "deployed": deployed,
-                                 "rlnet_teacher_check": rlnet_check,
+                                 "rlnet_teacher_check": rlnet_check, "failures": failures,
                                  "splits": next(iter(reports.values()))["meta"]["splits"] if reports else None})
     atomic_write_text(os.path.splitext(args.out)[0] + ".md", text + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    from tfsafe.errors import TfsafeError
-
     try:
         sys.exit(main())
     except TfsafeError as err:
