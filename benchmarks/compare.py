@@ -375,7 +375,7 @@ def main(argv=None):
         c = rlnet_check
         text += (f"\n\nRLNet vs its robust teacher ({c['inference_path']} BN path, {c['test_examples']} test images): "
                  f"teacher {c['teacher_accuracy']:.4f}, student {c['student_accuracy']:.4f} "
-                 f"({c['gap_points']:+.1f} points below), {_fmt(c['relu_reduction'], '.1f')}x fewer ReLUs than the "
+                 f"({c['gap_points']:.1f} points below), {_fmt(c['relu_reduction'], '.1f')}x fewer ReLUs than the "
                  f"dense rlnet_cnn; target (>= 10x, within 2 points): {'met' if c['met'] else 'MISSED'}")
     print(f"\n## {data}: dense vs unsafe baseline vs methods (same splits, same tests)\n\n{text}\n", flush=True)
     atomic_write_json(args.out, {"data": data, "data_file": data_info, "quick": args.quick,
