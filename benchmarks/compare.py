@@ -14,25 +14,47 @@ Usage:
     .venv/bin/python benchmarks/compare.py                          # bundled digits
     .venv/bin/python benchmarks/compare.py --data mnist --data_dir /work/shared/data/mnist
     .venv/bin/python benchmarks/compare.py --quick                  # tiny settings, a smoke run
+    .venv/bin/python benchmarks/compare.py --data cifar10 --data_dir /work/shared/data/cifar10 \
+        --train_size 4000 --test_size 2000 --resume --out out/bench/compare_cifar10.json
+
+One data file for every run: a built-in dataset is written once to ``<out>/data.npz`` as
+``x_train`` / ``x_test`` (the first ``--train_size`` / ``--test_size`` rows of each part after a
+seeded shuffle; digits, which has no test part, split 75/25), so the dense model's members are
+exactly the members every method is audited on, whether the method trains the dense model or
+is handed it (a built-in name would be pooled for the first run and kept split for the runs
+given a model: other members, and a dense model whose training rows leak into their test set).
+
+``--adv_dense fgsm_rs`` (the default) adds a dense adversarially trained row: the dense model
+fine-tuned with fast adversarial training (``AdversarialModel(attack="fgsm_rs")``, the eps
+ramped in over the first epoch, Wong et al.'s early stopping on held-out PGD accuracy), with
+the same evaluation. Its settings come from ``<config_dir>/adv_dense.json`` (keys of
+:data:`ADV_DENSE`). ``--config_dir`` defaults to ``benchmarks/configs/<data>`` when it exists
+(``benchmarks/configs/cifar10``: the small residual CNN, 8/255, CPU-sized schedules).
 
 Runs land in ``<out>/<method>/`` (each a resumable ``tfsafe compress`` run: pass ``--resume``
 after an interruption); the table is printed and written, with the raw rows, to ``--out``.
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from tfsafe.io import atomic_write_json, atomic_write_text  # noqa: E402
-from tfsafe.recipes import METHODS  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tfsafe.errors import TfsafeError  # noqa: E402
+from tfsafe.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from tfsafe.recipes import METHODS, load_recipe  # noqa: E402
 
 ORDER = ("baseline", "safecompress", "atmc", "self_compress", "rlnet")
+QUICK_SIZES = (900, 500)  # --quick: x_train / x_test rows
 QUICK = {
-    "data": {"pool_size": 900}, "dense": {"epochs": 5},
+    "dense": {"epochs": 5},
     "evaluation": {"steps": 20, "max_examples": 200,
                    "membership_attacks": ["threshold", "entropy", "logistic_regression"]},
     "export": {"min_agreement": 0.9},
@@ -46,16 +68,73 @@ QUICK_PARAMS = {
 }
 
 
-def _config(method, args):
-    config = {}
+# The dense adversarially trained row (``<config_dir>/adv_dense.json`` overrides these).
+ADV_DENSE = {"attack": "fgsm_rs", "epochs": 10, "batch_size": 64, "learning_rate": 1e-3, "eps": None,
+             "ramp_epochs": 1.0, "guard_examples": 256, "guard_steps": 10}
+QUICK_ADV_DENSE = {"epochs": 2}
+
+
+def _merge(base, overrides):
+    """``base`` updated by ``overrides``, recursively (dicts merged key by key)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_override(args, name):
+    path = os.path.join(args.config_dir, f"{name}.json") if args.config_dir else None
+    if path is None or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _config(method, args, data):
+    """The recipe overrides of one run: ``--config_dir``'s file, then ``--quick``'s sizes on top.
+
+    The data file is an ``.npz`` (not a built-in name), so the protocol's radii are set here:
+    ``evaluation.eps`` the built-in dataset's radii and ``params.eps`` (where the method has
+    one) its training radius, unless the override gives them.
+    """
+    from tfsafe.safety.evaluate import DATASET_EPS, default_eps
+
+    config = _read_override(args, method)
     if args.quick:
-        config = dict(QUICK, params=QUICK_PARAMS[method])
-    if args.config_dir:
-        path = os.path.join(args.config_dir, f"{method}.json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                config.update(json.load(f))
-    return config or None
+        config = _merge(config, dict(QUICK, params=QUICK_PARAMS[method]))
+    recipe = load_recipe(method)
+    if (config.get("evaluation") or {}).get("eps") is None and recipe["evaluation"]["eps"] is None:
+        shape = (3,) if data == "cifar10" else (1,)
+        config = _merge(config, {"evaluation": {"eps": [float(e) for e in default_eps(shape)]}})
+    if "eps" in recipe["params"] and (config.get("params") or {}).get("eps") is None:
+        config = _merge(config, {"params": {"eps": float(DATASET_EPS[data])}})
+    return config
+
+
+def write_data_file(data, data_dir, path, train_size=None, test_size=None, seed=0):
+    """Write a built-in dataset as one ``.npz`` (raw pixels) with ``x_train`` / ``x_test`` parts.
+
+    Each part is shuffled with ``seed`` and cut to its first ``train_size`` / ``test_size`` rows
+    (None keeps all); digits (no test part) is split 75/25 first. An existing file is kept.
+
+    Returns:
+        ``{"train": rows, "test": rows, "files": [what was read]}``.
+    """
+    from tfsafe.data import load_builtin
+
+    (x, y), (xt, yt), files = load_builtin(data, data_dir, raw=True)
+    if xt is None or len(xt) == 0:
+        order = np.random.default_rng(seed).permutation(len(x))
+        cut = (3 * len(x)) // 4
+        (x, y), (xt, yt) = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+    rng = np.random.default_rng(seed)
+    train, test = rng.permutation(len(x))[:train_size], rng.permutation(len(xt))[:test_size]
+    if not os.path.exists(path):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, x_train=x[train], y_train=np.asarray(y)[train], x_test=xt[test],
+                                    y_test=np.asarray(yt)[test])
+    return {"train": int(len(train)), "test": int(len(test)), "files": [str(f) for f in files]}
 
 
 def _method_seconds(run_dir):
@@ -104,6 +183,99 @@ def _deployed_row(name, entry, compressed):
             "mia_auc": mia.get("auc"), "tpr_1pct": mia.get("tpr_at_1pct_fpr")}
 
 
+def adversarial_dense(dense_path, data_path, args, log=print):
+    """Fine-tune the dense model with fast adversarial training and evaluate it like the others.
+
+    The splits, seed and evaluation settings are the baseline recipe's (with ``--config_dir`` /
+    ``--quick`` overrides), so the row sits on the same members, test set and attacks as the
+    rest. The model and its evaluation are saved in ``<out>/adv_dense/``; ``--resume`` reuses a
+    finished one with the same settings.
+
+    Returns:
+        ``(entry, seconds)``: the evaluation (``accuracy``, ``robustness``,
+        ``membership``, ``size``) and the adversarial training's wall time.
+    """
+    from tfsafe._keras import keras
+    from tfsafe.io import load_model, save_model
+    from tfsafe.metrics import model_size
+    from tfsafe.models import copy_model
+    from tfsafe.pipeline.compress import load_splits
+    from tfsafe.safety.adversarial_training import AdversarialModel, CatastrophicOverfittingGuard, EpsilonRamp
+    from tfsafe.safety.evaluate import DATASET_EPS, evaluate_safety
+
+    settings = _merge(_merge(ADV_DENSE, _read_override(args, "adv_dense")), {"attack": args.adv_dense})
+    if args.quick:
+        settings = _merge(settings, QUICK_ADV_DENSE)
+    config = _config("baseline", args, args.data_name)
+    recipe = load_recipe("baseline", config)
+    eps = float(settings["eps"] if settings["eps"] is not None else DATASET_EPS[args.data_name])
+    out = os.path.join(os.path.splitext(args.out)[0], "adv_dense")
+    result_path, model_path = os.path.join(out, "evaluation.json"), os.path.join(out, "adv_dense.keras")
+    identity = {"settings": settings, "eps": eps, "evaluation": recipe["evaluation"], "seed": recipe["seed"],
+                "dense": os.path.abspath(dense_path), "data": os.path.abspath(data_path)}
+    if args.resume and os.path.exists(result_path):
+        with open(result_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved.get("identity") == identity:
+            log(f"[adv_dense] done in an earlier run; loaded {result_path}")
+            return saved["entry"], saved["seconds"]
+    dense = load_model(dense_path)
+    seed = int(recipe["seed"])
+    _, _, splits = load_splits(data_path, None, recipe["data"], seed, model=dense)
+    x, y = splits.train
+    xv, yv = splits.validation
+    n_guard = min(int(settings["guard_examples"]), len(xv))
+    keras.utils.set_random_seed(seed)
+    adv = AdversarialModel(copy_model(dense), eps=eps, adv_weight=1.0, attack=settings["attack"])
+    adv.compile(optimizer=keras.optimizers.Adam(float(settings["learning_rate"])), metrics=["accuracy"])
+    guard = CatastrophicOverfittingGuard(xv[:n_guard], yv[:n_guard], steps=int(settings["guard_steps"]),
+                                         action="stop", restore_best=True)
+    log(f"[adv_dense] {settings['attack']} adversarial training of the dense model at eps {eps:.4g}, "
+        f"{settings['epochs']} epochs on {len(x)} members")
+    started = time.perf_counter()
+    adv.fit(x, y, epochs=int(settings["epochs"]), batch_size=int(settings["batch_size"]),
+            verbose=2 if args.verbose else 0, callbacks=[EpsilonRamp(float(settings["ramp_epochs"])), guard])
+    seconds = time.perf_counter() - started
+    model = adv.model
+    save_model(model, model_path)
+    ev = recipe["evaluation"]
+    log("[adv_dense] safety tests")
+    result = evaluate_safety(model, splits, source=None, reference=dense, eps=ev["eps"], steps=int(ev["steps"]),
+                             restarts=int(ev["restarts"]), max_examples=ev["max_examples"],
+                             membership_attacks=ev["membership_attacks"], attacks=tuple(ev["attacks"]),
+                             masking_checks=bool(ev["masking_checks"]))
+    entry = {"accuracy": result["accuracy"], "robustness": result["robustness"], "membership": result["membership"],
+             "size": model_size(model), "flags": result["flags"], "guard": guard.records}
+    atomic_write_json(result_path, {"identity": identity, "entry": entry, "seconds": seconds})
+    return entry, seconds
+
+
+def rlnet_teacher_check(run_dir, data_path, args, dense_relus, relus):
+    """RLNet's target: >= 10x fewer ReLUs within 2 points of its robust teacher's clean accuracy.
+
+    The teacher is the one the run checkpointed (``checkpoints/rlnet/<last stage>/teacher.keras``);
+    both models are measured on the whole test split, each on the BN path it deploys.
+    """
+    from tfsafe.io import load_model
+    from tfsafe.models import accuracy
+    from tfsafe.pipeline.compress import load_splits
+
+    stages = os.path.join(run_dir, "checkpoints", "rlnet")
+    teachers = [os.path.join(stages, s, "teacher.keras") for s in ("finetune", "search", "teacher")]
+    teacher_path = next((t for t in teachers if os.path.exists(t)), None)
+    if teacher_path is None:
+        return None
+    recipe = load_recipe("rlnet", _config("rlnet", args, args.data_name))
+    _, _, splits = load_splits(data_path, None, recipe["data"], int(recipe["seed"]))
+    teacher, student = load_model(teacher_path), load_model(os.path.join(run_dir, "compressed.keras"))
+    t_acc, s_acc = accuracy(teacher, splits.test), accuracy(student, splits.test)
+    reduction = dense_relus / relus if relus else None
+    return {"teacher_accuracy": t_acc, "student_accuracy": s_acc, "gap_points": 100 * (t_acc - s_acc),
+            "relu_reduction": reduction, "test_examples": int(len(splits.test[0])),
+            "inference_path": recipe["params"].get("inference_path"),
+            "met": bool(reduction is not None and reduction >= 10 and 100 * (t_acc - s_acc) <= 2)}
+
+
 def tables(rows, deployed):
     """The Markdown tables of the Keras models and of the deployed ``.tflite`` files."""
     eps = sorted({e for r in rows for e in r["pgd"]}, key=float)
@@ -141,49 +313,80 @@ def main(argv=None):
     parser.add_argument("--config_dir", default=None, help="folder of <method>.json recipe overrides")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the harness, not the methods")
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs in the run folders")
+    parser.add_argument("--train_size", type=int, default=None, help="x_train rows of the data file (default all)")
+    parser.add_argument("--test_size", type=int, default=None, help="x_test rows of the data file (default all)")
+    parser.add_argument("--adv_dense", default="fgsm_rs", choices=["fgsm_rs", "free", "pgd", "none"],
+                        help="attack of the dense adversarially trained row ('none' leaves the row out)")
     parser.add_argument("--out", default="out/bench/compare.json")
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     from tfsafe.pipeline import compress_model  # TensorFlow loads after --help
 
     data = args.data or ("mnist" if args.data_dir else "digits")
+    args.data_name = data
+    if args.config_dir is None and os.path.isdir(os.path.join(ROOT, "benchmarks", "configs", data)):
+        args.config_dir = os.path.join(ROOT, "benchmarks", "configs", data)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(ORDER)}")
     run_dir = os.path.splitext(args.out)[0]
-    dense_path, rows, deployed, reports = None, [], [], {}
+    sizes = QUICK_SIZES if args.quick else (args.train_size, args.test_size)
+    data_path = os.path.join(run_dir, "data.npz")
+    data_info = write_data_file(data, args.data_dir, data_path, *sizes)
+    print(f"data: {data} -> {data_path} ({data_info['train']} x_train rows, {data_info['test']} x_test rows; "
+          f"config overrides: {args.config_dir or 'none'})", flush=True)
+    dense_path, rows, deployed, reports, rlnet_check, failures = None, [], [], {}, None, {}
     for method in methods:
         started = time.perf_counter()
         out = os.path.join(run_dir, method)
         shared = dense_path if method != "rlnet" else None
         print(f"== {method} ({data}) -> {out}", flush=True)
-        report = compress_model(method, data, model=shared, data_dir=args.data_dir, config=_config(method, args),
-                                out_dir=out, resume=args.resume, verbose=args.verbose,
-                                log=lambda m: print(m, flush=True) if m.startswith("[") else None)
+        try:
+            report = compress_model(method, data_path, model=shared, config=_config(method, args, data),
+                                    out_dir=out, resume=args.resume, verbose=args.verbose,
+                                    log=lambda m: print(m, flush=True) if m.startswith("[") else None)
+        except TfsafeError as err:  # one method's failure (e.g. a refused export) leaves the others' rows
+            print(f"== {method}: FAILED: {err}", flush=True)
+            failures[method] = str(err)
+            continue
         print(f"== {method}: {time.perf_counter() - started:.0f} s with evaluations", flush=True)
         seconds = _method_seconds(out)
         dense, compressed, tflite = report["models"]
         if method != "rlnet" and dense_path is None:
             dense_path = os.path.join(out, "dense.keras")
             rows.append(_row("dense", dense, dense, None))
+            if args.adv_dense != "none":
+                entry, adv_seconds = adversarial_dense(dense_path, data_path, args,
+                                                       log=lambda m: print(m, flush=True))
+                rows.append(_row(f"dense adv. trained ({args.adv_dense})", entry, dense, adv_seconds))
         if method == "rlnet":
             rows.append(_row("dense rlnet_cnn (BN)", dense, dense, None))
+            rlnet_check = rlnet_teacher_check(out, data_path, args, dense["size"]["relu_count"],
+                                              compressed["size"]["relu_count"])
         rows.append(_row("TF-MOT pruning (unsafe baseline)" if method == "baseline" else method, compressed,
                          dense, seconds))
         deployed.append(_deployed_row(f"{method}", tflite, compressed))
         reports[method] = report
     text = tables(rows, deployed)
+    for method, message in failures.items():
+        text += f"\n\n{method}: no row, the run failed: {message}"
+    if rlnet_check:
+        c = rlnet_check
+        text += (f"\n\nRLNet vs its robust teacher ({c['inference_path']} BN path, {c['test_examples']} test images): "
+                 f"teacher {c['teacher_accuracy']:.4f}, student {c['student_accuracy']:.4f} "
+                 f"({c['gap_points']:.1f} points below), {_fmt(c['relu_reduction'], '.1f')}x fewer ReLUs than the "
+                 f"dense rlnet_cnn; target (>= 10x, within 2 points): {'met' if c['met'] else 'MISSED'}")
     print(f"\n## {data}: dense vs unsafe baseline vs methods (same splits, same tests)\n\n{text}\n", flush=True)
-    atomic_write_json(args.out, {"data": data, "quick": args.quick, "rows": rows, "deployed": deployed,
+    atomic_write_json(args.out, {"data": data, "data_file": data_info, "quick": args.quick,
+                                 "config_dir": args.config_dir, "rows": rows, "deployed": deployed,
+                                 "rlnet_teacher_check": rlnet_check, "failures": failures,
                                  "splits": next(iter(reports.values()))["meta"]["splits"] if reports else None})
     atomic_write_text(os.path.splitext(args.out)[0] + ".md", text + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    from tfsafe.errors import TfsafeError
-
     try:
         sys.exit(main())
     except TfsafeError as err:

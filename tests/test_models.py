@@ -44,3 +44,25 @@ def test_accuracy_takes_x_y_or_a_split(trained_cnn, digits_splits):
     assert tfsafe.accuracy(trained_cnn, x, y) == float((trained_cnn.predict(x, verbose=0).argmax(1) == y).mean())
     with pytest.raises(InputError, match="labels are missing"):
         tfsafe.accuracy(trained_cnn, x)
+
+
+
+def test_small_resnet_is_residual_with_batch_norm_and_prunes_and_strips():
+    from tfsafe.compress.pruning import prune_safe
+    from tfsafe.compress.strip import strip
+    from tfsafe.models import small_resnet
+    from tfsafe.pipeline.compress import dense_model
+
+    model = small_resnet((16, 16, 3), 10, filters=(8, 16))
+    names = [l.__class__.__name__ for l in model.layers]
+    assert model.output_shape == (None, 10) and names.count("Add") == 2 and names.count("BatchNormalization") == 6
+    assert model.get_layer("s2b1_proj_conv").strides == (2, 2)  # the downsampling stage's projection shortcut
+    assert dense_model("small_resnet", (16, 16, 3), 10).output_shape == (None, 10)  # the recipes' name for it
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(8, 16, 16, 3)).astype("float32")
+    pruned = prune_safe(model, 0.5)
+    stripped = strip(pruned)
+    np.testing.assert_allclose(stripped(x).numpy(), pruned(x).numpy(), atol=1e-4)
+    kernels = np.concatenate([l.kernel.numpy().ravel() for l in stripped.layers
+                              if isinstance(l, keras.layers.Conv2D)])
+    assert 0.4 < np.mean(kernels == 0) < 0.6

@@ -16,10 +16,10 @@ import numpy as np
 from tfsafe._keras import keras, tf
 from tfsafe.errors import InputError
 
-__all__ = ["small_cnn", "lenet", "mlp", "logits_model", "ends_with_softmax", "final_activation", "output_kind",
-           "check_output_kind", "class_scores", "to_probabilities", "num_classes_of_outputs", "BinaryLogits",
-           "compiled_logits", "predict_logits", "predict_proba", "accuracy", "copy_model", "compile_classifier",
-           "flat_layers"]
+__all__ = ["small_cnn", "lenet", "mlp", "small_resnet", "logits_model", "ends_with_softmax", "final_activation",
+           "output_kind", "check_output_kind", "class_scores", "to_probabilities", "num_classes_of_outputs",
+           "BinaryLogits", "compiled_logits", "predict_logits", "predict_proba", "accuracy", "copy_model",
+           "compile_classifier", "flat_layers"]
 
 
 def small_cnn(input_shape=(8, 8, 1), num_classes=10, filters=(16, 32), dense=64, name="small_cnn"):
@@ -57,6 +57,50 @@ def lenet(input_shape=(28, 28, 1), num_classes=10, name="lenet"):
         ],
         name=name,
     )
+
+
+def small_resnet(input_shape=(32, 32, 3), num_classes=10, filters=(16, 32, 64), blocks=1, bn_momentum=0.9,
+                 name="small_resnet"):
+    """A small residual CNN with batch norm for CIFAR-size inputs (He et al., 2016, scaled down).
+
+    A 3x3 Conv-BN-ReLU stem, then one stage per entry of ``filters`` of ``blocks`` basic blocks
+    (Conv-BN-ReLU-Conv-BN, added to the shortcut, then ReLU); every stage after the first starts
+    with stride 2 and a 1x1 Conv-BN projection shortcut. Global average pooling and a logits
+    layer close it. Only standard Keras layers, so TF-MOT pruning and tfsafe's compressors
+    wrap it layer by layer. ``bn_momentum`` 0.9 (not Keras' 0.99) lets the moving statistics
+    settle within the few hundred steps small training sets give.
+
+    Args:
+        input_shape: ``(height, width, channels)``.
+        num_classes: Width of the logits output.
+        filters: Filters of each stage; one stride-2 downsampling per stage after the first.
+        blocks: Basic blocks per stage.
+        bn_momentum: Momentum of every BatchNormalization.
+
+    Returns:
+        A functional ``keras.Model`` mapping float32 ``(batch, *input_shape)`` to ``(batch, num_classes)`` logits.
+
+    Example:
+        >>> small_resnet((32, 32, 3), 10).output_shape
+        (None, 10)
+    """
+    def conv_bn(x, f, kernel, stride, label):
+        x = keras.layers.Conv2D(f, kernel, strides=stride, padding="same", use_bias=False, name=f"{label}_conv")(x)
+        return keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{label}_bn")(x)
+
+    inputs = keras.Input(input_shape)
+    x = keras.layers.ReLU(name="stem_relu")(conv_bn(inputs, filters[0], 3, 1, "stem"))
+    for s, f in enumerate(filters):
+        for b in range(int(blocks)):
+            label = f"s{s + 1}b{b + 1}"
+            stride = 2 if s > 0 and b == 0 else 1
+            shortcut = x if stride == 1 and x.shape[-1] == f else conv_bn(x, f, 1, stride, f"{label}_proj")
+            h = keras.layers.ReLU(name=f"{label}_relu1")(conv_bn(x, f, 3, stride, f"{label}_1"))
+            h = conv_bn(h, f, 3, 1, f"{label}_2")
+            x = keras.layers.ReLU(name=f"{label}_relu2")(keras.layers.Add(name=f"{label}_add")([shortcut, h]))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def mlp(input_shape=(8, 8, 1), num_classes=10, units=(128,), name="mlp"):

@@ -195,3 +195,25 @@ def test_free_training_improves_pgd_accuracy_and_saves(digits, trained_cnn, test
     restored(xt[:2])
     restored.load_weights(ckpt)
     np.testing.assert_allclose(restored.predict(xt[:16], verbose=0), adv.predict(xt[:16], verbose=0), atol=1e-6)
+
+
+def test_guard_restore_best_keeps_the_best_epoch_without_a_collapse(digits):
+    (x, y), _ = digits
+    adv = _fast_model("fgsm_rs", 5)
+    guard = CatastrophicOverfittingGuard(x[-200:], y[-200:], steps=10, max_drop=1.0, action="stop",
+                                         restore_best=True)
+
+    def damage(epoch, logs):
+        # The last epoch ends with its logits layer negated: held-out PGD accuracy falls, but
+        # max_drop=1.0 never counts it as a collapse, so only restore_best brings the best back.
+        if epoch == 2:
+            adv.model.set_weights([-w if i >= len(adv.model.get_weights()) - 2 else w
+                                   for i, w in enumerate(adv.model.get_weights())])
+
+    history = adv.fit(x[:600], y[:600], epochs=3, batch_size=32, verbose=0,
+                      callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=damage), guard])
+    accs = history.history["holdout_pgd_accuracy"]
+    assert guard.triggered_epoch is None and accs[2] < max(accs[:2]) - 0.2, accs
+    assert guard.best_epoch == int(np.argmax(accs)) < 2
+    final = adversarial_accuracy(adv.model, x[-200:], y[-200:], 0.1, steps=10)
+    assert final == pytest.approx(accs[guard.best_epoch]) and final > accs[2] + 0.2

@@ -52,7 +52,7 @@ from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.io import atomic_path, atomic_write_json, load_model, save_model, to_jsonable
 from tfsafe.methods import StageCallback, get, rlnet_cnn
 from tfsafe.metrics import model_size
-from tfsafe.models import compile_classifier, lenet, mlp, small_cnn
+from tfsafe.models import compile_classifier, lenet, mlp, small_cnn, small_resnet
 from tfsafe.pipeline.run_state import RUN_FILE, RunState
 from tfsafe.preprocessing import default_attack_eps
 from tfsafe.recipes import load_recipe
@@ -64,8 +64,9 @@ from tfsafe.user_data import check_data_matches_model, load_user_data
 __all__ = ["compress_model", "StageRunner", "load_splits", "split_sizes", "dense_model", "method_params",
            "IMAGE_ONLY_TESTS"]
 
-ARCHITECTURES = {"small_cnn": small_cnn, "lenet": lenet, "mlp": mlp, "rlnet_cnn": rlnet_cnn}  # + bn_mlp below
-CONV_ARCHITECTURES = ("small_cnn", "lenet", "rlnet_cnn")
+ARCHITECTURES = {"small_cnn": small_cnn, "lenet": lenet, "mlp": mlp, "rlnet_cnn": rlnet_cnn,
+                 "small_resnet": small_resnet}  # + bn_mlp below
+CONV_ARCHITECTURES = ("small_cnn", "lenet", "rlnet_cnn", "small_resnet")
 # Safety tests that only make sense for images (pixel corruptions; Grad-CAM safety sets).
 IMAGE_ONLY_TESTS = ("corruptions", "safety_set")
 # Split data (x_train / x_test): validation held out of x_train, reference non-members out of x_test;

@@ -333,13 +333,16 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
         steps, restarts: PGD settings of the check (cheap: 10 steps, 1 start).
         max_drop: Drop from the best accuracy that counts as a collapse (0.2 = 20 points).
         action: ``"pgd"`` (fall back to PGD training) or ``"stop"``.
+        restore_best: At the end of training, restore the weights of the epoch with the best
+            held-out PGD accuracy even without a collapse (Wong et al.'s early stopping).
 
     Example:
         >>> guard = CatastrophicOverfittingGuard(x_val[:256], y_val[:256])
         >>> adv.fit(x, y, epochs=10, callbacks=[guard])  # doctest: +SKIP
     """
 
-    def __init__(self, x, y, eps=None, steps=10, restarts=1, max_drop=0.2, action="pgd", batch_size=256):
+    def __init__(self, x, y, eps=None, steps=10, restarts=1, max_drop=0.2, action="pgd", batch_size=256,
+                 restore_best=False):
         super().__init__()
         if action not in ("pgd", "stop"):
             raise InputError(f"action must be 'pgd' or 'stop', got {action!r}.")
@@ -349,7 +352,9 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y)
         self.eps, self.steps, self.restarts = eps, int(steps), int(restarts)
         self.max_drop, self.action, self.batch_size = float(max_drop), action, int(batch_size)
+        self.restore_best = bool(restore_best)
         self.records, self.triggered_epoch, self.best, self._best_weights = [], None, -1.0, None
+        self.best_epoch = None
 
     def on_train_begin(self, logs=None):
         if not isinstance(self.model, AdversarialModel):
@@ -362,7 +367,7 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
                                    norm=model.norm, clip=model.clip, batch_size=self.batch_size)
         collapsed = self.triggered_epoch is None and self.best - acc > self.max_drop
         if acc > self.best:
-            self.best, self._best_weights = acc, model.get_weights()
+            self.best, self._best_weights, self.best_epoch = acc, model.get_weights(), epoch
         if collapsed:
             self.triggered_epoch = epoch
             if self.action == "pgd":
@@ -375,3 +380,7 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
         if logs is not None:
             logs["holdout_pgd_accuracy"] = acc
             logs["overfitting_guard"] = float(self.triggered_epoch is not None)
+
+    def on_train_end(self, logs=None):
+        if self.restore_best and self._best_weights is not None:
+            self.model.set_weights(self._best_weights)

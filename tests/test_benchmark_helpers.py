@@ -1,0 +1,58 @@
+"""Helpers of the comparison and robustness benchmarks (loaded by file path; no benchmark is run)."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tfsafe.models import small_cnn
+from tfsafe.pipeline.compress import load_splits
+from tfsafe.recipes import load_recipe
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _load(name):
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)  # the scripts import bench_common as their own folder's module
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_data_file_gives_the_same_members_with_and_without_a_model(tmp_path):
+    compare = _load("compare")
+    path = str(tmp_path / "data.npz")
+    info = compare.write_data_file("digits", None, path, train_size=300, test_size=200)
+    assert (info["train"], info["test"]) == (300, 200)
+    with np.load(path) as f:
+        assert f["x_train"].shape[0] == 300 and f["x_test"].shape[0] == 200
+    sizes = load_recipe("baseline")["data"]
+    # The run that trains the dense model and the runs handed it must audit the same members
+    # (a built-in name would be pooled for the first and kept split for the others).
+    _, _, trained_here = load_splits(path, None, sizes, 0)
+    _, _, handed_model = load_splits(path, None, sizes, 0, model=small_cnn((8, 8, 1), 10))
+    for part in ("train", "validation", "nonmembers", "test"):
+        np.testing.assert_array_equal(getattr(trained_here, part)[0], getattr(handed_model, part)[0])
+    assert trained_here.provenance["members_known"] and handed_model.provenance["members_known"]
+
+
+def test_compare_config_sets_the_protocol_radii_for_the_data_file():
+    compare = _load("compare")
+    args = compare.argparse.Namespace(config_dir=os.path.join(BENCHMARKS, "configs", "cifar10"), quick=False)
+    atmc = compare._config("atmc", args, "cifar10")
+    assert atmc["params"]["eps"] == pytest.approx(8 / 255) and atmc["evaluation"]["eps"] == [pytest.approx(8 / 255)]
+    assert atmc["dense"]["architecture"] == "small_resnet"
+    load_recipe("atmc", atmc)  # every override is a known recipe key
+    baseline = compare._config("baseline", compare.argparse.Namespace(config_dir=None, quick=True), "mnist")
+    assert baseline["evaluation"]["eps"] == [0.1, 0.2, 0.3] and "eps" not in baseline["params"]
+
+
+def test_cyclic_learning_rate_rises_to_its_peak_at_two_fifths_and_falls_to_zero():
+    bench = _load("robustness_bench")
+    schedule = bench.CyclicLR(0.01, 100)
+    values = [float(schedule(step)) for step in (0, 20, 40, 70, 100, 120)]
+    np.testing.assert_allclose(values, [0.0, 0.005, 0.01, 0.005, 0.0, 0.0], atol=1e-7)
