@@ -16,12 +16,12 @@ import pytest
 from conftest import compile_classifier, run_cli
 
 from tfsafe._keras import keras
+from tfsafe.data_match import check_data_matches_model
 from tfsafe.errors import InputError
 from tfsafe.io import save_model
 from tfsafe.preprocessing import Preprocessing, decide_preprocessing
 from tfsafe.preprocessing_record import accuracy_check, audit_set_preprocessing, recorded_preprocessing
 from tfsafe.safety.tflite_model import predict_labels
-from tfsafe.user_data import check_data_matches_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

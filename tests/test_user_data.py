@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from tfsafe._keras import keras
+from tfsafe.data_match import check_data_matches_model
 from tfsafe.errors import InputError
 from tfsafe.preprocessing import InputRangeWarning, decide_preprocessing
 from tfsafe.safety.membership import audit_membership
-from tfsafe.user_data import check_data_matches_model, load_user_data
+from tfsafe.user_data import load_user_data
 
 
 def _rgb(n, seed=0, size=32):

@@ -40,6 +40,7 @@ from tfsafe.data import (  # noqa: E402
     membership_split,
     membership_split_from_train_test,
 )
+from tfsafe.data_match import check_data_matches_model  # noqa: E402
 from tfsafe.errors import InputError, MissingDependencyError, TfsafeError, UnsupportedModelError  # noqa: E402
 from tfsafe.io import load_model, save_model  # noqa: E402
 from tfsafe.methods.atmc import ATMCModel, atmc_compress  # noqa: E402
@@ -60,7 +61,7 @@ from tfsafe.safety.lira import lira_audit, train_reference_models  # noqa: E402
 from tfsafe.safety.membership import MembershipAudit, audit_membership  # noqa: E402
 from tfsafe.safety.robust_accuracy import adversarial_accuracy, transfer_attack  # noqa: E402
 from tfsafe.safety.safety_set import select_safety_set  # noqa: E402
-from tfsafe.user_data import UserData, check_data_matches_model, load_user_data  # noqa: E402
+from tfsafe.user_data import UserData, load_user_data  # noqa: E402
 
 __all__ = [
     "__version__", "keras", "tf", "tfmot", "to_tf_keras",

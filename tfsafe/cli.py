@@ -32,6 +32,7 @@ from tflite_export.benchmark import write_results
 from tflite_export.commands import bench_command, export_command, format_bench_table
 from tfsafe._keras import keras
 from tfsafe.data import data_kind
+from tfsafe.data_match import check_data_matches_model
 from tfsafe.demo import run_demo
 from tfsafe.errors import InputError
 from tfsafe.io import load_model
@@ -45,7 +46,7 @@ from tfsafe.safety.lira import train_reference_models
 from tfsafe.safety.membership import FAST_ATTACKS, audit_membership
 from tfsafe.safety.reference_attacks import audit_pool, reference_audit
 from tfsafe.safety.tflite_model import as_target, predict_labels
-from tfsafe.user_data import check_data_matches_model, load_user_data
+from tfsafe.user_data import load_user_data
 from tfsafe.validation import model_num_classes
 from tfsafe_cli import run  # console scripts installed from tfsafe <= 0.1 call tfsafe.cli:run
 from tfsafe_cli.flagsets import image_size

@@ -11,13 +11,9 @@ from tfsafe._keras import keras
 from tfsafe.compress import quantization as q
 from tfsafe.errors import InputError
 from tfsafe.io import to_jsonable
-from tfsafe.methods.self_compress import (
-    SafetyMonitor,
-    SelfCompressingModel,
-    check_safety_indices,
-    self_compress,
-)
+from tfsafe.methods.self_compress import SafetyMonitor, SelfCompressingModel, self_compress
 from tfsafe.models import accuracy
+from tfsafe.safety.safety_set import check_safety_indices
 
 
 def _kill(layer, channels):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from tflite_export import to_tflite
-from tflite_export.convert import _convert, sparse_encoding_faults
+from tflite_export.converter import convert_keras
 from tflite_export.runtime import TFLiteModel
+from tflite_export.sparse_encoding import sparse_encoding_faults
 from tfsafe._keras import keras
 from tfsafe.models import mlp
 
@@ -33,7 +34,7 @@ def mostly_zero_mlp():
 def test_float16_block_sparse_without_densify_is_refused_and_the_file_is_finite(mostly_zero_mlp, digits, tmp_path):
     (_, _), (xt, yt) = digits
     # The converter's own sparse float16 file feeds a 1x4 block encoding to DEQUANTIZE: NaN.
-    raw = _convert(mostly_zero_mlp, "float16", sparse=True)
+    raw = convert_keras(mostly_zero_mlp, "float16", sparse=True)
     faults = sparse_encoding_faults(raw)
     assert faults and all("DEQUANTIZE reads the sparse-encoded" in f for f in faults)
     path = tmp_path / "raw.tflite"
@@ -56,7 +57,7 @@ def test_int8_sparse_dense_layer_with_12_inputs_is_refused(tmp_path):
     model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(4)])
     model = _sparse(model, 0.9)
     y = model(x).numpy().argmax(axis=1)
-    raw = _convert(model, "int8", x[:100], sparse=True)
+    raw = convert_keras(model, "int8", x[:100], sparse=True)
     assert any("1x16 blocks" in f and "12 inputs" in f for f in sparse_encoding_faults(raw))
     result = to_tflite(model, tmp_path / "m.tflite", "int8", x[:100], sparsity=True, verify=(x, y))
     assert result.sparsity["tried"] and not result.sparsity["used"] and "1x16" in result.sparsity["reason"]

@@ -37,12 +37,11 @@ from tfsafe.errors import InputError
 from tfsafe.methods.base import CompressionMethod, check_choice, check_int, check_number, nonempty
 from tfsafe.models import accuracy, logits_model
 from tfsafe.objectives import safety_loss, size_penalty, softmax_cross_entropy
-from tfsafe.safety.safety_set import select_safety_set
+from tfsafe.safety.safety_set import choose_safety_set
 from tfsafe.safety.tests import SafetyData, run_selection
 from tfsafe.validation import check_fraction, check_model, check_xy
 
-__all__ = ["SelfCompress", "SelfCompressingModel", "SafetyMonitor", "SelfCompressResult", "self_compress",
-           "check_safety_indices"]
+__all__ = ["SelfCompress", "SelfCompressingModel", "SafetyMonitor", "SelfCompressResult", "self_compress"]
 
 
 class SelfCompressingModel(keras.Model):
@@ -296,53 +295,6 @@ def _initial_bits(init_bits, max_bits):
     return init_bits
 
 
-def check_safety_indices(indices, pool_size, name="safety_indices"):
-    """Return ``indices`` as unique int64 indices into a pool of ``pool_size`` examples, or raise."""
-    arr = np.asarray(indices)
-    if arr.ndim != 1 or arr.size == 0:
-        raise InputError(f"{name} must be a non-empty 1-D list of example indices, got shape {arr.shape}.")
-    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise InputError(f"{name} must hold integer indices, got dtype {arr.dtype}.")
-    bad = arr[(arr < 0) | (arr >= pool_size)]
-    if bad.size:
-        raise InputError(
-            f"{name} has {bad.size} indices outside the data they select from (0..{pool_size - 1}), e.g. "
-            f"{bad[:5].tolist()}; the safety set must come from the training or validation data passed in."
-        )
-    if len(np.unique(arr)) != arr.size:
-        raise InputError(f"{name} repeats indices; pass each safety example once.")
-    return arr.astype(np.int64)
-
-
-def choose_safety_set(model, train, validation, safety_size=100, safety_indices=None, safety_from=None, seed=0):
-    """The safety set: ``(indices, source name, (x, y))`` from validation (default) or training data.
-
-    Args:
-        model: the float model that ranks the examples (:func:`select_safety_set`).
-        train: ``(x, y)`` training data.
-        validation: ``(x, y)`` validation data or ``None``.
-        safety_size: examples to select (at most the pool's size).
-        safety_indices: explicit indices into the pool instead of a selection.
-        safety_from: ``"validation"`` or ``"train"`` (default: validation when it is not empty).
-        seed: seeds the selection.
-    """
-    source = safety_from or ("validation" if nonempty(validation) else "train")
-    check_choice(source, "safety_from", ("validation", "train"))
-    if source == "validation" and not nonempty(validation):
-        raise InputError("safety_from='validation' needs validation data (validation_data, or a non-empty "
-                         "splits.validation); pass safety_from='train' to select from the training data.")
-    pool_x, pool_y = validation if source == "validation" else train
-    if safety_indices is not None:
-        indices = check_safety_indices(safety_indices, len(pool_x))
-        name = f"given ({source})"
-    else:
-        indices = select_safety_set(model, pool_x, pool_y, min(int(safety_size), len(pool_x)), seed=seed)
-        name = source
-    return indices, name, (pool_x[indices], pool_y[indices])
-
-
 def _train(model, x, y, validation, safety, *, init_bits, max_bits, gamma, safety_weight, safety_batch_size,
            epochs, batch_size, learning_rate, bits_learning_rate, monitor_every, threshold, restore_fraction,
            restore_bits, cooldown, restore, seed, tests, callbacks, verbose):
@@ -472,7 +424,7 @@ def self_compress(model, x, y, validation_data=None, *, safety_size=200, safety_
         model: trained tf_keras (or Keras 3) classifier, logits or softmax output.
         x, y: training data.
         validation_data: ``(x_val, y_val)``; the safety set is drawn from it when given.
-        safety_size, safety_indices, safety_from: see :func:`choose_safety_set`.
+        safety_size, safety_indices, safety_from: see :func:`tfsafe.safety.safety_set.choose_safety_set`.
         init_bits, max_bits, gamma, safety_weight, safety_batch_size, epochs, batch_size,
         learning_rate, bits_learning_rate, monitor_every, threshold, restore_fraction,
         restore_bits, cooldown, restore: see :class:`SelfCompress`.

@@ -48,6 +48,7 @@ import numpy as np
 
 from tflite_export.convert import to_tflite
 from tfsafe._keras import keras
+from tfsafe.data_match import check_data_matches_model
 from tfsafe.errors import InputError, UnsupportedModelError
 from tfsafe.io import atomic_path, atomic_write_json, load_model, save_model, to_jsonable
 from tfsafe.methods import StageCallback, get, rlnet_cnn
@@ -59,7 +60,7 @@ from tfsafe.recipes import load_recipe
 from tfsafe.report import SafetyReport
 from tfsafe.safety.evaluate import DATASET_EPS, default_eps, evaluate_safety
 from tfsafe.safety.tflite_model import as_target, predict_labels
-from tfsafe.user_data import check_data_matches_model, load_user_data
+from tfsafe.user_data import load_user_data
 
 __all__ = ["compress_model", "StageRunner", "load_splits", "split_sizes", "dense_model", "method_params",
            "IMAGE_ONLY_TESTS"]

@@ -27,7 +27,7 @@ from tfsafe.models import flat_layers, logits_model
 from tfsafe.safety._hooks import patched_calls
 from tfsafe.validation import check_xy
 
-__all__ = ["select_safety_set", "safety_scores"]
+__all__ = ["select_safety_set", "safety_scores", "choose_safety_set", "check_safety_indices"]
 
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
                keras.layers.SeparableConv2D)
@@ -184,3 +184,52 @@ def select_safety_set(model, x, y, size, seed=0, n_clusters=None, weights=(0.5, 
     details = {"intensity": scores["intensity"], "uncertainty": scores["uncertainty"], "combined": combined,
                "clusters": labels, "saliency": scores["saliency"]}
     return indices, details
+
+
+def check_safety_indices(indices, pool_size, name="safety_indices"):
+    """Return ``indices`` as unique int64 indices into a pool of ``pool_size`` examples, or raise."""
+    arr = np.asarray(indices)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InputError(f"{name} must be a non-empty 1-D list of example indices, got shape {arr.shape}.")
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{name} must hold integer indices, got dtype {arr.dtype}.")
+    bad = arr[(arr < 0) | (arr >= pool_size)]
+    if bad.size:
+        raise InputError(
+            f"{name} has {bad.size} indices outside the data they select from (0..{pool_size - 1}), e.g. "
+            f"{bad[:5].tolist()}; the safety set must come from the training or validation data passed in."
+        )
+    if len(np.unique(arr)) != arr.size:
+        raise InputError(f"{name} repeats indices; pass each safety example once.")
+    return arr.astype(np.int64)
+
+
+def choose_safety_set(model, train, validation, safety_size=100, safety_indices=None, safety_from=None, seed=0):
+    """The safety set: ``(indices, source name, (x, y))`` from validation (default) or training data.
+
+    Args:
+        model: the float model that ranks the examples (:func:`select_safety_set`).
+        train: ``(x, y)`` training data.
+        validation: ``(x, y)`` validation data or ``None``.
+        safety_size: examples to select (at most the pool's size).
+        safety_indices: explicit indices into the pool instead of a selection.
+        safety_from: ``"validation"`` or ``"train"`` (default: validation when it is not empty).
+        seed: seeds the selection.
+    """
+    has_validation = validation is not None and len(validation) == 2 and len(validation[0]) > 0
+    source = safety_from or ("validation" if has_validation else "train")
+    if source not in ("validation", "train"):
+        raise InputError(f"safety_from must be 'validation' or 'train', got {source!r}.")
+    if source == "validation" and not has_validation:
+        raise InputError("safety_from='validation' needs validation data (validation_data, or a non-empty "
+                         "splits.validation); pass safety_from='train' to select from the training data.")
+    pool_x, pool_y = validation if source == "validation" else train
+    if safety_indices is not None:
+        indices = check_safety_indices(safety_indices, len(pool_x))
+        name = f"given ({source})"
+    else:
+        indices = select_safety_set(model, pool_x, pool_y, min(int(safety_size), len(pool_x)), seed=seed)
+        name = source
+    return indices, name, (pool_x[indices], pool_y[indices])
