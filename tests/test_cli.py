@@ -124,7 +124,7 @@ def test_cli_run_keeps_tensorflow_chatter_off_stderr(tmp_path, trained_cnn):
     assert not [line for line in proc.stdout.splitlines() if any(n in line for n in NOISE)], proc.stdout
 
 
-def test_quick_preset_only_shrinks_evaluation_settings():
+def test_quick_preset_shrinks_data_and_evaluation_and_config_wins():
     from tfsafe.cli import QUICK_PRESET, _deep_merge
     from tfsafe.recipes import load_recipe
 

@@ -44,8 +44,8 @@ from tfsafe.metrics import model_size
 from tfsafe.safety.tests import SafetyTest, tests_from_config, tests_to_config
 from tfsafe.validation import check_model, check_xy
 
-__all__ = ["CompressionMethod", "CompressionResult", "StageCallback", "StageRun", "PROGRESS_FILE", "check_int",
-           "check_number", "check_choice", "nonempty", "default_eps"]
+__all__ = ["CompressionMethod", "CompressionResult", "DeployedModel", "StageCallback", "StageRun", "PROGRESS_FILE",
+           "check_int", "check_number", "check_choice", "nonempty", "default_eps"]
 
 PROGRESS_FILE = "progress.json"
 
@@ -120,7 +120,25 @@ class StageRun:
         return x[len(x) // 2:], y[len(y) // 2:]
 
 
-class CompressionResult:
+class DeployedModel:
+    """``stripped`` and ``audit`` for a result that holds a compressed ``model``."""
+
+    @property
+    def stripped(self):
+        """Plain Keras model as deployed (``strip(model)``, computed on first use)."""
+        if getattr(self, "_stripped", None) is None:
+            self._stripped = strip(self.model)
+        return self._stripped
+
+    def audit(self, splits, size=None, attacks=None, seed=0):
+        """tensorflow-privacy audit of ``stripped``: balanced members vs. the untouched audit non-members."""
+        # Imported here: tensorflow-privacy is slow to import and only audits need it.
+        from tfsafe.safety.membership import audit_membership
+        members, nonmembers = splits.audit_sets(size=size, seed=seed)
+        return audit_membership(self.stripped, members, nonmembers, attacks=attacks, seed=seed)
+
+
+class CompressionResult(DeployedModel):
     """What every method's ``compress`` returns.
 
     Attributes:
@@ -147,20 +165,6 @@ class CompressionResult:
         self.method = method
         self.extras = dict(extras or {})
         self._stripped = None
-
-    @property
-    def stripped(self):
-        """Plain Keras model as deployed (``strip(model)``, computed on first use)."""
-        if self._stripped is None:
-            self._stripped = strip(self.model)
-        return self._stripped
-
-    def audit(self, splits, size=None, attacks=None, seed=0):
-        """tensorflow-privacy audit of ``stripped``: balanced members vs. the untouched audit non-members."""
-        # Imported here: tensorflow-privacy is slow to import and only audits need it.
-        from tfsafe.safety.membership import audit_membership
-        members, nonmembers = splits.audit_sets(size=size, seed=seed)
-        return audit_membership(self.stripped, members, nonmembers, attacks=attacks, seed=seed)
 
     def to_dict(self):
         """JSON-able summary: method, config, info, selection, seconds, size and history."""

@@ -62,11 +62,10 @@ import numpy as np
 from tfsafe._keras import keras
 from tfsafe.compress.dynamic_sparsity import GROW_MODES, SCOPES
 from tfsafe.compress.pruning import prunable_wrappers, prune_safe
-from tfsafe.compress.strip import strip
 from tfsafe.errors import InputError
 from tfsafe.io import atomic_path, atomic_write_json, load_model, save_model
 from tfsafe.methods.adversarial_regularization import AdversarialRegularization
-from tfsafe.methods.base import CompressionMethod, check_choice, check_int, check_number
+from tfsafe.methods.base import CompressionMethod, DeployedModel, check_choice, check_int, check_number
 from tfsafe.methods.safecompress_selection import (
     AdversarialAccuracyTest,
     CandidateSelection,
@@ -87,7 +86,7 @@ GRANULARITIES = ("weight", "channel")
 
 
 @dataclasses.dataclass
-class SafeCompressResult:
+class SafeCompressResult(DeployedModel):
     """What the deprecated :meth:`SafeCompress.fit` returns (``compress`` returns a CompressionResult).
 
     Attributes:
@@ -103,21 +102,6 @@ class SafeCompressResult:
     train_seconds: float
     config: dict
     final: dict = None
-
-    @property
-    def stripped(self):
-        """Plain Keras model with the zeros baked in (what gets exported)."""
-        if not hasattr(self, "_stripped"):
-            self._stripped = strip(self.model)
-        return self._stripped
-
-    def audit(self, splits, size=None, attacks=None, seed=0):
-        """tensorflow-privacy audit on ``splits.audit_sets()``: members vs. the untouched audit non-members."""
-        # tensorflow-privacy is slow to import; only audits need it.
-        from tfsafe.safety.membership import audit_membership
-
-        members, nonmembers = splits.audit_sets(size=size, seed=seed)
-        return audit_membership(self.stripped, members, nonmembers, attacks=attacks, seed=seed)
 
     def to_dict(self):
         return {"config": self.config, "train_seconds": self.train_seconds, "rounds": self.history,
