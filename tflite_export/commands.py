@@ -107,7 +107,7 @@ def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_
     Example:
         >>> export_command("model.keras", "out", modes=["int8", "float32"])  # doctest: +SKIP
     """
-    from tflite_export.convert import MODES, to_tflite
+    from tflite_export.convert import CALIBRATED_MODES, MODES, to_tflite
     from tfsafe.io import load_model
 
     modes = [modes] if isinstance(modes, str) else list(modes)
@@ -124,7 +124,7 @@ def export_command(model_path, out_dir, modes=("int8",), dataset="digits", data_
             "confidence_margin": confidence_margin}
     results, failures = [], {}
     jobs = [(mode, lambda mode=mode: to_tflite(
-        model, os.path.join(out_dir, f"{stem}_{mode}.tflite"), mode, x_train if mode == "int8" else None,
+        model, os.path.join(out_dir, f"{stem}_{mode}.tflite"), mode, x_train if mode in CALIBRATED_MODES else None,
         num_calibration_samples=calibration_samples, integer_io=integer_io, verify=checked, labels=labels,
         normalization=normalization, **rule))
         for mode in modes]

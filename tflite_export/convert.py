@@ -41,9 +41,11 @@ from tfsafe.io import atomic_path, atomic_write_json
 from tfsafe.models import output_kind
 from tfsafe.validation import check_features, check_labels, check_model, model_num_classes
 
-__all__ = ["MODES", "ExportResult", "to_tflite", "gzip_size"]
+__all__ = ["MODES", "CALIBRATED_MODES", "ExportResult", "to_tflite", "gzip_size"]
 
 MODES = ("int8", "dynamic", "float16", "float32") + low_bit.MODES
+# Modes with int8 activations: their ranges are measured on representative data.
+CALIBRATED_MODES = ("int8",) + low_bit.MODES
 # Weight sparsity from which sparsity="auto" tries TFLite's sparse encoding.
 
 
@@ -204,17 +206,17 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
     labels = check_labels_list(labels, model_num_classes(plain))
     normalization = check_normalization(normalization)
     loops = loop_recurrent_layers(plain)
-    if mode == "int8" and loops:
+    if mode in CALIBRATED_MODES and loops:
         raise UnsupportedModelError(
-            f"Layer '{loops[0]}' is a recurrent loop over a free number of time steps, which int8 "
+            f"Layer '{loops[0]}' is a recurrent loop over a free number of time steps, which {mode} "
             "calibration cannot run. Give the Input a fixed sequence length (it is then unrolled), "
             "or export with mode='dynamic'."
         )
     converted = unroll_recurrent(plain)
     calibration = None
-    if mode == "int8" or mode in low_bit.MODES:
+    if mode in CALIBRATED_MODES:
         calibration = calibration_array(representative_data, input_shape_of(plain), num_calibration_samples,
-                                        dtype=plain.inputs[0].dtype.as_numpy_dtype)
+                                        dtype=plain.inputs[0].dtype.as_numpy_dtype, mode=mode)
     checked = check_verify(verify, plain)
 
     low = None
@@ -225,7 +227,7 @@ def to_tflite(model, path, mode="int8", representative_data=None, *, num_calibra
         model_bytes, keras_model, sparsity = low.model_bytes, low.reference, False
     else:
         model_bytes = convert_keras(converted, mode, calibration, integer_io)
-    if (mode == "int8" or low is not None) and not allow_float_ops:
+    if mode in CALIBRATED_MODES and not allow_float_ops:
         _check_integer_only(model_bytes, {layer.name for layer in plain.layers})
     model_bytes, sparsity_info = try_sparse_encoding(converted, mode, calibration, integer_io, model_bytes, sparsity,
                                                None if checked is None else checked[0])

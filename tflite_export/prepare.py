@@ -168,7 +168,8 @@ def _check_dtype(arr, name, dtype=np.float32):
         )
 
 
-def calibration_array(data, input_shape, max_samples=500, name="representative_data", seed=0, dtype=np.float32):
+def calibration_array(data, input_shape, max_samples=500, name="representative_data", seed=0, dtype=np.float32,
+                      mode="int8"):
     """Representative inputs as an array ``(n, *input_shape)`` of the model's input dtype, at most
     ``max_samples``.
 
@@ -182,13 +183,14 @@ def calibration_array(data, input_shape, max_samples=500, name="representative_d
         seed: seed of the subsampling.
         dtype: the model's input dtype: float32, or int32 / int64 for ids (integer-valued
             data is accepted and cast).
+        mode: the export mode that needs the data (named in the error).
 
     Raises:
         InputError: missing data, integer or non-numeric dtype, wrong shape, NaN/inf.
     """
     if data is None:
         raise InputError(
-            f"mode='int8' needs {name}: pass a few hundred training inputs (e.g. x_train[:500]) "
+            f"mode='{mode}' needs {name}: pass a few hundred training inputs (e.g. x_train[:500]) "
             "so the converter can measure activation ranges."
         )
     if isinstance(data, tf.data.Dataset):

@@ -25,6 +25,14 @@ def test_export_command_writes_files_and_prints_a_table(trained_cnn, tmp_path):
         export_command(model_path, tmp_path / "out", modes=["int3"])
 
 
+def test_export_command_calibrates_the_low_bit_modes_too(trained_cnn, tmp_path):
+    # int4 / learned write int8 activations: they need the calibration data as int8 does.
+    model_path = save_model(trained_cnn, tmp_path / "cnn.keras")
+    (result,) = export_command(model_path, tmp_path / "out", modes=["int4"], calibration_samples=100,
+                               print_fn=lambda _: None)
+    assert result.mode == "int4" and os.path.isfile(result.path) and result.parity.passed
+
+
 def test_bench_command_host(int8_tflite, tmp_path):
     import shutil
 

@@ -33,8 +33,10 @@ def test_calibration_array_from_arrays_datasets_and_generators(digits):
 
 def test_calibration_array_rejects_bad_data(digits):
     (x, _), _ = digits
-    with pytest.raises(InputError, match="needs representative_data"):
+    with pytest.raises(InputError, match="mode='int8' needs representative_data"):
         calibration_array(None, SHAPE)
+    with pytest.raises(InputError, match="mode='int4' needs representative_data"):
+        calibration_array(None, SHAPE, mode="int4")
     with pytest.raises(InputError, match=r"per-example shape \(8, 8, 3\)"):
         calibration_array(np.repeat(x, 3, axis=-1), SHAPE)
     with pytest.raises(InputError, match="dtype int64"):
