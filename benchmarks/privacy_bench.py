@@ -20,9 +20,18 @@ Rows: ``dense``; ``tfmot`` (TF-MOT pruning to ``--sparsity``, ``baseline`` metho
 ``mia_safecompress`` (``safecompress``, simulated attacker in the TM-score);
 ``tfmot_early`` (``baseline`` with ``max_steps`` = the step count of the state MIA-SafeCompress
 kept, so the gain from selection and the gain from stopping early are told apart);
+``mia_safecompress_bounded`` (``max_accuracy_drop=--max_accuracy_drop``: the safest state
+within one point of its best validation accuracy);
 ``safecompress_mia_pgd`` (the TM-score also weighs PGD accuracy: one selection score over two
 threats); ``dp_sgd_s{sigma}`` (``dp_sgd`` from scratch at two noise multipliers);
-``dp_prune`` (``dp_sgd`` at the lower noise + TF-MOT pruning with the DP optimizer).
+``dp_prune`` (``dp_sgd`` at the lower noise + TF-MOT pruning with the DP optimizer). With
+``--relax_alpha``: ``tfmot_relax`` and ``safecompress_relax`` (both trained with
+:class:`~tfsafe.objectives.RelaxLoss` at that level) and ``tfmot_relax_early`` (when the latter
+kept an early state). ``--rows`` runs a subset of the pruning rows.
+
+SafeCompress's rounds spend ``K = 3`` batches per accepted step, so it gets
+``--safecompress_epochs`` (default :func:`matched_epochs`: as many accepted training steps as
+TF-MOT's ``--compress_epochs``); the ``steps`` column counts accepted steps.
 
 Columns: test accuracy; LiRA worst AUC and TPR at 0.1% / 1% FPR (worst over LiRA's scores,
 from the full ROC); RMIA's (when ``tfsafe.safety.rmia`` is present); tensorflow-privacy's worst
@@ -149,26 +158,55 @@ def compress(name, model, splits, **params):
     return result, time.perf_counter() - started
 
 
+PRUNING_ROWS = ("tfmot", "mia_safecompress", "tfmot_early", "mia_safecompress_bounded", "safecompress_mia_pgd")
+RELAX_ROWS = ("tfmot_relax", "safecompress_relax", "tfmot_relax_early")
+SAFECOMPRESS_ROWS = ("mia_safecompress", "mia_safecompress_bounded", "safecompress_relax", "safecompress_mia_pgd")
+
+
+def matched_epochs(epochs, num_candidates=3, end_fraction=0.75):
+    """SafeCompress epochs that give as many accepted training steps as ``epochs`` of TF-MOT.
+
+    During the rounds (``end_fraction`` of the accepted steps) every accepted step costs
+    ``num_candidates`` batches, so the fit needs ``epochs * (K * f + 1 - f)`` epochs.
+
+    Example:
+        >>> matched_epochs(15)
+        38
+    """
+    return int(np.ceil(epochs * (num_candidates * end_fraction + 1.0 - end_fraction)))
+
+
 def _pruning_rows(dense, splits, pool, is_member, ref_dir, args):
-    """TF-MOT pruning (full and stopped at MIA-SafeCompress's kept step) and the SafeCompress rows."""
-    rows = []
+    """TF-MOT pruning (full and stopped at MIA-SafeCompress's kept step), the SafeCompress rows
+    and, with ``--relax_alpha``, both methods trained with RelaxLoss (``--rows`` picks a subset)."""
+    rows, wanted = [], set(args.rows or PRUNING_ROWS + (RELAX_ROWS if args.relax_alpha else ()))
+
+    def add(row, method, **params):
+        if row not in wanted:
+            return None
+        result, seconds = compress(method, dense, splits, **params)
+        extra = ({"steps": result.info.get("steps"), "seconds": seconds} if method == "baseline"
+                 else _selection_columns(result.selection, seconds))
+        if params.get("relax_alpha"):
+            extra["relax_alpha"] = params["relax_alpha"]
+        rows.append(evaluate(row, result.stripped, splits, pool, is_member, ref_dir, args, extra))
+        return result
+
     prune = {"target_sparsity": args.sparsity, "epochs": args.compress_epochs, "batch_size": args.batch_size}
-    result, seconds = compress("baseline", dense, splits, **prune)
-    rows.append(evaluate("tfmot", result.stripped, splits, pool, is_member, ref_dir, args,
-                         {"steps": result.info.get("steps"), "seconds": seconds}))
-    sc = {**prune, "update_every": args.update_every, "attack_size": args.attack_size, "attack_epochs": 5}
-    result, seconds = compress("safecompress", dense, splits, **sc)
-    selection = result.selection
-    rows.append(evaluate("mia_safecompress", result.stripped, splits, pool, is_member, ref_dir, args,
-                         _selection_columns(selection, seconds)))
-    kept_step = selection.get("kept_step")
-    result, seconds = compress("baseline", dense, splits, **prune, max_steps=kept_step)
-    rows.append(evaluate("tfmot_early", result.stripped, splits, pool, is_member, ref_dir, args,
-                         {"steps": result.info.get("steps"), "seconds": seconds}))
-    pgd = PGDTest(args.pgd_eps, steps=5)
-    result, seconds = compress("safecompress", dense, splits, **sc, tests=[(pgd, args.pgd_weight)])
-    rows.append(evaluate("safecompress_mia_pgd", result.stripped, splits, pool, is_member, ref_dir, args,
-                         _selection_columns(result.selection, seconds)))
+    sc = {**prune, "epochs": args.safecompress_epochs, "update_every": args.update_every,
+          "attack_size": args.attack_size, "attack_epochs": 5}
+    add("tfmot", "baseline", **prune)
+    kept = add("mia_safecompress", "safecompress", **sc)
+    if kept is not None:
+        add("tfmot_early", "baseline", **prune, max_steps=kept.selection.get("kept_step"))
+    add("mia_safecompress_bounded", "safecompress", **sc, max_accuracy_drop=args.max_accuracy_drop)
+    add("safecompress_mia_pgd", "safecompress", **sc, tests=[(PGDTest(args.pgd_eps, steps=5), args.pgd_weight)])
+    if args.relax_alpha:
+        relax = {"relax_alpha": args.relax_alpha}
+        add("tfmot_relax", "baseline", **prune, **relax)
+        kept = add("safecompress_relax", "safecompress", **sc, **relax)
+        if kept is not None and kept.selection.get("early"):
+            add("tfmot_relax_early", "baseline", **prune, **relax, max_steps=kept.selection.get("kept_step"))
     return rows
 
 
@@ -278,9 +316,9 @@ def report_from_log(path, args):
 def targets(report, max_drop=0.01):
     """The issue's two targets, checked on the rows of one run (plain data for the JSON and the table).
 
-    1. MIA-SafeCompress at the target sparsity: LiRA TPR@1%FPR <= 0.5x TF-MOT pruning's, at
-       <= ``max_drop`` lower test accuracy.
-    2. SafeCompress (either row) beats or matches DP-SGD's LiRA TPR@1%FPR at equal test accuracy
+    1. MIA-SafeCompress at the target sparsity (each of its rows but the MIA + PGD one): LiRA
+       TPR@1%FPR <= 0.5x TF-MOT pruning's, at <= ``max_drop`` lower test accuracy.
+    2. SafeCompress (each row) beats or matches DP-SGD's LiRA TPR@1%FPR at equal test accuracy
        (within ``max_drop``); without a DP row of equal accuracy the target cannot be checked.
 
     Returns:
@@ -288,18 +326,22 @@ def targets(report, max_drop=0.01):
     """
     rows = {r["row"]: r for r in report["rows"]}
     out = []
-    sc, tfmot = rows.get("mia_safecompress"), rows.get("tfmot")
-    if sc and tfmot:
+    tfmot = rows.get("tfmot")
+    for name in SAFECOMPRESS_ROWS:
+        sc = rows.get(name)
+        if not (sc and tfmot) or name == "safecompress_mia_pgd":
+            continue
         ratio = sc["lira_tpr_at_1pct_fpr"] / max(tfmot["lira_tpr_at_1pct_fpr"], 1e-12)
         drop = tfmot["test_accuracy"] - sc["test_accuracy"]
         met = ratio <= 0.5 and drop <= max_drop
-        out.append({"target": "safecompress_vs_tfmot", "met": bool(met), "ratio": ratio, "accuracy_drop": drop,
-                    "text": f"MIA-SafeCompress TPR@1%FPR {sc['lira_tpr_at_1pct_fpr']:.3f} vs TF-MOT "
+        out.append({"target": "safecompress_vs_tfmot" if name == "mia_safecompress" else f"{name}_vs_tfmot",
+                    "met": bool(met), "ratio": ratio, "accuracy_drop": drop,
+                    "text": f"{name} TPR@1%FPR {sc['lira_tpr_at_1pct_fpr']:.3f} vs TF-MOT "
                             f"{tfmot['lira_tpr_at_1pct_fpr']:.3f} ({ratio:.2f}x, target <= 0.5x) at "
                             f"{-drop * 100:+.1f} points accuracy (target >= -{max_drop * 100:.0f}): "
                             f"{'met' if met else 'NOT met'}"})
     dp_rows = [r for r in report["rows"] if r.get("epsilon") is not None and r["row"].startswith("dp_sgd")]
-    for name in ("mia_safecompress", "safecompress_mia_pgd"):
+    for name in SAFECOMPRESS_ROWS:
         if name not in rows:
             continue
         mine = rows[name]
@@ -399,6 +441,9 @@ def main(argv=None):
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--compress_epochs", type=int, default=None)
     p.add_argument("--update_every", type=int, default=10)
+    p.add_argument("--safecompress_epochs", type=int, default=None,
+                   help="SafeCompress's epochs (default: as many accepted training steps as TF-MOT's "
+                        "--compress_epochs; its rounds spend 3 batches per accepted step)")
     p.add_argument("--attack_size", type=int, default=200)
     p.add_argument("--pgd_eps", type=float, default=None, help="default: 0.1 (tabular), 8/255 (cifar10)")
     p.add_argument("--pgd_weight", type=float, default=0.5)
@@ -411,6 +456,13 @@ def main(argv=None):
                    help="LiRA query augmentations (flip: images also queried flipped, Carlini et al. 2022)")
     p.add_argument("--dp_optimizer", choices=("adam", "sgd"), default="adam",
                    help="DP-SGD's optimizer (sgd: DPKerasSGDOptimizer, as in Abadi et al. 2016)")
+    p.add_argument("--max_accuracy_drop", type=float, default=0.01,
+                   help="the mia_safecompress_bounded row keeps the safest state within this much of its best "
+                        "validation accuracy")
+    p.add_argument("--relax_alpha", type=float, default=None, help="also the RelaxLoss rows (TF-MOT and "
+                   "SafeCompress trained with RelaxLoss at this loss level, nats)")
+    p.add_argument("--rows", default=None, type=lambda v: v.split(","),
+                   help="comma-separated pruning rows to run (default all): " + ",".join(PRUNING_ROWS + RELAX_ROWS))
     p.add_argument("--only_dp", action="store_true", help="dense and the DP rows only (no pruning rows)")
     p.add_argument("--ref_dir", default=None, help="LiRA reference models' folder (default: under --out); "
                    "reuse a run's folder to skip training them again")
@@ -452,6 +504,8 @@ def main(argv=None):
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.safecompress_epochs is None:
+        args.safecompress_epochs = matched_epochs(args.compress_epochs)
     args.validation = args.test = args.reference = max(100, (args.pool - 2 * args.members) // 3)
     if args.small:
         args.update_every, args.attack_size = 5, 100

@@ -73,6 +73,27 @@ def trained_cnn(digits):
 
 
 @pytest.fixture(scope="session")
+def memorizer():
+    """``(model, splits)``: an MLP that has memorized 256 random labels (the members), the
+    membership defences' test case (only memorization lowers the members' loss)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(320, 20)).astype("float32")
+    y = rng.integers(0, 4, 320)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(4)])
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:256], y[:256], epochs=40, batch_size=64, verbose=0)
+    return model, tfsafe.MembershipSplits.from_arrays(train=(x[:256], y[:256]), test=(x[256:], y[256:]),
+                                                      validation=(x[256:], y[256:]))
+
+
+def member_loss(model, splits):
+    """Mean cross-entropy of ``model`` (logits) on the members of ``splits``."""
+    x, y = splits.train
+    return float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x)))
+
+
+@pytest.fixture(scope="session")
 def int8_tflite(trained_cnn, digits, tmp_path_factory):
     """``trained_cnn`` exported to a full-integer int8 ``.tflite`` (verified on the digits test
     split): the :class:`tflite_export.ExportResult`; the file is at ``.path``. Do not modify."""

@@ -6,6 +6,7 @@ import pytest
 from tfsafe._keras import keras, tf
 from tfsafe.objectives import (
     EntropyRegularizedLoss,
+    RelaxLoss,
     adversarial_regularization,
     entropy_regularized_loss,
     membership_attack_loss,
@@ -81,3 +82,55 @@ def test_adversarial_regularization_sign_hides_members(form):
     assert member_probability() < start
     with pytest.raises(ValueError):
         adversarial_regularization(scores, form="inverted")
+
+
+def test_relax_loss_is_the_ordinary_loss_above_alpha_and_alternates_below():
+    rng = np.random.default_rng(1)
+    logits = (rng.normal(size=(6, 4)) * 3).astype(np.float32)
+    labels = np.argmax(logits, axis=1)
+    labels[:2] = (labels[:2] + 1) % 4  # two misclassified examples
+    ce, h = _numpy_ce_entropy(labels, logits)
+    high = RelaxLoss(alpha=float(ce.mean()) - 0.01, entropy_weight=0.1)
+    assert float(high(labels, logits)) == pytest.approx(np.mean(ce - 0.1 * h), rel=1e-5)
+    low = RelaxLoss(alpha=float(ce.mean()) + 1.0)
+    assert float(low(labels, logits)) == pytest.approx(-np.mean(ce), rel=1e-5)  # gradient ascent
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p_true = p[np.arange(6), labels]
+    target = np.tile(((1 - p_true) / 3)[:, None], (1, 4))
+    target[np.arange(6), labels] = p_true
+    target[:2] = np.eye(4)[labels[:2]]  # misclassified examples keep their one-hot target
+    flattened = -(target * np.log(p)).sum(axis=1).mean()
+    assert float(low(labels, logits)) == pytest.approx(flattened, rel=1e-5)  # posterior flattening
+    assert float(low(labels, logits)) == pytest.approx(-np.mean(ce), rel=1e-5)
+    again = keras.losses.deserialize(keras.losses.serialize(high))
+    assert isinstance(again, RelaxLoss) and again.alpha == high.alpha and again.entropy_weight == 0.1
+
+
+def test_relax_loss_flattening_evens_out_the_other_classes():
+    logits = tf.Variable([[3.0, 1.0, -1.0]])
+    loss = RelaxLoss(alpha=10.0)
+    loss([0], logits)  # the ascent step; the next call flattens
+    with tf.GradientTape() as tape:
+        value = loss([0], logits)
+    step = -tape.gradient(value, logits).numpy()[0]
+    assert step[2] > 0 > step[1]  # the non-true classes move toward each other
+
+
+def test_relax_loss_keeps_the_training_loss_near_alpha():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 256)  # random labels: only memorization lowers the loss
+
+    def train(loss):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.layers.Input((20,)), keras.layers.Dense(128, activation="relu"),
+                                  keras.layers.Dense(4)])
+        model.compile(keras.optimizers.Adam(1e-2), loss=loss)
+        model.fit(x, y, epochs=40, batch_size=64, verbose=0)
+        return float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x)))
+
+    plain = train(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    relaxed = train(RelaxLoss(alpha=0.8))
+    assert plain < 0.3  # the plain model memorizes the random labels
+    assert 0.5 < relaxed < 1.1

@@ -7,6 +7,8 @@ import os
 import pytest
 from matplotlib import image
 
+from tfsafe.methods.safecompress import SafeCompress
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,7 +47,10 @@ def test_targets_are_checked_from_the_rows(bench):
     assert {t["target"]: t for t in bench.targets(_report(rows))}["safecompress_vs_tfmot"]["met"] is False
     md = bench.to_markdown(_report(rows))
     assert "| dp_sgd_s0.7 | 0.705 |" in md and "| 9.10 |" in md
-    assert "- target: MIA-SafeCompress TPR@1%FPR 0.180 vs TF-MOT 0.400 (0.45x, target <= 0.5x) at -2.0 points" in md
+    assert "- target: mia_safecompress TPR@1%FPR 0.180 vs TF-MOT 0.400 (0.45x, target <= 0.5x) at -2.0 points" in md
+    rows.append(_row("mia_safecompress_bounded", 0.792, 0.30))  # within 1 point, but 0.75x
+    bounded = {t["target"]: t for t in bench.targets(_report(rows))}["mia_safecompress_bounded_vs_tfmot"]
+    assert bounded["met"] is False and bounded["ratio"] == pytest.approx(0.75)
 
 
 def test_plot_is_rendered_from_the_json(bench, tmp_path):
@@ -71,3 +76,13 @@ def test_an_interrupted_run_is_reported_from_its_log_as_partial(bench, tmp_path)
     md = (tmp_path / "privacy_tabular_partial.md").read_text()
     assert "8 LiRA reference models" in md
     assert "- partial run: only the 2 rows it finished (rows printed to run.log)" in md
+
+
+@pytest.mark.parametrize("epochs", [8, 15, 20])
+def test_safecompress_gets_as_many_accepted_steps_as_tfmot(bench, epochs):
+    steps_per_epoch = 24
+    method = SafeCompress(epochs=bench.matched_epochs(epochs))
+    batches = method.epochs * steps_per_epoch
+    end = method._end_step(batches)  # accepted steps while rounds run, each costing K batches
+    accepted = end + batches - method.num_candidates * end
+    assert abs(accepted - epochs * steps_per_epoch) <= steps_per_epoch

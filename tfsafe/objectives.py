@@ -8,7 +8,7 @@ from tfsafe.compress.bit_layers import bit_size_terms
 
 __all__ = ["entropy", "softmax_cross_entropy", "admm_penalty",
            "distillation_loss", "attention_map", "attention_transfer_loss",
-           "entropy_regularized_loss", "EntropyRegularizedLoss", "membership_attack_loss",
+           "entropy_regularized_loss", "EntropyRegularizedLoss", "RelaxLoss", "membership_attack_loss",
            "adversarial_regularization", "size_penalty", "safety_loss", "weighted_mean",
            "weighted_softmax_cross_entropy"]
 
@@ -130,6 +130,65 @@ class EntropyRegularizedLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update({"weight": self.weight, "from_logits": self.from_logits})
+        return config
+
+
+@keras.utils.register_keras_serializable(package="tfsafe")
+class RelaxLoss(keras.losses.Loss):
+    """RelaxLoss (Chen, Yu and Fritz, ICLR 2022): keep the members' loss near a level ``alpha``.
+
+    Membership attacks read how much lower the loss is on members than on non-members. While
+    the batch's mean cross-entropy ``L`` is at or above ``alpha`` this is the ordinary loss
+    (``CE - entropy_weight * H(p)``, MIA-SafeCompress's task loss). Below ``alpha`` it
+    alternates, batch by batch, between the paper's two steps: gradient *ascent* on the
+    cross-entropy (``-CE``), and *posterior flattening*: on the correctly classified examples
+    the target keeps the predicted true-class probability and spreads the rest evenly over the
+    other classes (misclassified examples keep their one-hot target). ``alpha`` near the
+    validation loss makes members' losses look like non-members'.
+
+    Args:
+        alpha: the loss level, in nats (> 0).
+        entropy_weight: ``w`` of the ``- w * H(p)`` term added in the ordinary step.
+        from_logits: whether ``y_pred`` are logits (tfsafe's convention) or probabilities.
+        **kwargs: ``keras.losses.Loss`` arguments (``name``, ``reduction``).
+
+    Inputs: integer labels of shape ``(batch,)`` or ``(batch, 1)`` and logits ``(batch, classes)``;
+    returns the per-example loss ``(batch,)`` (float32).
+
+    Example:
+        >>> loss = RelaxLoss(alpha=1.0)
+        >>> float(loss([0, 1], [[0.0, 0.0], [0.0, 0.0]])) > 0  # CE = log 2 < 1.0: an ascent step
+        False
+    """
+
+    def __init__(self, alpha=1.0, entropy_weight=0.0, from_logits=True, name="relax_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.alpha = alpha
+        self.entropy_weight = entropy_weight
+        self.from_logits = from_logits
+        self._calls = tf.Variable(0, trainable=False, dtype=tf.int64)
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.convert_to_tensor(y_pred, tf.float32)
+        logits = y_pred if self.from_logits else tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        log_p = tf.nn.log_softmax(logits)
+        ordinary = cross_entropy + self.entropy_weight * tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1)
+        classes = tf.shape(logits)[-1]
+        one_hot = tf.one_hot(labels, classes)
+        p_true = tf.stop_gradient(tf.reduce_sum(tf.exp(log_p) * one_hot, axis=-1, keepdims=True))
+        spread = (1.0 - p_true) / tf.cast(tf.maximum(classes - 1, 1), tf.float32)
+        flat = one_hot * p_true + (1.0 - one_hot) * spread
+        correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)[:, None]
+        flattened = -tf.reduce_sum(tf.where(correct, flat, one_hot) * log_p, axis=-1)
+        step = self._calls.assign_add(1)
+        relaxed = tf.where(tf.equal(step % 2, 1), -cross_entropy, flattened)
+        return tf.where(tf.reduce_mean(cross_entropy) >= self.alpha, ordinary, relaxed)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"alpha": self.alpha, "entropy_weight": self.entropy_weight, "from_logits": self.from_logits})
         return config
 
 

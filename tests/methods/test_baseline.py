@@ -1,9 +1,13 @@
-"""The TF-MOT baseline prunes what TF-MOT can prune and keeps the rest (a user's Rescaling layer)."""
+"""The TF-MOT baseline prunes what TF-MOT can prune and keeps the rest (a user's Rescaling layer),
+with RelaxLoss when asked."""
 
 import numpy as np
+import pytest
+from conftest import member_loss
 
 import tfsafe.methods
 from tfsafe._keras import keras
+from tfsafe.errors import InputError
 from tfsafe.splits import MembershipSplits
 
 
@@ -21,3 +25,26 @@ def test_baseline_prunes_a_model_with_its_own_rescaling_layer():
     assert "Rescaling" in kinds
     kernels = [layer.kernel.numpy() for layer in result.stripped.layers if hasattr(layer, "kernel")]
     assert all(abs((k == 0).mean() - 0.5) < 0.05 for k in kernels)
+
+
+def test_relax_alpha_keeps_the_members_loss_near_alpha(memorizer):
+    dense, splits = memorizer
+    losses = {}
+    for alpha in (None, 1.0):
+        keras.utils.set_random_seed(0)
+        method = tfsafe.methods.get("baseline", target_sparsity=0.5, epochs=15, batch_size=64, learning_rate=1e-2,
+                                    relax_alpha=alpha)
+        losses[alpha] = member_loss(method.compress(dense, splits, verbose=0).stripped, splits)
+    assert losses[None] < 0.3  # plain fine-tuning re-memorizes the members
+    assert 0.6 < losses[1.0] < 1.3
+
+
+def test_relax_alpha_refuses_a_one_unit_head():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 2, 64)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(1, activation="sigmoid")])
+    splits = MembershipSplits.from_arrays(train=(x[:48], y[:48]), test=(x[48:], y[48:]))
+    with pytest.raises(InputError, match="relax_alpha needs a multi-class head"):
+        tfsafe.methods.get("baseline", epochs=1, relax_alpha=1.0).compress(model, splits, verbose=0)
+    with pytest.raises(InputError, match="relax_alpha must be > 0"):
+        tfsafe.methods.get("baseline", relax_alpha=0)

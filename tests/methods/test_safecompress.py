@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import clone, compile_classifier
+from conftest import clone, compile_classifier, member_loss
 
 from tfsafe._keras import keras
 from tfsafe.compress.dynamic_sparsity import read_masks, read_weights
@@ -30,13 +30,14 @@ def test_tm_score_formula():
 class _RecordingTests:
     """A safety test whose scores are fixed in advance; it records each candidate's state."""
 
-    def __init__(self, model, scores):
+    def __init__(self, model, scores, accuracies=None):
         self.model, self.scores, self.seen, self.accepted = model, list(scores), [], []
+        self.accuracies = list(accuracies or [0.0] * len(self.scores))
 
     def __call__(self, model):
         wrappers = prunable_wrappers(self.model)
         self.seen.append((read_masks(wrappers), read_weights(wrappers)))
-        return {"val_accuracy": 0.0, "tm_score": self.scores[len(self.seen) - 1]}
+        return {"val_accuracy": self.accuracies[len(self.seen) - 1], "tm_score": self.scores[len(self.seen) - 1]}
 
     def accept(self, index):
         self.accepted.append(index)
@@ -68,6 +69,23 @@ def test_selection_keeps_the_best_candidate_state(trained_cnn, digits):
         np.testing.assert_allclose(layer.pruned_weights[0].numpy() * mask, weight)
     assert int(model.optimizer.iterations.numpy()) == 4 + 4 + 4
     json.dumps(selection.history)
+
+
+@pytest.mark.parametrize("max_accuracy_drop, kept", [(None, 0), (0.02, 2), (0.0, "final")])
+def test_max_accuracy_drop_keeps_the_safest_state_near_the_best_accuracy(trained_cnn, digits, max_accuracy_drop,
+                                                                         kept):
+    (x, y), _ = digits
+    model = compile_classifier(prune_safe(clone(trained_cnn), 0.9), lr=1e-3)
+    # Three one-candidate rounds, then the final state: safer (higher TM) early, more accurate late.
+    tests = _RecordingTests(model, [0.40, 0.30, 0.20, 0.10], accuracies=[0.50, 0.70, 0.80, 0.81])
+    selection = CandidateSelection(tests, num_candidates=1, update_every=4, end_step=13, seed=0,
+                                   max_accuracy_drop=max_accuracy_drop)
+    model.fit(x[:32 * 24], y[:32 * 24], epochs=1, batch_size=32, verbose=0, callbacks=[selection])
+    assert len(selection.history) == 3 and selection.final["kept"] == kept
+    if kept == 2:
+        assert selection.final["accuracy_floor"] == pytest.approx(0.79)
+        for mask, layer in zip(tests.seen[2][0], prunable_wrappers(model)):
+            np.testing.assert_array_equal(layer.masks[0].numpy(), mask)
 
 
 def test_safecompress_on_digits_with_audit_and_resume(trained_cnn, digits_splits, tmp_path):
@@ -158,3 +176,16 @@ def test_bad_input(digits_splits, trained_cnn):
                               test=digits_splits.test, reference=digits_splits.reference, indices={})
     with pytest.raises(InputError, match="shape"):
         SafeCompress().fit(trained_cnn, bad, epochs=1)
+
+
+def test_relax_alpha_keeps_the_members_loss_near_alpha(memorizer):
+    dense, splits = memorizer
+    losses = {}
+    for alpha in (None, 1.0):
+        method = SafeCompress(target_sparsity=0.5, epochs=12, batch_size=64, learning_rate=1e-2, num_candidates=1,
+                              mia_weight=0.0, entropy_weight=0.0, relax_alpha=alpha)
+        losses[alpha] = member_loss(method.compress(dense, splits, seed=0, verbose=0).stripped, splits)
+    assert losses[None] < 0.3
+    assert 0.6 < losses[1.0] < 1.3
+    with pytest.raises(InputError, match="relax_alpha must be > 0"):
+        SafeCompress(relax_alpha=-1.0)

@@ -4,8 +4,10 @@ import numpy as np
 
 from tfsafe._keras import keras, tfmot
 from tfsafe.compress.pruning import is_prunable
+from tfsafe.errors import InputError
 from tfsafe.methods.base import CompressionMethod, check_int, check_number
-from tfsafe.models import compile_classifier, copy_model
+from tfsafe.models import compile_classifier, copy_model, output_kind
+from tfsafe.objectives import RelaxLoss
 from tfsafe.validation import check_fraction, check_model
 
 __all__ = ["TFMOTPruning"]
@@ -42,6 +44,10 @@ class TFMOTPruning(CompressionMethod):
             TF-MOT pruning. The schedule then spans ``max_steps`` (the target sparsity holds
             from ``end_fraction`` of them), so the run is comparable with a method that kept
             a state after that many steps (e.g. MIA-SafeCompress's ``selection["kept_step"]``).
+        relax_alpha: ``None`` (plain cross-entropy) or the loss level of
+            :class:`~tfsafe.objectives.RelaxLoss`: TF-MOT pruning with the membership defence
+            and nothing else, which tells the loss's share of a SafeCompress gain from the
+            selection's.
 
     Example:
         >>> TFMOTPruning(target_sparsity=0.8).stages
@@ -53,13 +59,14 @@ class TFMOTPruning(CompressionMethod):
     role = "unsafe baseline"
 
     def __init__(self, target_sparsity=0.9, epochs=30, batch_size=32, learning_rate=1e-3, end_fraction=0.7,
-                 max_steps=None):
+                 max_steps=None, relax_alpha=None):
         self.target_sparsity = check_fraction(target_sparsity, "target_sparsity", 0.0, 1.0)
         self.epochs = check_int(epochs, "epochs")
         self.batch_size = check_int(batch_size, "batch_size")
         self.learning_rate = check_number(learning_rate, "learning_rate", strict=True)
         self.end_fraction = check_fraction(end_fraction, "end_fraction", 0.0, 1.0, include_high=True)
         self.max_steps = None if max_steps is None else check_int(max_steps, "max_steps")
+        self.relax_alpha = None if relax_alpha is None else check_number(relax_alpha, "relax_alpha", strict=True)
 
     def _stage_prune(self, run):
         x, y = run.train
@@ -72,8 +79,14 @@ class TFMOTPruning(CompressionMethod):
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0, final_sparsity=self.target_sparsity, begin_step=0,
             end_step=max(1, int(steps * self.end_fraction)), frequency=max(1, steps // 20))
-        pruned = _prune_supported_layers(run.models["input"], schedule)
-        history = compile_classifier(pruned, self.learning_rate).fit(
+        pruned = compile_classifier(_prune_supported_layers(run.models["input"], schedule), self.learning_rate)
+        if self.relax_alpha is not None:
+            if pruned.outputs[0].shape[-1] == 1:
+                raise InputError("relax_alpha needs a multi-class head (RelaxLoss flattens the posterior over "
+                                 "the classes); this model has one output unit. Leave relax_alpha unset.")
+            loss = RelaxLoss(self.relax_alpha, from_logits=output_kind(pruned) == "logits")
+            pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=["accuracy"])
+        history = pruned.fit(
             x, y, epochs=min(self.epochs, -(-steps // steps_per_epoch)), batch_size=self.batch_size,
             verbose=run.verbose, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *stop, *run.callbacks])
         run.models["model"] = pruned

@@ -74,7 +74,7 @@ from tfsafe.methods.safecompress_selection import (
     tm_score,
 )
 from tfsafe.metrics import model_size
-from tfsafe.objectives import EntropyRegularizedLoss
+from tfsafe.objectives import EntropyRegularizedLoss, RelaxLoss
 from tfsafe.safety.simulated_attacker import SimulatedAttacker, SimulatedAttackerTest
 from tfsafe.safety.tests import SafetyData, SafetyTest, tests_from_config
 from tfsafe.validation import check_fraction, model_num_classes
@@ -140,6 +140,12 @@ class SafeCompress(CompressionMethod):
         restore_best: return the state (round winner or final) with the best TM-score.
         granularity: ``"weight"`` (unstructured masks) or ``"channel"`` (whole output channels,
             passed to ``prune_safe``).
+        relax_alpha: ``None`` (the loss ``CE - w * H(p)``) or the loss level of
+            :class:`~tfsafe.objectives.RelaxLoss` (nats): below it training alternates gradient
+            ascent and posterior flattening, so the members' loss stays near non-members'.
+        max_accuracy_drop: ``None`` (keep the best TM-score) or keep the safest state (highest
+            TM-score) whose validation accuracy is within this fraction of the best state's
+            (0.01 = one point): the privacy you get at the accuracy you keep.
         **legacy: ``seed``, ``verbose`` and ``safety_tests`` of the 0.x constructor (deprecated:
             pass ``seed`` / ``verbose`` to :meth:`compress` and the tests as ``tests``).
 
@@ -153,7 +159,8 @@ class SafeCompress(CompressionMethod):
     def __init__(self, target_sparsity=0.9, epochs=30, batch_size=32, learning_rate=1e-3, init="erk",
                  mask_init="magnitude", num_candidates=3, update_every=10, drop_fraction=0.5, end_fraction=0.75,
                  grow="random", scope="layer", entropy_weight=0.1, mia_weight=1.0, tests=(), adversarial_weight=0.0,
-                 attack_size=200, attack_epochs=5, restore_best=True, granularity="weight", **legacy):
+                 attack_size=200, attack_epochs=5, restore_best=True, granularity="weight", relax_alpha=None,
+                 max_accuracy_drop=None, **legacy):
         unknown = sorted(set(legacy) - {"seed", "verbose", "safety_tests"})
         if unknown:
             raise InputError(f"Unknown SafeCompress argument(s): {', '.join(unknown)}.")
@@ -179,6 +186,9 @@ class SafeCompress(CompressionMethod):
         self.attack_epochs = check_int(attack_epochs, "attack_epochs")
         self.restore_best = bool(restore_best)
         self.granularity = check_choice(granularity, "granularity", GRANULARITIES)
+        self.relax_alpha = None if relax_alpha is None else check_number(relax_alpha, "relax_alpha", strict=True)
+        self.max_accuracy_drop = (None if max_accuracy_drop is None
+                                  else check_fraction(max_accuracy_drop, "max_accuracy_drop", 0.0, 1.0, True))
         self._tests = self._pairs(list(tests_from_config(tests)) + list(legacy.get("safety_tests", ())))
         self.tests = [pair for pair in self._tests if isinstance(pair[0], SafetyTest)]
         self._seed, self._verbose = legacy.get("seed"), legacy.get("verbose")
@@ -241,15 +251,16 @@ class SafeCompress(CompressionMethod):
         if self.adversarial_weight > 0:
             trained = AdversarialRegularization(model, reference, self.adversarial_weight)
         if trained.optimizer is None or trained is not model or not resuming:
-            trained.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                            loss=EntropyRegularizedLoss(self.entropy_weight), metrics=["accuracy"])
+            loss = (EntropyRegularizedLoss(self.entropy_weight) if self.relax_alpha is None
+                    else RelaxLoss(self.relax_alpha, entropy_weight=self.entropy_weight))
+            trained.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=loss, metrics=["accuracy"])
         checkpoint = _round_saver(rounds_dir, attacker) if rounds_dir else None
         selection = CandidateSelection(
             tests, num_candidates=self.num_candidates, update_every=self.update_every,
             drop_fraction=self.drop_fraction, end_fraction=self.end_fraction, grow=self.grow, scope=self.scope,
             grad_data=(x[:256], y[:256]), checkpoint=checkpoint, seed=run.seed,
             end_step=self._end_step(steps_per_epoch * self.epochs), target_model=model, initial_step=initial_step,
-            restore_best=self.restore_best, verbose=int(run.verbose > 0))
+            restore_best=self.restore_best, max_accuracy_drop=self.max_accuracy_drop, verbose=int(run.verbose > 0))
         selection.history = list(history)
         selection.batches = initial_epoch * steps_per_epoch
         start = time.perf_counter()
@@ -333,11 +344,13 @@ def _kept_steps(kept, selection):
     the comparison that tells the gain from selection apart from the gain from stopping early.
     """
     total = int(selection.step)
+    floor = (selection.final or {}).get("accuracy_floor")
+    bound = {} if floor is None else {"accuracy_floor": floor}
     if kept == "final":
-        return {"kept_round": None, "kept_step": total, "total_steps": total, "early_state": False,
+        return {**bound, "kept_round": None, "kept_step": total, "total_steps": total, "early_state": False,
                 "note": f"kept the final state ({total} training steps)"}
     r = selection.history[int(kept)]
     step = int(r["step"] + r["candidates"][r["selected"]]["trial_steps"])
-    return {"kept_round": int(kept), "kept_step": step, "total_steps": total, "early_state": True,
+    return {**bound, "kept_round": int(kept), "kept_step": step, "total_steps": total, "early_state": True,
             "note": f"kept round {kept}'s winner, an early state after {step} of {total} training steps"}
 

@@ -167,6 +167,10 @@ class CandidateSelection(keras.callbacks.Callback):
         restore_best: at the end of ``fit``, also test the final state and keep whichever of it
             and the round winners has the highest TM-score (model selection on validation and
             reference data only).
+        max_accuracy_drop: ``None``, or with ``restore_best`` keep the state with the highest
+            TM-score among those whose validation accuracy is within this much (a fraction, 0.01
+            = one point) of the best validation accuracy of any round winner or the final
+            state: the safest state at (almost) the best accuracy, instead of the best trade-off.
         initial_step: accepted steps already done (resume); default the optimizer's iterations.
         seed: seeds the candidate draws.
 
@@ -179,7 +183,8 @@ class CandidateSelection(keras.callbacks.Callback):
 
     def __init__(self, tests, num_candidates=3, update_every=50, drop_fraction=0.5, end_step=None,
                  end_fraction=0.75, grow="random", scope="layer", grad_data=None, checkpoint=None,
-                 target_model=None, initial_step=None, restore_best=True, seed=0, verbose=0):
+                 target_model=None, initial_step=None, restore_best=True, max_accuracy_drop=None, seed=0,
+                 verbose=0):
         super().__init__()
         if int(num_candidates) < 1:
             raise InputError(f"num_candidates must be >= 1, got {num_candidates}.")
@@ -196,8 +201,10 @@ class CandidateSelection(keras.callbacks.Callback):
         self.grow, self.scope, self.grad_data = grow, scope, grad_data
         self.checkpoint, self.seed, self.verbose = checkpoint, seed, verbose
         self.target_model, self.initial_step, self.restore_best = target_model, initial_step, restore_best
+        self.max_accuracy_drop = (None if max_accuracy_drop is None
+                                  else check_fraction(max_accuracy_drop, "max_accuracy_drop", 0.0, 1.0, True))
         self.final = None
-        self._best = None
+        self._states = []
         self.history = []
         self.batches = 0
         self._round = None
@@ -231,17 +238,37 @@ class CandidateSelection(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._round is not None:  # the fit ended mid-round: test what was trained and choose
             self._finish_candidate(final=True)
-        if self.restore_best and self._best is not None:
+        if self.restore_best and self._states:
             result = dict(self.tests(self._target()))
             if hasattr(self.tests, "accept"):
                 self.tests.accept(-1)
-            kept = "final"
-            if self._best[0] > result["tm_score"]:
-                restore(self.model, self._best[1])
-                kept = self._best[2]
-            self.final = {"step": self.step, "final": result, "kept": kept, "best_round_tm": self._best[0]}
+            final = {"tm": result["tm_score"], "val": result["val_accuracy"], "state": None, "round": "final"}
+            candidates = self._states + [final]
+            floor = -np.inf
+            if self.max_accuracy_drop is not None:
+                floor = max(c["val"] for c in candidates) - self.max_accuracy_drop - 1e-9
+            # The final state wins ties: a round winner must be strictly better to be restored.
+            chosen = max(reversed([c for c in candidates if c["val"] >= floor]), key=lambda c: c["tm"])
+            if chosen["state"] is not None:
+                restore(self.model, chosen["state"])
+            self.final = {"step": self.step, "final": result, "kept": chosen["round"],
+                          "best_round_tm": max(c["tm"] for c in self._states)}
+            if self.max_accuracy_drop is not None:
+                self.final["accuracy_floor"] = float(floor)
         for layer in self.wrappers:
             layer.apply_masks()
+
+    def _keep(self, result, state):
+        """Remember a round winner unless another kept state is at least as good on every count
+        the final choice reads (TM-score; with ``max_accuracy_drop`` also validation accuracy)."""
+        entry = {"tm": result["tm_score"], "val": result["val_accuracy"], "state": state, "round": len(self.history)}
+
+        def covers(a, b):
+            return a["tm"] >= b["tm"] and (self.max_accuracy_drop is None or a["val"] >= b["val"])
+
+        if any(covers(kept, entry) for kept in self._states):
+            return
+        self._states = [kept for kept in self._states if not covers(entry, kept)] + [entry]
 
     def _target(self):
         return self.target_model if self.target_model is not None else self.model
@@ -281,8 +308,8 @@ class CandidateSelection(keras.callbacks.Callback):
         scores = [res["tm_score"] for res in r["results"]]
         best = int(np.argmax(scores))  # ties go to the earliest candidate
         restore(self.model, r["ends"][best])
-        if self.restore_best and (self._best is None or scores[best] > self._best[0]):
-            self._best = (scores[best], r["ends"][best], len(self.history))
+        if self.restore_best:
+            self._keep(r["results"][best], r["ends"][best])
         if hasattr(self.tests, "accept"):
             self.tests.accept(best)
         self.step += r["results"][best]["trial_steps"]
