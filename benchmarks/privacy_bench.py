@@ -27,7 +27,8 @@ threats); ``dp_sgd_s{sigma}`` (``dp_sgd`` from scratch at two noise multipliers)
 ``dp_prune`` (``dp_sgd`` at the lower noise + TF-MOT pruning with the DP optimizer). With
 ``--relax_alpha``: ``tfmot_relax`` and ``safecompress_relax`` (both trained with
 :class:`~tfsafe.objectives.RelaxLoss` at that level) and ``tfmot_relax_early`` (when the latter
-kept an early state). ``--rows`` runs a subset of the pruning rows.
+kept an early state), ``safecompress_relax_bounded`` (RelaxLoss and ``max_accuracy_drop``).
+``--rows`` runs a subset of the pruning rows.
 
 SafeCompress's rounds spend ``K = 3`` batches per accepted step, so it gets
 ``--safecompress_epochs`` (default :func:`matched_epochs`: as many accepted training steps as
@@ -159,8 +160,9 @@ def compress(name, model, splits, **params):
 
 
 PRUNING_ROWS = ("tfmot", "mia_safecompress", "tfmot_early", "mia_safecompress_bounded", "safecompress_mia_pgd")
-RELAX_ROWS = ("tfmot_relax", "safecompress_relax", "tfmot_relax_early")
-SAFECOMPRESS_ROWS = ("mia_safecompress", "mia_safecompress_bounded", "safecompress_relax", "safecompress_mia_pgd")
+RELAX_ROWS = ("tfmot_relax", "safecompress_relax", "tfmot_relax_early", "safecompress_relax_bounded")
+SAFECOMPRESS_ROWS = ("mia_safecompress", "mia_safecompress_bounded", "safecompress_relax", "safecompress_relax_bounded",
+                     "safecompress_mia_pgd")
 
 
 def matched_epochs(epochs, num_candidates=3, end_fraction=0.75):
@@ -207,6 +209,7 @@ def _pruning_rows(dense, splits, pool, is_member, ref_dir, args):
         kept = add("safecompress_relax", "safecompress", **sc, **relax)
         if kept is not None and kept.selection.get("early"):
             add("tfmot_relax_early", "baseline", **prune, **relax, max_steps=kept.selection.get("kept_step"))
+        add("safecompress_relax_bounded", "safecompress", **sc, **relax, max_accuracy_drop=args.max_accuracy_drop)
     return rows
 
 
