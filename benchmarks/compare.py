@@ -8,7 +8,8 @@ random start) at every eps, FGSM, corruptions (mean accuracy, mCE against the de
 safety-set accuracy, and the worst case over tensorflow-privacy's membership attacks on
 balanced members vs. never-used audit non-members. The dense model is trained once (by the
 first run) and compressed by every method except RLNet, which needs batch norm before its
-ReLUs and trains its own ``rlnet_cnn`` (its dense row is shown too).
+ReLUs and trains its own ``rlnet_cnn`` (its dense row is shown too), and ATMC, which by default
+starts from the dense adversarially trained model below (``--atmc_from``).
 
 Usage:
     .venv/bin/python benchmarks/compare.py                          # bundled digits
@@ -31,6 +32,14 @@ the same evaluation. Its settings come from ``<config_dir>/adv_dense.json`` (key
 :data:`ADV_DENSE`). ``--config_dir`` defaults to ``benchmarks/configs/<data>`` when it exists
 (``benchmarks/configs/cifar10``: the small residual CNN, 8/255, CPU-sized schedules).
 
+``--atmc_from adv_dense`` (the default when that row is trained) hands ATMC the dense
+adversarially trained model with ``params.pretrained_robust=True``: ATMC fine-tunes a robust
+model under its budget at the full eps, as the paper does, instead of re-learning robustness
+from the standard model (``--atmc_from dense``). ATMC then runs after the first method that
+trains the dense model; alone (``--methods atmc``), the dense model is trained and evaluated
+first in ``<out>/dense/``. Its run's "dense" is the model it was given, so its mCE, safety set
+and agreement are against the adversarially trained model (the table says which it started from).
+
 Runs land in ``<out>/<method>/`` (each a resumable ``tfsafe compress`` run: pass ``--resume``
 after an interruption); the table is printed and written, with the raw rows, to ``--out``.
 """
@@ -47,7 +56,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from tfsafe.errors import TfsafeError  # noqa: E402
+from tfsafe.errors import InputError, TfsafeError  # noqa: E402
 from tfsafe.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from tfsafe.recipes import METHODS, load_recipe  # noqa: E402
 
@@ -108,7 +117,37 @@ def _config(method, args, data):
         config = _merge(config, {"evaluation": {"eps": [float(e) for e in default_eps(shape)]}})
     if "eps" in recipe["params"] and (config.get("params") or {}).get("eps") is None:
         config = _merge(config, {"params": {"eps": float(DATASET_EPS[data])}})
+    if method == "atmc" and getattr(args, "atmc_from", None):
+        config = _merge(config, {"params": {"pretrained_robust": args.atmc_from == "adv_dense"}})
     return config
+
+
+def atmc_start(atmc_from, adv_dense):
+    """The model ATMC compresses: ``"adv_dense"`` or ``"dense"``.
+
+    ``atmc_from=None`` picks ``"adv_dense"`` when the dense adversarially trained row is trained
+    (``adv_dense`` not ``"none"``), else ``"dense"``.
+
+    Raises:
+        InputError: ``atmc_from="adv_dense"`` with ``adv_dense="none"`` (no such model).
+    """
+    if atmc_from is None:
+        return "dense" if adv_dense == "none" else "adv_dense"
+    if atmc_from == "adv_dense" and adv_dense == "none":
+        raise InputError("--atmc_from adv_dense needs the dense adversarially trained model; drop --adv_dense none "
+                         "or pass --atmc_from dense.")
+    return atmc_from
+
+
+def run_order(methods, atmc_from):
+    """``methods`` in run order: ATMC from the adversarially trained model after the first run that trains the
+    dense model (the adversarial fine-tuning needs it); unchanged when no other method trains it."""
+    trainers = [m for m in methods if m not in ("atmc", "rlnet")]
+    if atmc_from != "adv_dense" or "atmc" not in methods or not trainers:
+        return list(methods)
+    rest = [m for m in methods if m != "atmc"]
+    cut = rest.index(trainers[0]) + 1
+    return rest[:cut] + ["atmc"] + rest[cut:]
 
 
 def write_data_file(data, data_dir, path, train_size=None, test_size=None, seed=0):
@@ -192,16 +231,15 @@ def adversarial_dense(dense_path, data_path, args, log=print):
     finished one with the same settings.
 
     Returns:
-        ``(entry, seconds)``: the evaluation (``accuracy``, ``robustness``,
-        ``membership``, ``size``) and the adversarial training's wall time.
+        ``(model_path, entry, seconds)``: the saved model, its evaluation (``accuracy``,
+        ``robustness``, ``membership``, ``size``) and the adversarial training's wall time.
     """
     from tfsafe._keras import keras
     from tfsafe.io import load_model, save_model
-    from tfsafe.metrics import model_size
     from tfsafe.models import copy_model
     from tfsafe.pipeline.compress import load_splits
     from tfsafe.safety.adversarial_training import AdversarialModel, CatastrophicOverfittingGuard, EpsilonRamp
-    from tfsafe.safety.evaluate import DATASET_EPS, evaluate_safety
+    from tfsafe.safety.evaluate import DATASET_EPS
 
     settings = _merge(_merge(ADV_DENSE, _read_override(args, "adv_dense")), {"attack": args.adv_dense})
     if args.quick:
@@ -213,12 +251,12 @@ def adversarial_dense(dense_path, data_path, args, log=print):
     result_path, model_path = os.path.join(out, "evaluation.json"), os.path.join(out, "adv_dense.keras")
     identity = {"settings": settings, "eps": eps, "evaluation": recipe["evaluation"], "seed": recipe["seed"],
                 "dense": os.path.abspath(dense_path), "data": os.path.abspath(data_path)}
-    if args.resume and os.path.exists(result_path):
+    if args.resume and os.path.exists(result_path) and os.path.exists(model_path):
         with open(result_path, encoding="utf-8") as f:
             saved = json.load(f)
         if saved.get("identity") == identity:
             log(f"[adv_dense] done in an earlier run; loaded {result_path}")
-            return saved["entry"], saved["seconds"]
+            return model_path, saved["entry"], saved["seconds"]
     dense = load_model(dense_path)
     seed = int(recipe["seed"])
     _, _, splits = load_splits(data_path, None, recipe["data"], seed, model=dense)
@@ -238,16 +276,68 @@ def adversarial_dense(dense_path, data_path, args, log=print):
     seconds = time.perf_counter() - started
     model = adv.model
     save_model(model, model_path)
-    ev = recipe["evaluation"]
     log("[adv_dense] safety tests")
-    result = evaluate_safety(model, splits, source=None, reference=dense, eps=ev["eps"], steps=int(ev["steps"]),
+    entry = dict(_evaluate(model, splits, dense, recipe["evaluation"]), guard=guard.records)
+    atomic_write_json(result_path, {"identity": identity, "entry": entry, "seconds": seconds})
+    return model_path, entry, seconds
+
+
+def _evaluate(model, splits, reference, ev):
+    """The evaluation of a compare row (``accuracy``, ``robustness``, ``membership``, ``size``, ``flags``)."""
+    from tfsafe.metrics import model_size
+    from tfsafe.safety.evaluate import evaluate_safety
+
+    result = evaluate_safety(model, splits, source=None, reference=reference, eps=ev["eps"], steps=int(ev["steps"]),
                              restarts=int(ev["restarts"]), max_examples=ev["max_examples"],
                              membership_attacks=ev["membership_attacks"], attacks=tuple(ev["attacks"]),
                              masking_checks=bool(ev["masking_checks"]))
-    entry = {"accuracy": result["accuracy"], "robustness": result["robustness"], "membership": result["membership"],
-             "size": model_size(model), "flags": result["flags"], "guard": guard.records}
-    atomic_write_json(result_path, {"identity": identity, "entry": entry, "seconds": seconds})
-    return entry, seconds
+    return {"accuracy": result["accuracy"], "robustness": result["robustness"], "membership": result["membership"],
+            "size": model_size(model), "flags": result["flags"]}
+
+
+def train_dense(method, data_path, args, log=print):
+    """Train and evaluate the dense model as ``method``'s run would, for a run that is handed a model first.
+
+    ``--methods atmc`` with ``--atmc_from adv_dense`` has no run that trains the dense model, so it
+    is trained here (the recipe's ``dense`` settings, seed and splits, as the pipeline's ``dense``
+    stage does) and evaluated like the other rows, in ``<out>/dense/``; ``--resume`` reuses it.
+
+    Returns:
+        ``(model_path, entry)``.
+    """
+    from tfsafe._keras import keras
+    from tfsafe.io import load_model, save_model
+    from tfsafe.models import compile_classifier
+    from tfsafe.pipeline.compress import dense_model, load_splits
+
+    recipe = load_recipe(method, _config(method, args, args.data_name))
+    out = os.path.join(os.path.splitext(args.out)[0], "dense")
+    result_path, model_path = os.path.join(out, "evaluation.json"), os.path.join(out, "dense.keras")
+    identity = {"dense": recipe["dense"], "evaluation": recipe["evaluation"], "seed": recipe["seed"],
+                "data": os.path.abspath(data_path)}
+    seed = int(recipe["seed"])
+    user, _, splits = load_splits(data_path, None, recipe["data"], seed)
+    if args.resume and os.path.exists(result_path) and os.path.exists(model_path):
+        with open(result_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved.get("identity") == identity:
+            log(f"[dense] done in an earlier run; loaded {result_path}")
+            return model_path, saved["entry"]
+    settings = recipe["dense"]
+    (x, y), validation = splits.train, splits.validation
+    keras.utils.set_random_seed(seed)
+    num_classes = max(user.num_classes, int(max(y.max(), splits.test[1].max())) + 1)
+    model = dense_model(settings["architecture"], x.shape[1:], num_classes)
+    compile_classifier(model, float(settings["learning_rate"]))
+    log(f"[dense] training {settings['architecture']}, {settings['epochs']} epochs on {len(x)} members")
+    model.fit(x, y, epochs=int(settings["epochs"]), batch_size=int(settings["batch_size"]),
+              validation_data=validation if len(validation[0]) else None, verbose=args.verbose)
+    save_model(model, model_path)
+    model = load_model(model_path)  # what the method runs load
+    log("[dense] safety tests")
+    entry = _evaluate(model, splits, model, recipe["evaluation"])
+    atomic_write_json(result_path, {"identity": identity, "entry": entry})
+    return model_path, entry
 
 
 def rlnet_teacher_check(run_dir, data_path, args, dense_relus, relus):
@@ -317,6 +407,9 @@ def main(argv=None):
     parser.add_argument("--test_size", type=int, default=None, help="x_test rows of the data file (default all)")
     parser.add_argument("--adv_dense", default="fgsm_rs", choices=["fgsm_rs", "free", "pgd", "none"],
                         help="attack of the dense adversarially trained row ('none' leaves the row out)")
+    parser.add_argument("--atmc_from", default=None, choices=["dense", "adv_dense"],
+                        help="model ATMC compresses: the dense adversarially trained one with pretrained_robust=True "
+                             "(default when --adv_dense is not 'none') or the standard dense one")
     parser.add_argument("--out", default="out/bench/compare.json")
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
@@ -327,6 +420,10 @@ def main(argv=None):
     if args.config_dir is None and os.path.isdir(os.path.join(ROOT, "benchmarks", "configs", data)):
         args.config_dir = os.path.join(ROOT, "benchmarks", "configs", data)
     methods = [m for m in args.methods.split(",") if m]
+    try:
+        args.atmc_from = atmc_start(args.atmc_from, args.adv_dense)
+    except InputError as err:
+        parser.error(str(err))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(ORDER)}")
@@ -336,12 +433,27 @@ def main(argv=None):
     data_info = write_data_file(data, args.data_dir, data_path, *sizes)
     print(f"data: {data} -> {data_path} ({data_info['train']} x_train rows, {data_info['test']} x_test rows; "
           f"config overrides: {args.config_dir or 'none'})", flush=True)
-    dense_path, rows, deployed, reports, rlnet_check, failures = None, [], [], {}, None, {}
-    for method in methods:
+    dense_path, adv_path, dense_entry, rows, deployed, reports, rlnet_check, failures = (
+        None, None, None, [], [], {}, None, {})
+
+    def add_dense_rows(path, entry):
+        """The dense row, then the dense adversarially trained one (fine-tuned from ``path``)."""
+        nonlocal dense_path, adv_path, dense_entry
+        dense_path, dense_entry = path, entry
+        rows.append(_row("dense", entry, entry, None))
+        if args.adv_dense != "none":
+            adv_path, adv_entry, adv_seconds = adversarial_dense(path, data_path, args,
+                                                                 log=lambda m: print(m, flush=True))
+            rows.append(_row(f"dense adv. trained ({args.adv_dense})", adv_entry, entry, adv_seconds))
+
+    for method in run_order(methods, args.atmc_from):
         started = time.perf_counter()
         out = os.path.join(run_dir, method)
-        shared = dense_path if method != "rlnet" else None
-        print(f"== {method} ({data}) -> {out}", flush=True)
+        from_adv = method == "atmc" and args.atmc_from == "adv_dense"
+        if from_adv and dense_path is None:  # no run has trained the dense model yet (e.g. --methods atmc)
+            add_dense_rows(*train_dense(method, data_path, args, log=lambda m: print(m, flush=True)))
+        shared = None if method == "rlnet" else adv_path if from_adv else dense_path
+        print(f"== {method} ({data}) -> {out}" + (f" from {shared}" if shared else ""), flush=True)
         try:
             report = compress_model(method, data_path, model=shared, config=_config(method, args, data),
                                     out_dir=out, resume=args.resume, verbose=args.verbose,
@@ -354,23 +466,24 @@ def main(argv=None):
         seconds = _method_seconds(out)
         dense, compressed, tflite = report["models"]
         if method != "rlnet" and dense_path is None:
-            dense_path = os.path.join(out, "dense.keras")
-            rows.append(_row("dense", dense, dense, None))
-            if args.adv_dense != "none":
-                entry, adv_seconds = adversarial_dense(dense_path, data_path, args,
-                                                       log=lambda m: print(m, flush=True))
-                rows.append(_row(f"dense adv. trained ({args.adv_dense})", entry, dense, adv_seconds))
+            add_dense_rows(os.path.join(out, "dense.keras"), dense)
         if method == "rlnet":
             rows.append(_row("dense rlnet_cnn (BN)", dense, dense, None))
             rlnet_check = rlnet_teacher_check(out, data_path, args, dense["size"]["relu_count"],
                                               compressed["size"]["relu_count"])
-        rows.append(_row("TF-MOT pruning (unsafe baseline)" if method == "baseline" else method, compressed,
-                         dense, seconds))
-        deployed.append(_deployed_row(f"{method}", tflite, compressed))
+        name = {"baseline": "TF-MOT pruning (unsafe baseline)",
+                "atmc": f"atmc (from {args.atmc_from})"}.get(method, method)
+        rows.append(_row(name, compressed, dense if method == "rlnet" else dense_entry, seconds))
+        deployed.append(_deployed_row(name if method == "atmc" else method, tflite, compressed))
         reports[method] = report
     text = tables(rows, deployed)
     for method, message in failures.items():
         text += f"\n\n{method}: no row, the run failed: {message}"
+    if "atmc" in reports and args.atmc_from == "adv_dense":
+        text += (f"\n\nATMC compressed the dense adversarially trained model ({args.adv_dense}; "
+                 "params.pretrained_robust true: full eps from the first step); its mCE, safety set and agreement "
+                 "are against that model, its 'method s' is ATMC's own stages (the adversarial training is the row "
+                 "above).")
     if rlnet_check:
         c = rlnet_check
         text += (f"\n\nRLNet vs its robust teacher ({c['inference_path']} BN path, {c['test_examples']} test images): "

@@ -51,6 +51,25 @@ def test_compare_config_sets_the_protocol_radii_for_the_data_file():
     assert baseline["evaluation"]["eps"] == [0.1, 0.2, 0.3] and "eps" not in baseline["params"]
 
 
+def test_compare_starts_atmc_from_the_adversarially_trained_dense_model_when_there_is_one():
+    compare = _load("compare")
+    assert compare.atmc_start(None, "fgsm_rs") == "adv_dense" and compare.atmc_start(None, "none") == "dense"
+    assert compare.atmc_start("dense", "fgsm_rs") == "dense"
+    with pytest.raises(compare.InputError, match="--atmc_from adv_dense needs"):
+        compare.atmc_start("adv_dense", "none")
+    # ATMC runs after the first run that trains the dense model (the adversarial fine-tuning starts from it).
+    assert compare.run_order(["baseline", "safecompress", "atmc", "rlnet"], "adv_dense") == [
+        "baseline", "atmc", "safecompress", "rlnet"]
+    assert compare.run_order(["atmc", "self_compress"], "adv_dense") == ["self_compress", "atmc"]
+    assert compare.run_order(["rlnet", "atmc"], "adv_dense") == ["rlnet", "atmc"]  # alone: dense trained first
+    assert compare.run_order(["atmc", "baseline"], "dense") == ["atmc", "baseline"]
+    config_dir = os.path.join(BENCHMARKS, "configs", "cifar10")
+    for start, robust in (("adv_dense", True), ("dense", False)):
+        args = compare.argparse.Namespace(config_dir=config_dir, quick=False, atmc_from=start)
+        assert load_recipe("atmc", compare._config("atmc", args, "cifar10"))["params"]["pretrained_robust"] is robust
+        assert "pretrained_robust" not in compare._config("baseline", args, "cifar10")["params"]
+
+
 def test_cyclic_learning_rate_rises_to_its_peak_at_two_fifths_and_falls_to_zero():
     bench = _load("robustness_bench")
     schedule = bench.CyclicLR(0.01, 100)
