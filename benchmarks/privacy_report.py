@@ -127,7 +127,7 @@ def targets(report, max_drop=0.01):
 
 
 def tradeoff_figure(report):
-    """TPR at 1% FPR (LiRA, worst score) against test accuracy, one labelled point per row.
+    """TPR at 1% FPR (LiRA, worst score) against test accuracy, one point per row (named in the legend).
 
     Lower and further right is better: as accurate, and fewer members found at 1% FPR. The
     dotted line is chance (TPR = FPR = 0.01).
@@ -138,22 +138,17 @@ def tradeoff_figure(report):
         label = row["row"] + (f" (eps {row['epsilon']:.1f})" if row.get("epsilon") is not None else "")
         marker = "s" if row.get("epsilon") is not None else ("^" if row.get("selection") else "o")
         points.setdefault((row["test_accuracy"], row["lira_tpr_at_1pct_fpr"]), (marker, []))[1].append(label)
-    span_x = max(max(a for a, _ in points) - min(a for a, _ in points), 1e-9)
-    span_y = max(max(t for _, t in points) - min(t for _, t in points), 1e-9)
-    placed = []
-    for (acc, tpr), (marker, labels) in points.items():
-        ax.scatter(acc, tpr, marker=marker, s=45, edgecolors="k")
-        # Labels of nearby points are stacked downwards instead of printed over each other.
-        near = sum(abs(acc - a) < 0.08 * span_x and abs(tpr - t) < 0.04 * span_y for a, t in placed)
-        placed.append((acc, tpr))
-        ax.annotate(" = ".join(labels), (acc, tpr), textcoords="offset points", xytext=(4, 3 - 9 * near),
-                    fontsize=7)
+    colors = plt.get_cmap("tab20").colors
+    for i, ((acc, tpr), (marker, labels)) in enumerate(points.items()):
+        # A legend entry per point: with a dozen rows, labels printed beside the points overlap.
+        ax.scatter(acc, tpr, marker=marker, s=45, edgecolors="k", color=colors[i % len(colors)],
+                   label=" = ".join(labels))
     ax.axhline(0.01, color="grey", lw=0.7, ls=":", label="chance (TPR = FPR = 1%)")
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("LiRA TPR at 1% FPR (worst score)")
     ax.set_title(f"{report['setting']}: {report['splits']['train']:,} members, "
                  f"{report['reference_models']} reference models")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=6.5, loc="upper left", ncol=1, framealpha=0.9)
     fig.tight_layout()
     return fig
 
