@@ -85,6 +85,12 @@ def parse_args(argv=None):
                    "a fast method may spend its saved time on more epochs)")
     p.add_argument("--free_replays", type=int, default=4, help="replays per minibatch of free training (m)")
     p.add_argument("--free_epochs", type=int, default=None, help="default ceil(2 * fast epochs / free_replays)")
+    p.add_argument("--fgsm_alpha", type=float, default=1.25, help="FGSM-RS step as a multiple of eps")
+    p.add_argument("--fast_lr", type=float, default=None, help="peak learning rate of the fast rows (default --lr)")
+    p.add_argument("--fast_ramp_epochs", type=float, default=None, help="eps ramp of the fast rows, in their own "
+                   "epochs (default --ramp_epochs scaled by free epochs / fast epochs)")
+    p.add_argument("--no_clean_metrics", action="store_true", help="adversarial trainings (PGD and fast alike) "
+                   "skip the clean forward pass that only feeds the training metrics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/robustness.json")
     p.add_argument("--save_dir", default=None, help="also save both trained models here (.keras)")
@@ -111,11 +117,12 @@ class CyclicLR(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "total": self.total}
 
 
-def learning_rate(args, n, epochs, updates_per_batch=1):
-    """``--lr``, or the cyclic schedule over ``epochs`` passes of ``n`` examples."""
+def learning_rate(args, n, epochs, updates_per_batch=1, peak=None):
+    """``peak`` (default ``--lr``), or the cyclic schedule to it over ``epochs`` passes of ``n`` examples."""
+    peak = args.lr if peak is None else peak
     if args.lr_schedule == "constant":
-        return args.lr
-    return CyclicLR(args.lr, math.ceil(n / args.batch_size) * epochs * updates_per_batch)
+        return peak
+    return CyclicLR(peak, math.ceil(n / args.batch_size) * epochs * updates_per_batch)
 
 
 def train_standard(args, x, y):
@@ -134,15 +141,22 @@ def train_pgd(args, x, y, attack="pgd", holdout=None):
     keras.utils.set_random_seed(args.seed)
     adv = AdversarialModel(build(args, x.shape[1:]), eps=args.eps, steps=args.train_steps,
                            step_size=args.train_step_size, adv_weight=args.adv_weight, attack=attack,
-                           free_replays=args.free_replays)
+                           free_replays=args.free_replays, fgsm_alpha=args.fgsm_alpha,
+                           clean_metrics=not args.no_clean_metrics)
     nominal = args.fast_epochs if attack != "pgd" and args.fast_epochs else args.adv_epochs
     epochs = nominal
     if attack == "free":
         epochs = args.free_epochs or max(1, math.ceil(2 * nominal / args.free_replays))
     replays = args.free_replays if attack == "free" else 1
-    adv.compile(optimizer=keras.optimizers.Adam(learning_rate(args, len(x), epochs, replays)), metrics=["accuracy"])
+    fast = attack != "pgd"
+    peak = args.fast_lr if fast and args.fast_lr else args.lr
+    adv.compile(optimizer=keras.optimizers.Adam(learning_rate(args, len(x), epochs, replays, peak)),
+                metrics=["accuracy"])
     timer = EpochTimer()
-    callbacks = [EpsilonRamp(args.ramp_epochs * epochs / nominal), timer]
+    ramp = args.ramp_epochs * epochs / nominal
+    if fast and args.fast_ramp_epochs is not None:
+        ramp = args.fast_ramp_epochs
+    callbacks = [EpsilonRamp(ramp), timer]
     guard = None
     if holdout is not None:
         guard = CatastrophicOverfittingGuard(*holdout, steps=10, restore_best=args.restore_best)
