@@ -23,6 +23,10 @@ uses Wong et al.'s one-cycle learning rate for every training of the run (0 -> `
 of the steps -> 0, counted over optimizer updates, so free training's replays count), and
 ``--restore_best`` keeps the fast rows' epoch with the best held-out PGD accuracy (their
 early stopping; the guard measures it anyway).
+The fast rows have their own knobs: ``--fgsm_alpha`` (FGSM-RS step / eps), ``--fast_lr`` (peak
+learning rate), ``--fast_ramp_epochs`` (eps ramp, in the row's own epochs), ``--free_replays`` and
+``--free_epochs``. ``--no_clean_metrics`` drops, for PGD and fast rows alike, the clean forward
+pass that only feeds the training-time metrics (``AdversarialModel(clean_metrics=False)``).
 
 Usage:
     .venv/bin/python benchmarks/robustness_bench.py --data_dir /work/shared/data/mnist
