@@ -75,3 +75,29 @@ def test_cyclic_learning_rate_rises_to_its_peak_at_two_fifths_and_falls_to_zero(
     schedule = bench.CyclicLR(0.01, 100)
     values = [float(schedule(step)) for step in (0, 20, 40, 70, 100, 120)]
     np.testing.assert_allclose(values, [0.0, 0.005, 0.01, 0.005, 0.0, 0.0], atol=1e-7)
+
+
+def test_fast_training_table_gives_accuracy_wall_and_cpu_time_ratios_to_pgd():
+    bench = _load("robustness_bench")
+    args = bench.parse_args(["--fast", "free", "--no_clean_metrics", "--fast_lr", "0.02", "--lr_schedule", "cyclic",
+                             "--batch_size", "64"])
+    args.eps = 0.3
+    assert args.no_clean_metrics and args.fgsm_alpha == 1.25 and args.fast_ramp_epochs is None
+    rows = {
+        "standard": {"pgd_0.3": 0.0, "epoch_seconds": [1.0]},
+        "PGD (eps 0.3)": {"pgd_0.3": 0.9, "epoch_seconds": [40.0, 30.0, 30.0], "epoch_cpu_seconds": [60.0, 40.0, 40.0],
+                          "train_seconds": 100.0, "epochs": 3},
+        "free (eps 0.3)": {"pgd_0.3": 0.864, "epoch_seconds": [16.0, 13.0], "epoch_cpu_seconds": [20.0, 15.0],
+                           "train_seconds": 31.0, "epochs": 2, "guard": {"triggered_epoch": None}},
+        "fgsm_rs (eps 0.3)": {"pgd_0.3": 0.81, "epoch_seconds": [10.0, 10.0], "epoch_cpu_seconds": [14.0, 14.0],
+                              "train_seconds": 20.0, "epochs": 2, "guard": {"triggered_epoch": 1}},
+    }
+    lines = bench.fast_markdown(rows, args).splitlines()
+    free = [c.strip() for c in lines[3].split("|")[1:-1]]
+    # acc 0.864 / 0.9; wall 29 / 100; after tracing (13 x 2) / (30 x 3); CPU 35 / 140; 2 s of guard checks
+    assert free == ["free (eps 0.3)", "0.8640", "0.960", "2", "29", "0.290", "0.289", "0.250", "2", "quiet", "met"]
+    fgsm = [c.strip() for c in lines[4].split("|")[1:-1]]
+    assert fgsm[2] == "0.900" and fgsm[7] == "0.200" and fgsm[-2:] == ["fell back to PGD at epoch 1", "MISSED"]
+    # The fast rows' own peak: 10 batches x 2 epochs x 5 replays = 100 updates, the peak at update 40.
+    schedule = bench.learning_rate(args, 640, 2, 5, peak=args.fast_lr)
+    assert float(schedule(40)) == pytest.approx(0.02) and float(schedule(100)) == 0.0

@@ -217,3 +217,29 @@ def test_guard_restore_best_keeps_the_best_epoch_without_a_collapse(digits):
     assert guard.best_epoch == int(np.argmax(accs)) < 2
     final = adversarial_accuracy(adv.model, x[-200:], y[-200:], 0.1, steps=10)
     assert final == pytest.approx(accs[guard.best_epoch]) and final > accs[2] + 0.2
+
+
+@pytest.mark.parametrize("attack, clean_metrics, passes", [
+    ("pgd", True, 3 + 2), ("pgd", False, 3 + 1),  # 3 attack steps + training pass (+ clean metrics pass)
+    ("fgsm_rs", True, 3), ("fgsm_rs", False, 2),
+    ("free", True, 4 + 1), ("free", False, 4),  # 4 replays (+ one clean metrics pass, not one per replay)
+])
+def test_clean_metrics_pass_runs_once_per_minibatch_or_not_at_all(digits, attack, clean_metrics, passes):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    adv = AdversarialModel(small_cnn(), eps=0.1, steps=3, adv_weight=1.0, attack=attack, free_replays=4,
+                           clean_metrics=clean_metrics)
+    adv.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"], run_eagerly=True)
+    calls, logits = [], adv._logits
+
+    def counting(inputs, training=False):
+        calls.append(training)
+        return logits(inputs, training=training)
+
+    adv._logits = counting
+    logs = adv.fit(x[:32], y[:32], epochs=1, batch_size=32, verbose=0).history
+    assert len(calls) == passes, calls
+    assert ("clean_loss" in logs) == clean_metrics
+    if not clean_metrics:  # the compiled metrics then see the adversarial examples
+        assert logs["accuracy"] == pytest.approx(logs["adv_accuracy"])
+    assert AdversarialModel.from_config(adv.get_config()).clean_metrics == clean_metrics

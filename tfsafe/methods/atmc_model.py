@@ -102,9 +102,9 @@ class ATMCModel(AdversarialModel):
     def _pgd(self, x, y):
         return atmc_pgd(self, x, y)
 
-    def _loss(self, x, x_adv, y, sample_weight):
+    def _loss(self, x, x_adv, y, sample_weight, **kwargs):
         # Free training's replays go through here: each one pays the ADMM penalty too.
-        loss, *rest = super()._loss(x, x_adv, y, sample_weight)
+        loss, *rest = super()._loss(x, x_adv, y, sample_weight, **kwargs)
         return (loss + self.penalty(), *rest)
 
     # -- projection ---------------------------------------------------------------------------
