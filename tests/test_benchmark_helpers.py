@@ -75,3 +75,19 @@ def test_cyclic_learning_rate_rises_to_its_peak_at_two_fifths_and_falls_to_zero(
     schedule = bench.CyclicLR(0.01, 100)
     values = [float(schedule(step)) for step in (0, 20, 40, 70, 100, 120)]
     np.testing.assert_allclose(values, [0.0, 0.005, 0.01, 0.005, 0.0, 0.0], atol=1e-7)
+
+
+def test_art_check_methods_option_parses_names_and_gives_each_method_its_short_training():
+    art_check = _load("art_check")
+    assert art_check.parse_args([]).methods == []
+    args = art_check.parse_args(["--methods", "baseline, atmc,rlnet", "--train_eps", "0.2"])
+    assert args.methods == ["baseline", "atmc", "rlnet"]
+    for bad in ("atmc,nosuch", "atmc,atmc"):
+        with pytest.raises(SystemExit):
+            art_check.parse_args(["--methods", bad])
+    atmc = art_check.method_params("atmc", args)
+    assert atmc["eps"] == 0.2 and atmc["attack"] == "fgsm_rs" and atmc["epochs"] == 2 and atmc["deploy_epochs"] == 0
+    assert art_check.method_params("rlnet", args)["attack"] == "fgsm_rs"
+    assert "eps" not in art_check.method_params("baseline", args)
+    for name in args.methods + ["safecompress", "self_compress"]:
+        art_check.tfsafe.methods.get(name, **art_check.method_params(name, args))  # every key is a parameter
