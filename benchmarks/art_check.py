@@ -38,6 +38,7 @@ from tfsafe._keras import keras, tf  # noqa: E402
 from tfsafe.cli import QUICK_TRAINING  # noqa: E402
 from tfsafe.errors import MissingDependencyError  # noqa: E402
 from tfsafe.io import atomic_write_json, load_model  # noqa: E402
+from tfsafe.methods import rlnet_cnn  # noqa: E402
 from tfsafe.models import accuracy, compile_classifier, copy_model, lenet, logits_model  # noqa: E402
 from tfsafe.safety.adversarial_training import TRAIN_ATTACKS, AdversarialModel, EpsilonRamp  # noqa: E402
 from tfsafe.safety.robust_accuracy import adversarial_accuracy  # noqa: E402
@@ -105,6 +106,18 @@ def method_splits(x, y, xt, yt, eval_idx, size, seed):
                                                validation=(xt[val], yt[val]), reference=(xt[ref], yt[ref]))
 
 
+def start_model(name, dense, splits, args):
+    """The model method ``name`` starts from: a copy of the dense LeNet (the dense row and every
+    other method keep its weights), except for RLNet, which needs batch norm before each ReLU: a
+    dense ``rlnet_cnn`` trained here like the LeNet (as ``benchmarks/compare.py`` does)."""
+    if name != "rlnet":
+        return copy_model(dense)
+    keras.utils.set_random_seed(args.seed)
+    model = compile_classifier(rlnet_cnn(dense.input_shape[1:], int(dense.output_shape[-1])), 1e-3)
+    model.fit(*splits.train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
+    return model
+
+
 def compress_methods(dense, splits, args):
     """``({name: stripped model}, {name: error line})`` for each of ``args.methods``."""
     models, errors = {}, {}
@@ -113,9 +126,9 @@ def compress_methods(dense, splits, args):
         print(f"compressing with {name} {params}", flush=True)
         t0 = time.perf_counter()
         try:
+            start = start_model(name, dense, splits, args)
             keras.utils.set_random_seed(args.seed)
-            # A copy each: the dense row and every other method see the trained weights untouched.
-            result = tfsafe.methods.get(name, **params).compress(copy_model(dense), splits, seed=0, verbose=0)
+            result = tfsafe.methods.get(name, **params).compress(start, splits, seed=0, verbose=0)
             models[name] = result.stripped
         except Exception as err:  # a failed method is a row with its error, not a crash
             errors[name] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
