@@ -87,7 +87,7 @@ def method_list(text):
 def method_params(name, args):
     """Constructor parameters of method ``name``: ``--quick``'s short training, and for the methods
     that train adversarially the LeNet's eps and ``--method_attack``."""
-    params = dict(QUICK_TRAINING.get(name, {}), batch_size=args.batch_size)
+    params = dict(QUICK_TRAINING.get(name, {}))
     accepted = tfsafe.methods.method_class(name).parameter_names()
     if "eps" in accepted:
         params["eps"] = args.train_eps
