@@ -101,3 +101,19 @@ def test_fast_training_table_gives_accuracy_wall_and_cpu_time_ratios_to_pgd():
     # The fast rows' own peak: 10 batches x 2 epochs x 5 replays = 100 updates, the peak at update 40.
     schedule = bench.learning_rate(args, 640, 2, 5, peak=args.fast_lr)
     assert float(schedule(40)) == pytest.approx(0.02) and float(schedule(100)) == 0.0
+
+
+def test_art_check_methods_option_parses_names_and_gives_each_method_its_short_training():
+    art_check = _load("art_check")
+    assert art_check.parse_args([]).methods == []
+    args = art_check.parse_args(["--methods", "baseline, atmc,rlnet", "--train_eps", "0.2"])
+    assert args.methods == ["baseline", "atmc", "rlnet"]
+    for bad in ("atmc,nosuch", "atmc,atmc"):
+        with pytest.raises(SystemExit):
+            art_check.parse_args(["--methods", bad])
+    atmc = art_check.method_params("atmc", args)
+    assert atmc["eps"] == 0.2 and atmc["attack"] == "fgsm_rs" and atmc["epochs"] == 2 and atmc["deploy_epochs"] == 0
+    assert art_check.method_params("rlnet", args)["attack"] == "fgsm_rs"
+    assert "eps" not in art_check.method_params("baseline", args)
+    for name in args.methods + ["safecompress", "self_compress"]:
+        art_check.tfsafe.methods.get(name, **art_check.method_params(name, args))  # every key is a parameter
