@@ -14,6 +14,7 @@ from tfsafe.methods.safecompress import (
     AdversarialRegularization,
     CandidateSelection,
     SafeCompress,
+    _kept_steps,
     tm_score,
 )
 from tfsafe.metrics import sparsity
@@ -82,8 +83,11 @@ def test_max_accuracy_drop_keeps_the_safest_state_near_the_best_accuracy(trained
                                    max_accuracy_drop=max_accuracy_drop)
     model.fit(x[:32 * 24], y[:32 * 24], epochs=1, batch_size=32, verbose=0, callbacks=[selection])
     assert len(selection.history) == 3 and selection.final["kept"] == kept
+    note = _kept_steps(selection.final["kept"], selection)["note"]
+    assert ("validation accuracy >=" in note) == (max_accuracy_drop is not None)
     if kept == 2:
         assert selection.final["accuracy_floor"] == pytest.approx(0.79)
+        assert note.startswith("kept round 2's winner") and "validation accuracy >= 0.790" in note
         for mask, layer in zip(tests.seen[2][0], prunable_wrappers(model)):
             np.testing.assert_array_equal(layer.masks[0].numpy(), mask)
 

@@ -346,11 +346,12 @@ def _kept_steps(kept, selection):
     total = int(selection.step)
     floor = (selection.final or {}).get("accuracy_floor")
     bound = {} if floor is None else {"accuracy_floor": floor}
+    among = "" if floor is None else f", the safest state with validation accuracy >= {floor:.3f} (max_accuracy_drop)"
     if kept == "final":
         return {**bound, "kept_round": None, "kept_step": total, "total_steps": total, "early_state": False,
-                "note": f"kept the final state ({total} training steps)"}
+                "note": f"kept the final state ({total} training steps){among}"}
     r = selection.history[int(kept)]
     step = int(r["step"] + r["candidates"][r["selected"]]["trial_steps"])
     return {**bound, "kept_round": int(kept), "kept_step": step, "total_steps": total, "early_state": True,
-            "note": f"kept round {kept}'s winner, an early state after {step} of {total} training steps"}
+            "note": f"kept round {kept}'s winner, an early state after {step} of {total} training steps{among}"}
 
