@@ -8,6 +8,7 @@ from tfsafe.objectives import (
     EntropyRegularizedLoss,
     RelaxLoss,
     adversarial_regularization,
+    class_logits,
     entropy_regularized_loss,
     membership_attack_loss,
 )
@@ -134,3 +135,15 @@ def test_relax_loss_keeps_the_training_loss_near_alpha():
     relaxed = train(RelaxLoss(alpha=0.8))
     assert plain < 0.3  # the plain model memorizes the random labels
     assert 0.5 < relaxed < 1.1
+
+
+def test_one_unit_heads_are_read_as_binary_classifiers():
+    labels = np.array([0, 1, 1, 0])
+    probs = np.array([[0.2], [0.9], [0.4], [0.6]], np.float32)
+    bce = float(keras.losses.BinaryCrossentropy()(labels[:, None].astype("float32"), probs))
+    assert float(EntropyRegularizedLoss(0.0, from_logits=False)(labels, probs)) == pytest.approx(bce, rel=1e-4)
+    logits = np.log(probs / (1 - probs))
+    assert float(EntropyRegularizedLoss(0.0)(labels, logits)) == pytest.approx(bce, rel=1e-4)
+    assert float(RelaxLoss(alpha=0.01)(labels, logits)) == pytest.approx(bce, rel=1e-4)  # above alpha: plain CE
+    np.testing.assert_allclose(tf.nn.softmax(class_logits(probs, from_logits=False)).numpy()[:, 1], probs[:, 0],
+                               rtol=1e-5)

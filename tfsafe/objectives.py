@@ -8,7 +8,7 @@ from tfsafe.compress.bit_layers import bit_size_terms
 
 __all__ = ["entropy", "softmax_cross_entropy", "admm_penalty",
            "distillation_loss", "attention_map", "attention_transfer_loss",
-           "entropy_regularized_loss", "EntropyRegularizedLoss", "RelaxLoss", "membership_attack_loss",
+           "entropy_regularized_loss", "EntropyRegularizedLoss", "RelaxLoss", "class_logits", "membership_attack_loss",
            "adversarial_regularization", "size_penalty", "safety_loss", "weighted_mean",
            "weighted_softmax_cross_entropy"]
 
@@ -92,6 +92,27 @@ def attention_transfer_loss(student_activations, teacher_activations):
     return tf.add_n(terms) if terms else tf.constant(0.0)
 
 
+def class_logits(y_pred, from_logits=True):
+    """``(batch, classes >= 2)`` logits of a classifier's output, for the losses below.
+
+    Probabilities are logged (clipped at 1e-7); a one-unit head is a binary classifier whose
+    logit ``z`` becomes ``[0, z]`` and whose probability ``p`` becomes ``[log(1 - p), log p]``
+    (as :class:`tfsafe.models.BinaryLogits` does), so the softmax losses read sigmoid heads too.
+
+    Example:
+        >>> class_logits([[2.0]]).numpy().tolist()
+        [[0.0, 2.0]]
+    """
+    y_pred = tf.convert_to_tensor(y_pred, tf.float32)
+    binary = y_pred.shape[-1] == 1
+    if from_logits:
+        return tf.concat([tf.zeros_like(y_pred), y_pred], axis=-1) if binary else y_pred
+    if binary:
+        p = tf.clip_by_value(y_pred, 1e-7, 1.0 - 1e-7)
+        return tf.concat([tf.math.log(1.0 - p), tf.math.log(p)], axis=-1)
+    return tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+
+
 def entropy_regularized_loss(y_true, logits, weight=0.1):
     """MIA-SafeCompress's task loss: ``CE - weight * H(softmax(logits))``, batch mean.
 
@@ -121,7 +142,7 @@ class EntropyRegularizedLoss(keras.losses.Loss):
         self.from_logits = from_logits
 
     def call(self, y_true, y_pred):
-        logits = y_pred if self.from_logits else tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+        logits = class_logits(y_pred, self.from_logits)
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
         cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         log_p = tf.nn.log_softmax(logits)
@@ -152,8 +173,9 @@ class RelaxLoss(keras.losses.Loss):
         from_logits: whether ``y_pred`` are logits (tfsafe's convention) or probabilities.
         **kwargs: ``keras.losses.Loss`` arguments (``name``, ``reduction``).
 
-    Inputs: integer labels of shape ``(batch,)`` or ``(batch, 1)`` and logits ``(batch, classes)``;
-    returns the per-example loss ``(batch,)`` (float32).
+    Inputs: integer labels of shape ``(batch,)`` or ``(batch, 1)`` and logits (or probabilities)
+    ``(batch, classes)``, a one-unit head read as binary (:func:`class_logits`); returns the
+    per-example loss ``(batch,)`` (float32).
 
     Example:
         >>> loss = RelaxLoss(alpha=1.0)
@@ -169,8 +191,7 @@ class RelaxLoss(keras.losses.Loss):
         self._calls = tf.Variable(0, trainable=False, dtype=tf.int64)
 
     def call(self, y_true, y_pred):
-        y_pred = tf.convert_to_tensor(y_pred, tf.float32)
-        logits = y_pred if self.from_logits else tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+        logits = class_logits(y_pred, self.from_logits)
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
         cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         log_p = tf.nn.log_softmax(logits)

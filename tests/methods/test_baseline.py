@@ -39,12 +39,17 @@ def test_relax_alpha_keeps_the_members_loss_near_alpha(memorizer):
     assert 0.6 < losses[1.0] < 1.3
 
 
-def test_relax_alpha_refuses_a_one_unit_head():
+def test_relax_alpha_trains_a_one_unit_sigmoid_head():
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 2, 64)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(1, activation="sigmoid")])
-    splits = MembershipSplits.from_arrays(train=(x[:48], y[:48]), test=(x[48:], y[48:]))
-    with pytest.raises(InputError, match="relax_alpha needs a multi-class head"):
-        tfsafe.methods.get("baseline", epochs=1, relax_alpha=1.0).compress(model, splits, verbose=0)
+    x = rng.normal(size=(160, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    splits = MembershipSplits.from_arrays(train=(x[:120], y[:120]), test=(x[120:], y[120:]))
+    result = tfsafe.methods.get("baseline", target_sparsity=0.5, epochs=30, batch_size=16, learning_rate=1e-2,
+                                relax_alpha=0.3).compress(model, splits, verbose=0)
+    assert result.stripped.output_shape == (None, 1)
+    assert np.mean((result.stripped(x[120:]).numpy()[:, 0] > 0.5) == y[120:]) > 0.8
     with pytest.raises(InputError, match="relax_alpha must be > 0"):
         tfsafe.methods.get("baseline", relax_alpha=0)

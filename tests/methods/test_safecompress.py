@@ -19,6 +19,7 @@ from tfsafe.methods.safecompress import (
 )
 from tfsafe.metrics import sparsity
 from tfsafe.models import accuracy
+from tfsafe.splits import MembershipSplits
 
 
 def test_tm_score_formula():
@@ -193,3 +194,21 @@ def test_relax_alpha_keeps_the_members_loss_near_alpha(memorizer):
     assert 0.6 < losses[1.0] < 1.3
     with pytest.raises(InputError, match="relax_alpha must be > 0"):
         SafeCompress(relax_alpha=-1.0)
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "softmax"])
+def test_safecompress_reads_probability_heads(head):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    keras.utils.set_random_seed(0)
+    top = keras.layers.Dense(1, activation="sigmoid") if head == "sigmoid" else keras.layers.Dense(2, activation=head)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"), top])
+    splits = MembershipSplits.from_arrays(train=(x[:160], y[:160]), test=(x[200:], y[200:]),
+                                          validation=(x[160:200], y[160:200]), reference=(x[200:], y[200:]))
+    result = SafeCompress(target_sparsity=0.5, epochs=15, batch_size=16, learning_rate=1e-2, update_every=5,
+                          attack_size=20, attack_epochs=1, relax_alpha=0.2).compress(model, splits, seed=0, verbose=0)
+    assert result.model.loss.from_logits is False  # the head's probabilities are not taken for logits
+    scores = result.stripped(x[200:]).numpy()
+    predicted = scores[:, 0] > 0.5 if head == "sigmoid" else scores.argmax(axis=1)
+    assert np.mean(predicted == y[200:]) > 0.8

@@ -4,7 +4,6 @@ import numpy as np
 
 from tfsafe._keras import keras, tfmot
 from tfsafe.compress.pruning import is_prunable
-from tfsafe.errors import InputError
 from tfsafe.methods.base import CompressionMethod, check_int, check_number
 from tfsafe.models import compile_classifier, copy_model, output_kind
 from tfsafe.objectives import RelaxLoss
@@ -81,9 +80,6 @@ class TFMOTPruning(CompressionMethod):
             end_step=max(1, int(steps * self.end_fraction)), frequency=max(1, steps // 20))
         pruned = compile_classifier(_prune_supported_layers(run.models["input"], schedule), self.learning_rate)
         if self.relax_alpha is not None:
-            if pruned.outputs[0].shape[-1] == 1:
-                raise InputError("relax_alpha needs a multi-class head (RelaxLoss flattens the posterior over "
-                                 "the classes); this model has one output unit. Leave relax_alpha unset.")
             loss = RelaxLoss(self.relax_alpha, from_logits=output_kind(pruned) == "logits")
             pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=["accuracy"])
         history = pruned.fit(

@@ -74,6 +74,7 @@ from tfsafe.methods.safecompress_selection import (
     tm_score,
 )
 from tfsafe.metrics import model_size
+from tfsafe.models import output_kind
 from tfsafe.objectives import EntropyRegularizedLoss, RelaxLoss
 from tfsafe.safety.simulated_attacker import SimulatedAttacker, SimulatedAttackerTest
 from tfsafe.safety.tests import SafetyData, SafetyTest, tests_from_config
@@ -251,8 +252,10 @@ class SafeCompress(CompressionMethod):
         if self.adversarial_weight > 0:
             trained = AdversarialRegularization(model, reference, self.adversarial_weight)
         if trained.optimizer is None or trained is not model or not resuming:
-            loss = (EntropyRegularizedLoss(self.entropy_weight) if self.relax_alpha is None
-                    else RelaxLoss(self.relax_alpha, entropy_weight=self.entropy_weight))
+            # The wrapped model hides its head's activation; the input model shows it.
+            from_logits = output_kind(run.models["input"]) == "logits"
+            loss = (EntropyRegularizedLoss(self.entropy_weight, from_logits=from_logits) if self.relax_alpha is None
+                    else RelaxLoss(self.relax_alpha, entropy_weight=self.entropy_weight, from_logits=from_logits))
             trained.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=loss, metrics=["accuracy"])
         checkpoint = _round_saver(rounds_dir, attacker) if rounds_dir else None
         selection = CandidateSelection(
