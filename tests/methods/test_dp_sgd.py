@@ -9,6 +9,7 @@ import pytest
 
 import tfsafe.methods
 import tfsafe.methods.dp_sgd
+from tfsafe._keras import keras, tfmot
 from tfsafe.data import MembershipSplits
 from tfsafe.errors import InputError
 from tfsafe.methods.dp_sgd import DPSGD, dp_sgd_epsilon, dp_sgd_epsilon_once_per_epoch
@@ -128,3 +129,18 @@ def test_too_few_examples_for_a_batch(trained_cnn, splits):
 def test_docstring_examples():
     result = doctest.testmod(tfsafe.methods.dp_sgd, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "softmax"])
+def test_dp_sgd_reads_the_head_also_through_prune_wrappers(head):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    top = keras.layers.Dense(1, activation=head) if head == "sigmoid" else keras.layers.Dense(2, activation=head)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), top])
+    method = DPSGD(noise_multiplier=0.5, epochs=1, batch_size=32, target_sparsity=0.5, prune_epochs=1)
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model)
+    assert method._compile(pruned, model).loss.get_config()["from_logits"] is False  # the wrapper hides the softmax / sigmoid
+    splits = MembershipSplits.from_arrays(train=(x[:96], y[:96]), test=(x[96:], y[96:]))
+    result = method.compress(model, splits, seed=0, verbose=0)
+    assert result.stripped.output_shape == model.output_shape

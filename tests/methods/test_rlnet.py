@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import clone
 
+import tfsafe.methods
 from tfsafe._keras import keras
 from tfsafe.compress.dual_bn import bn_route, dual_bn_layers, with_inference_path
 from tfsafe.compress.linearization import linearize, mask_layers
@@ -21,6 +22,7 @@ from tfsafe.methods.rlnet import (
 from tfsafe.metrics import relu_count
 from tfsafe.models import accuracy, small_cnn
 from tfsafe.safety.robust_accuracy import adversarial_accuracy
+from tfsafe.splits import MembershipSplits
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,13 @@ def test_bad_input(bn_standard, digits):
     no_relu = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
     with pytest.raises(UnsupportedModelError, match="no ReLU"):
         rlnet(no_relu, x, y, relu_budget=1)
+
+
+def test_augmentation_of_non_image_data_is_one_line():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 12)).astype("float32"), rng.integers(0, 2, 64)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                              keras.layers.ReLU(), keras.layers.Dense(2, activation="softmax")])
+    splits = MembershipSplits.from_arrays(train=(x[:48], y[:48]), test=(x[48:], y[48:]))
+    with pytest.raises(InputError, match=r"augment=True .* shape \(48, 12\)\. Pass augment=False"):
+        tfsafe.methods.get("rlnet", eps=0.1).compress(model, splits, verbose=0)

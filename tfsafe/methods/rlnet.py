@@ -20,6 +20,8 @@ keeps that path only. Evaluate the path you deploy.
 import dataclasses
 import warnings
 
+import numpy as np
+
 from tfsafe._keras import keras
 from tfsafe.compress.dual_bn import DualBatchNormalization, dual_batchnorm, dual_bn_layers, set_bn_route
 from tfsafe.compress.linearization import (
@@ -263,7 +265,8 @@ class RLNet(CompressionMethod):
         teacher_learning_rate: Adam learning rate of teacher training.
         ramp_epochs: epochs over which the teacher's eps grows from 0.
         adversarial: ``False`` trains without PGD (with ``augment=False``: the SNL baseline).
-        augment: light augmentations of the clean inputs.
+        augment: light augmentations of the clean inputs (images only: other data gets an
+            InputError asking for ``augment=False``).
         inference_path: BN path the model deploys, ``"clean"`` or ``"adversarial"``.
         relu_budget: explicit number of ReLUs to keep; overrides ``relu_fraction``.
         attack: how the adversarial path's training inputs are crafted in every stage: ``"pgd"``
@@ -315,6 +318,10 @@ class RLNet(CompressionMethod):
 
     def _stage_teacher(self, run):
         model = run.models["input"]
+        if self.augment and np.ndim(run.train[0]) != 4:
+            raise InputError(f"rlnet: augment=True shifts and recolours images of shape (batch, height, width, "
+                             f"channels); this data has shape {np.shape(run.train[0])}. Pass augment=False for "
+                             "tabular, text or sequence data.")
         all_relu = mask_relu_count(linearize(model))
         budget = self.relu_budget if self.relu_budget is not None else max(1, round(self.relu_fraction * all_relu))
         run.state["info"].update(relu_budget=check_relu_budget(budget, all_relu), all_relu_count=all_relu,
