@@ -10,7 +10,8 @@ from conftest import run_cli
 
 from tflite_export import to_tflite
 from tflite_export.runtime import TFLiteModel
-from tfsafe._keras import keras, tf
+from tfsafe._keras import keras, tf, tfmot
+from tfsafe.compress.pruning import prune_safe
 from tfsafe.errors import InputError
 from tfsafe.models import class_scores, logits_model, output_kind, predict_logits, predict_proba
 from tfsafe.safety.adversarial import fgsm_attack, pgd_attack
@@ -69,6 +70,17 @@ def test_output_kind_looks_inside_nested_models():
     linear = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     assert output_kind(linear) == "logits"
     np.testing.assert_allclose(predict_logits(linear, x)[:, 1], linear(x).numpy()[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("wrap", ["tfmot", "prune_safe"])
+def test_output_kind_and_logits_look_through_pruning_wrappers(wrap):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(3, activation="softmax")])
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(model) if wrap == "tfmot" else prune_safe(model, 0.0)
+    x = np.random.default_rng(2).normal(size=(8, 4)).astype(np.float32)
+    assert output_kind(wrapped) == "probabilities"
+    logits = logits_model(wrapped)(x).numpy()
+    assert not np.allclose(logits.sum(axis=1), 1.0)  # the softmax is really left out
+    np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), wrapped(x).numpy(), atol=1e-6)
 
 
 def test_class_scores_widen_one_unit_outputs():

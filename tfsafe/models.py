@@ -119,6 +119,8 @@ def _activation_name(layer):
     """Name of the activation a layer applies last (``"softmax"``, ``"sigmoid"``, ...) or None."""
     if isinstance(layer, keras.layers.Softmax):
         return "softmax"
+    if not hasattr(layer, "activation") and getattr(layer, "layer", None) is not None:
+        return _activation_name(layer.layer)  # a wrapper (TF-MOT pruning, PrunableSafe): its layer's
     activation = getattr(layer, "activation", None)
     if activation is None:
         return None
@@ -285,12 +287,15 @@ class _WithoutActivation(keras.layers.Layer):
         self.layer = layer
 
     def call(self, inputs):
-        saved = self.layer.activation
-        self.layer.activation = keras.activations.linear
+        target = self.layer
+        while not hasattr(target, "activation") and getattr(target, "layer", None) is not None:
+            target = target.layer  # a wrapper (TF-MOT pruning, PrunableSafe) calls its layer's activation
+        saved = target.activation
+        target.activation = keras.activations.linear
         try:
             return self.layer.call(inputs)
         finally:
-            self.layer.activation = saved
+            target.activation = saved
 
 
 _COMPILED_LOGITS = weakref.WeakKeyDictionary()

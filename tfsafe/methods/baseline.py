@@ -78,10 +78,12 @@ class TFMOTPruning(CompressionMethod):
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0, final_sparsity=self.target_sparsity, begin_step=0,
             end_step=max(1, int(steps * self.end_fraction)), frequency=max(1, steps // 20))
-        pruned = compile_classifier(_prune_supported_layers(run.models["input"], schedule), self.learning_rate)
-        if self.relax_alpha is not None:
-            loss = RelaxLoss(self.relax_alpha, from_logits=output_kind(pruned) == "logits")
-            pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=["accuracy"])
+        pruned = _prune_supported_layers(run.models["input"], schedule)
+        if self.relax_alpha is None:
+            compile_classifier(pruned, self.learning_rate)
+        else:
+            pruned.compile(optimizer=keras.optimizers.Adam(self.learning_rate), metrics=["accuracy"],
+                           loss=RelaxLoss(self.relax_alpha, from_logits=output_kind(pruned) == "logits"))
         history = pruned.fit(
             x, y, epochs=min(self.epochs, -(-steps // steps_per_epoch)), batch_size=self.batch_size,
             verbose=run.verbose, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *stop, *run.callbacks])

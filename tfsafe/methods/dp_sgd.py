@@ -160,13 +160,12 @@ class DPSGD(CompressionMethod):
                              "lower batch_size.")
         return n // self.batch_size
 
-    def _compile(self, model, head):
+    def _compile(self, model):
         dp_optimizer = _OPTIMIZERS[self.optimizer](
             l2_norm_clip=self.l2_norm_clip, noise_multiplier=self.noise_multiplier,
             num_microbatches=self.num_microbatches, learning_rate=self.learning_rate)
         # tensorflow-privacy needs the per-example (vector) loss to clip per microbatch.
-        # ``head``: the input model; TF-MOT's wrappers hide the final activation of a pruned copy.
-        from_logits = output_kind(head) == "logits"
+        from_logits = output_kind(model) == "logits"
         if model.outputs[0].shape[-1] == 1:  # a one-unit binary head on 0/1 labels
             loss = keras.losses.BinaryCrossentropy(from_logits=from_logits, reduction=keras.losses.Reduction.NONE)
         else:
@@ -212,7 +211,7 @@ class DPSGD(CompressionMethod):
         source = run.models["input"]
         # clone_model re-runs the initialisers (seeded by the stage's seed): a fresh model.
         model = keras.models.clone_model(source) if self.from_scratch else copy_model(source)
-        run.state["history"]["train"] = self._fit(run, self._compile(model, source), self.epochs)
+        run.state["history"]["train"] = self._fit(run, self._compile(model), self.epochs)
         run.state["info"].setdefault("privacy", {}).update(
             train_steps=self.epochs * steps_per_epoch, from_scratch=self.from_scratch,
             optimizer=_OPTIMIZER_NAMES[self.optimizer])
@@ -231,7 +230,7 @@ class DPSGD(CompressionMethod):
             initial_sparsity=0.0, final_sparsity=self.target_sparsity, begin_step=0,
             end_step=max(1, int(steps * self.end_fraction)), frequency=max(1, steps // 20))
         pruned = tfmot.sparsity.keras.prune_low_magnitude(copy_model(run.models["model"]), pruning_schedule=schedule)
-        run.state["history"]["prune"] = self._fit(run, self._compile(pruned, run.models["input"]), self.prune_epochs,
+        run.state["history"]["prune"] = self._fit(run, self._compile(pruned), self.prune_epochs,
                                                   callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
         run.state["info"]["target_sparsity"] = self.target_sparsity
         run.state["info"]["privacy"]["prune_steps"] = steps

@@ -252,8 +252,7 @@ class SafeCompress(CompressionMethod):
         if self.adversarial_weight > 0:
             trained = AdversarialRegularization(model, reference, self.adversarial_weight)
         if trained.optimizer is None or trained is not model or not resuming:
-            # The wrapped model hides its head's activation; the input model shows it.
-            from_logits = output_kind(run.models["input"]) == "logits"
+            from_logits = output_kind(model) == "logits"
             loss = (EntropyRegularizedLoss(self.entropy_weight, from_logits=from_logits) if self.relax_alpha is None
                     else RelaxLoss(self.relax_alpha, entropy_weight=self.entropy_weight, from_logits=from_logits))
             trained.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=loss, metrics=["accuracy"])
