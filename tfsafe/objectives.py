@@ -122,6 +122,15 @@ def entropy_regularized_loss(y_true, logits, weight=0.1):
     return softmax_cross_entropy(y_true, logits) - weight * entropy(logits)
 
 
+def _entropy_regularized_terms(y_true, y_pred, from_logits, weight):
+    """Per example: ``(CE - weight * H(p), CE, log p, integer labels)`` of a classifier's output."""
+    logits = class_logits(y_pred, from_logits)
+    labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    log_p = tf.nn.log_softmax(logits)
+    return cross_entropy + weight * tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1), cross_entropy, log_p, labels
+
+
 @keras.utils.register_keras_serializable(package="tfsafe")
 class EntropyRegularizedLoss(keras.losses.Loss):
     """``CE - weight * H(p)`` per example, as a Keras loss for ``compile``.
@@ -142,11 +151,7 @@ class EntropyRegularizedLoss(keras.losses.Loss):
         self.from_logits = from_logits
 
     def call(self, y_true, y_pred):
-        logits = class_logits(y_pred, self.from_logits)
-        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        log_p = tf.nn.log_softmax(logits)
-        return cross_entropy + self.weight * tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1)
+        return _entropy_regularized_terms(y_true, y_pred, self.from_logits, self.weight)[0]
 
     def get_config(self):
         config = super().get_config()
@@ -191,17 +196,14 @@ class RelaxLoss(keras.losses.Loss):
         self._calls = tf.Variable(0, trainable=False, dtype=tf.int64)
 
     def call(self, y_true, y_pred):
-        logits = class_logits(y_pred, self.from_logits)
-        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        log_p = tf.nn.log_softmax(logits)
-        ordinary = cross_entropy + self.entropy_weight * tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1)
-        classes = tf.shape(logits)[-1]
+        ordinary, cross_entropy, log_p, labels = _entropy_regularized_terms(y_true, y_pred, self.from_logits,
+                                                                            self.entropy_weight)
+        classes = tf.shape(log_p)[-1]
         one_hot = tf.one_hot(labels, classes)
         p_true = tf.stop_gradient(tf.reduce_sum(tf.exp(log_p) * one_hot, axis=-1, keepdims=True))
         spread = (1.0 - p_true) / tf.cast(tf.maximum(classes - 1, 1), tf.float32)
         flat = one_hot * p_true + (1.0 - one_hot) * spread
-        correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)[:, None]
+        correct = tf.equal(tf.argmax(log_p, axis=-1, output_type=tf.int32), labels)[:, None]
         flattened = -tf.reduce_sum(tf.where(correct, flat, one_hot) * log_p, axis=-1)
         step = self._calls.assign_add(1)
         relaxed = tf.where(tf.equal(step % 2, 1), -cross_entropy, flattened)
