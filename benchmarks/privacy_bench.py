@@ -73,6 +73,8 @@ import tfsafe.methods  # noqa: E402
 from tflite_export.convert import to_tflite  # noqa: E402
 from tfsafe._keras import keras  # noqa: E402
 from tfsafe.io import atomic_write_json, atomic_write_text  # noqa: E402
+from tfsafe.methods.safecompress import SafeCompress  # noqa: E402
+from tfsafe.methods.safecompress_selection import batches_per_step  # noqa: E402
 from tfsafe.metrics import model_size  # noqa: E402
 from tfsafe.models import accuracy, compile_classifier, mlp, small_cnn  # noqa: E402
 from tfsafe.safety.lira import lira_audit, train_reference_models  # noqa: E402
@@ -158,17 +160,16 @@ PRUNING_ROWS = ("tfmot", "mia_safecompress", "tfmot_early", "mia_safecompress_bo
 RELAX_ROWS = ("tfmot_relax", "safecompress_relax", "tfmot_relax_early", "safecompress_relax_bounded")
 
 
-def matched_epochs(epochs, num_candidates=3, end_fraction=0.75):
-    """SafeCompress epochs that give as many accepted training steps as ``epochs`` of TF-MOT.
-
-    During the rounds (``end_fraction`` of the accepted steps) every accepted step costs
-    ``num_candidates`` batches, so the fit needs ``epochs * (K * f + 1 - f)`` epochs.
+def matched_epochs(epochs):
+    """SafeCompress epochs (at its default candidates and ``end_fraction``) that give as many
+    accepted training steps as ``epochs`` of TF-MOT.
 
     Example:
         >>> matched_epochs(15)
         38
     """
-    return int(np.ceil(epochs * (num_candidates * end_fraction + 1.0 - end_fraction)))
+    method = SafeCompress()
+    return int(np.ceil(epochs * batches_per_step(method.num_candidates, method.end_fraction)))
 
 
 def _pruning_rows(dense, splits, pool, is_member, ref_dir, args):

@@ -71,6 +71,7 @@ from tfsafe.methods.safecompress_selection import (
     CandidateSelection,
     CandidateTests,
     CorruptionTest,
+    batches_per_step,
     tm_score,
 )
 from tfsafe.metrics import model_size
@@ -224,9 +225,7 @@ class SafeCompress(CompressionMethod):
         run.state["info"]["target_sparsity"] = self.target_sparsity
 
     def _end_step(self, total_batches):
-        # A round spends K * update_every batches on update_every accepted steps.
-        k, f = self.num_candidates, self.end_fraction
-        return int(total_batches * f / (k * f + (1.0 - f)))
+        return int(total_batches * self.end_fraction / batches_per_step(self.num_candidates, self.end_fraction))
 
     def _stage_train(self, run):
         x, y = run.train

@@ -27,7 +27,21 @@ from tfsafe.safety.tests import SafetyData, SafetyTest, run_selection
 from tfsafe.validation import check_fraction
 
 __all__ = ["tm_score", "CandidateTests", "CandidateSelection", "AdversarialAccuracyTest", "CorruptionTest",
-           "snapshot", "restore"]
+           "snapshot", "restore", "batches_per_step"]
+
+
+def batches_per_step(num_candidates, end_fraction):
+    """Batches a SafeCompress fit spends per accepted training step, on average.
+
+    During the rounds (``end_fraction`` of the accepted steps) each accepted step costs
+    ``num_candidates`` batches (every candidate trains it), afterwards one:
+    ``K * f + (1 - f)``.
+
+    Example:
+        >>> batches_per_step(3, 0.75)
+        2.5
+    """
+    return num_candidates * end_fraction + (1.0 - end_fraction)
 
 
 def tm_score(val_accuracy, attack_accuracy, mia_weight=1.0, safety_scores=None, safety_weights=None):
@@ -220,10 +234,8 @@ class CandidateSelection(keras.callbacks.Callback):
             steps, epochs = self.params.get("steps"), self.params.get("epochs")
             if not steps:
                 raise InputError("CandidateSelection cannot tell how many steps this fit has; pass end_step.")
-            total = steps * epochs
-            # Rounds cost K * update_every batches for update_every accepted steps.
-            k, f = self.num_candidates, self.end_fraction
-            self._end = self.step + int(total * f / (k * f + (1.0 - f)))
+            self._end = self.step + int(steps * epochs * self.end_fraction
+                                        / batches_per_step(self.num_candidates, self.end_fraction))
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
