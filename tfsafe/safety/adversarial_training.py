@@ -190,7 +190,7 @@ class AdversarialModel(keras.Model):
         if not self._pure_adversarial():
             clean_logits = self._logits(x, training=True)
         elif clean_pass:  # the clean pass only feeds the metrics: keep it off the tape
-            clean_logits = tf.stop_gradient(self._logits(x, training=False))
+            clean_logits = self._metric_logits(x)
         adv_logits = self._logits(x_adv, training=True)
         if clean_logits is not None:
             clean_loss = weighted_softmax_cross_entropy(y, clean_logits, sample_weight)
@@ -251,27 +251,19 @@ class AdversarialModel(keras.Model):
         if self.attack == "free":
             return self._finish(y, sample_weight, *self._free_step(tf.cast(x, tf.float32), y, sample_weight))
         x_adv = tf.stop_gradient(self._craft(x, y))
-        pure_adversarial = self._pure_adversarial()
-        if pure_adversarial:  # the clean pass only feeds the metrics: keep it off the tape
-            clean_logits = self._metric_logits(x)
         with tf.GradientTape() as tape:
-            if not pure_adversarial:
-                clean_logits = self._logits(x, training=True)
-            adv_logits = self._logits(x_adv, training=True)
-            clean_loss = None if clean_logits is None else weighted_softmax_cross_entropy(y, clean_logits,
-                                                                                          sample_weight)
             if self.loss_type == "madry":
-                adv_loss = weighted_softmax_cross_entropy(y, adv_logits, sample_weight)
-                loss = adv_loss
-                if not pure_adversarial:
-                    loss = (1.0 - self.adv_weight) * clean_loss + self.adv_weight * adv_loss
+                loss, clean_loss, adv_loss, clean_logits, adv_logits = self._loss(x, x_adv, y, sample_weight)
             else:
+                clean_logits = self._logits(x, training=True)
+                adv_logits = self._logits(x_adv, training=True)
+                clean_loss = weighted_softmax_cross_entropy(y, clean_logits, sample_weight)
                 p = tf.nn.softmax(clean_logits)
                 kl = tf.reduce_sum(p * (tf.nn.log_softmax(clean_logits) - tf.nn.log_softmax(adv_logits)), -1)
                 adv_loss = weighted_mean(kl, sample_weight)
                 loss = clean_loss + self.trades_beta * adv_loss
-            if self.model.losses:
-                loss += tf.add_n(self.model.losses)
+                if self.model.losses:
+                    loss += tf.add_n(self.model.losses)
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = loss / tf.cast(replicas, loss.dtype)
         variables = self.model.trainable_variables
