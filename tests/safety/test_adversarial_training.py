@@ -127,6 +127,17 @@ def test_bad_arguments():
         CatastrophicOverfittingGuard(np.zeros((2, 8, 8, 1)), np.zeros(2), action="restart")
 
 
+def _negate_logits_after_epoch(adv, epoch):
+    """A callback that negates the logits layer's kernel and bias at the end of ``epoch``."""
+
+    def negate(done, logs):
+        if done == epoch:
+            weights = adv.model.get_weights()
+            adv.model.set_weights([-w if i >= len(weights) - 2 else w for i, w in enumerate(weights)])
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=negate)
+
+
 def _fast_model(attack, seed, **kwargs):
     keras.utils.set_random_seed(seed)
     adv = AdversarialModel(small_cnn(), eps=0.1, steps=5, adv_weight=1.0, attack=attack, **kwargs)
@@ -153,15 +164,10 @@ def test_guard_acts_when_pgd_accuracy_collapses(digits, action):
     adv = _fast_model("fgsm_rs", 4)
     guard = CatastrophicOverfittingGuard(x[-200:], y[-200:], steps=10, max_drop=0.2, action=action)
 
-    def collapse(epoch, logs):
-        # Epochs 0-2 train; at the end of epoch 3 the logits layer is negated, so held-out PGD
-        # accuracy collapses (to ~0) as it does in catastrophic overfitting.
-        if epoch == 3:
-            adv.model.set_weights([-w if i >= len(adv.model.get_weights()) - 2 else w
-                                   for i, w in enumerate(adv.model.get_weights())])
-
+    # Epochs 0-2 train; epoch 3 ends with its logits layer negated, so held-out PGD accuracy
+    # collapses (to ~0) as it does in catastrophic overfitting.
     history = adv.fit(x[:600], y[:600], epochs=5, batch_size=32, verbose=0,
-                      callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=collapse), guard])
+                      callbacks=[_negate_logits_after_epoch(adv, 3), guard])
     accs = history.history["holdout_pgd_accuracy"]
     assert guard.triggered_epoch == 3 and max(accs[:3]) - accs[3] > 0.2, accs
     assert history.history["overfitting_guard"][2:4] == [0.0, 1.0] and guard.records[3]["action"] == action
@@ -203,15 +209,10 @@ def test_guard_restore_best_keeps_the_best_epoch_without_a_collapse(digits):
     guard = CatastrophicOverfittingGuard(x[-200:], y[-200:], steps=10, max_drop=1.0, action="stop",
                                          restore_best=True)
 
-    def damage(epoch, logs):
-        # The last epoch ends with its logits layer negated: held-out PGD accuracy falls, but
-        # max_drop=1.0 never counts it as a collapse, so only restore_best brings the best back.
-        if epoch == 2:
-            adv.model.set_weights([-w if i >= len(adv.model.get_weights()) - 2 else w
-                                   for i, w in enumerate(adv.model.get_weights())])
-
+    # The last epoch ends with its logits layer negated: held-out PGD accuracy falls, but
+    # max_drop=1.0 never counts it as a collapse, so only restore_best brings the best back.
     history = adv.fit(x[:600], y[:600], epochs=3, batch_size=32, verbose=0,
-                      callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=damage), guard])
+                      callbacks=[_negate_logits_after_epoch(adv, 2), guard])
     accs = history.history["holdout_pgd_accuracy"]
     assert guard.triggered_epoch is None and accs[2] < max(accs[:2]) - 0.2, accs
     assert guard.best_epoch == int(np.argmax(accs)) < 2
